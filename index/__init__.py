@@ -1,0 +1,1 @@
+"""FAISS in the faiss-contrib style: build, tune, search, shards, io, metrics. No Dagster here."""

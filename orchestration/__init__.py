@@ -1,0 +1,1 @@
+"""Definitions, jobs, sensors, schedules, instance set-up and the `lensless` command line."""
