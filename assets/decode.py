@@ -1,0 +1,140 @@
+"""Decode one image file into canonical RGB pixels, or say exactly why it was quarantined.
+
+No Dagster here. `decode_image(data, policy)` fully decodes the bytes (so truncation is
+caught now, not at training time), applies the EXIF orientation, converts every mode to RGB
+and resizes to the canonical square. Anything wrong raises `Quarantined(reason, detail)`
+with `reason` one of `QUARANTINE_REASONS`.
+
+Resize policy (`DecodePolicy.resize`):
+- `center_crop` (default): scale so the SHORTER side equals `size` (bicubic, with
+  antialiasing), then crop the centre square. No borders; the edges of very wide or tall
+  images are lost. This is what CLIP-style encoders are trained on.
+- `pad`: scale so the LONGER side equals `size`, then pad to a square with white. Nothing is
+  lost; thin images get wide borders.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Formats we accept (by extension; the decoder then checks the content itself).
+SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+QUARANTINE_REASONS = ("empty", "truncated", "not_an_image", "undecodable", "too_many_pixels", "too_small")
+RESIZE_POLICIES = ("center_crop", "pad")
+
+
+@dataclass(frozen=True)
+class DecodePolicy:
+    size: int = 224  # canonical side of the stored square, px
+    max_pixels: int = 64_000_000  # width*height above this is treated as a decompression bomb
+    min_side: int = 32  # images whose shorter side is below this are quarantined
+    resize: str = "center_crop"  # one of RESIZE_POLICIES
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"Unknown resize policy {self.resize!r}; valid: {', '.join(RESIZE_POLICIES)}")
+        if self.size < 8:
+            raise ValueError(f"canonical size must be >= 8 px, got {self.size}")
+        if self.max_pixels <= 0 or self.min_side < 1:
+            raise ValueError(f"max_pixels and min_side must be positive, got {self.max_pixels}, {self.min_side}")
+
+
+class Quarantined(Exception):
+    """An image that will not be ingested, with a machine-readable reason and a human detail."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in QUARANTINE_REASONS, f"unknown quarantine reason {reason!r}"
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB. Transparency is composited over white; 16-bit is scaled to 8."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0  # 65535 -> 255
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def resize_canonical(img: Image.Image, size: int, policy: str = "center_crop") -> np.ndarray:
+    """Resize an RGB image to a `size`×`size` uint8 array under `policy` (see module docstring)."""
+    w, h = img.size
+    if policy == "center_crop":
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    else:
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        canvas = Image.new("RGB", (size, size), (255, 255, 255))
+        canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
+        img = canvas
+    arr = np.asarray(img, dtype=np.uint8)
+    assert arr.shape == (size, size, 3), f"resize produced {arr.shape}, expected {(size, size, 3)}"
+    return arr
+
+
+def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode `data` to canonical pixels `(size, size, 3) uint8` and the original (width, height).
+
+    Raises `Quarantined` with reason empty | not_an_image | too_many_pixels | too_small |
+    truncated | undecodable.
+    """
+    if len(data) == 0:
+        raise Quarantined("empty", "file has 0 bytes")
+    with warnings.catch_warnings():
+        # Our own max_pixels replaces PIL's bomb guard, which would fire at a fixed limit.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            try:
+                img = Image.open(io.BytesIO(data))
+            except UnidentifiedImageError as e:
+                raise Quarantined("not_an_image", "no known image format recognised") from e
+            except Exception as e:  # header present but unreadable
+                raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e
+            w, h = img.size
+            if w * h > policy.max_pixels:
+                raise Quarantined("too_many_pixels", f"{w}x{h} = {w * h} px > limit {policy.max_pixels}")
+            if min(w, h) < policy.min_side:
+                raise Quarantined("too_small", f"{w}x{h}: shorter side < {policy.min_side} px")
+            try:
+                img.load()  # full decode: first frame for GIF/WebP/TIFF
+            except (OSError, EOFError, SyntaxError, ValueError) as e:
+                msg = str(e).lower()
+                if isinstance(e, EOFError) or "truncat" in msg or "premature end" in msg:
+                    raise Quarantined("truncated", f"{type(e).__name__}: {e}") from e
+                raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e
+            try:
+                img = ImageOps.exif_transpose(img)
+                rgb = to_rgb(img)
+                # EXIF rotation may swap the sides; record what a viewer shows.
+                size = rgb.size
+                return resize_canonical(rgb, policy.size, policy.resize), size
+            except Exception as e:
+                raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved

@@ -1,0 +1,150 @@
+"""Where lensless keeps what it writes, and crash-safe writes to it. No Dagster here.
+
+Everything lives under `LENSLESS_HOME` (default `.lensless/` in the working directory):
+`dagster/` (the instance), `lake/` (Parquet tables and npy pixels, one file per asset
+partition), `models/`, `indexes/`, `reports/` and `sources/` (rendered demo images).
+Paths are universal-pathlib `UPath`s, so `LENSLESS_HOME=s3://bucket/lensless` works without
+code changes. Local writes go to a temporary file in the same directory, are fsynced and then
+moved into place with `os.replace`; object stores get a single PUT, which is atomic per object.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from upath import UPath
+
+HOME_ENV = "LENSLESS_HOME"
+DEFAULT_HOME = ".lensless"
+
+
+def lensless_home() -> UPath:
+    """The root of everything lensless writes: `$LENSLESS_HOME`, else `./.lensless`."""
+    raw = os.environ.get(HOME_ENV) or DEFAULT_HOME
+    path = UPath(raw)
+    if is_local(path):
+        path = UPath(os.path.abspath(os.path.expanduser(raw)))
+    return path
+
+
+def is_local(path: UPath | str) -> bool:
+    """True when `path` is on the local filesystem (atomic rename and mmap are available)."""
+    return UPath(path).protocol in ("", "file", "local")
+
+
+def lake_path(table: str, partition: str | None = None, ext: str = "parquet") -> UPath:
+    """`lake/<table>.<ext>` for an unpartitioned table, `lake/<table>/<partition>.<ext>` otherwise."""
+    lake = lensless_home() / "lake"
+    if partition is None:
+        return lake / f"{table}.{ext}"
+    return lake / table / f"{partition}.{ext}"
+
+
+def atomic_write(path: UPath | str, write: Callable[[Any], None]) -> UPath:
+    """Call `write(fileobj)` so that readers see either the old file or the complete new one."""
+    path = UPath(path)
+    if not is_local(path):
+        with path.open("wb") as f:
+            write(f)
+        return path
+    local = Path(path.path)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, local)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_parquet(df: pl.DataFrame, path: UPath | str) -> UPath:
+    """Write a polars frame as Parquet, atomically."""
+    return atomic_write(path, lambda f: df.write_parquet(f))
+
+
+def read_parquet(path: UPath | str) -> pl.DataFrame:
+    """Read a Parquet file written by `write_parquet`."""
+    path = UPath(path)
+    if is_local(path):
+        return pl.read_parquet(path.path)
+    with path.open("rb") as f:
+        return pl.read_parquet(io.BytesIO(f.read()))
+
+
+def write_json(obj: Any, path: UPath | str) -> UPath:
+    """Write JSON atomically."""
+    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def read_json(path: UPath | str) -> Any:
+    """Read a JSON file."""
+    return json.loads(UPath(path).read_text())
+
+
+class NpyWriter:
+    """Stream rows into an `.npy` file of known shape without holding them all in memory.
+
+    Locally it writes through `np.lib.format.open_memmap` into a temporary file that is
+    fsynced and renamed on `close()`; remotely it buffers and uploads once.
+    """
+
+    def __init__(self, path: UPath | str, shape: tuple[int, ...], dtype=np.uint8):
+        self.path = UPath(path)
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        if is_local(self.path):
+            local = Path(self.path.path)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
+            os.close(fd)
+            self.array = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=self.dtype, shape=shape)
+        else:
+            self._tmp = None
+            self.array = np.zeros(shape, dtype=self.dtype)
+
+    def close(self) -> UPath:
+        """Flush and move the finished file into place."""
+        if self._tmp is None:
+            arr = self.array
+            atomic_write(self.path, lambda f: np.save(f, arr))
+            return self.path
+        self.array.flush()
+        del self.array
+        with open(self._tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self._tmp, self.path.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file; the previous file (if any) stays untouched."""
+        if self._tmp is not None and os.path.exists(self._tmp):
+            del self.array
+            os.unlink(self._tmp)
+
+
+def write_npy(arr: np.ndarray, path: UPath | str) -> UPath:
+    """Write one array as `.npy`, atomically."""
+    return atomic_write(path, lambda f: np.save(f, arr))
+
+
+def read_npy(path: UPath | str, mmap: bool = True) -> np.ndarray:
+    """Read an `.npy` file; memory-mapped when local and `mmap` is set."""
+    path = UPath(path)
+    if is_local(path):
+        return np.load(path.path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    with path.open("rb") as f:
+        return np.load(io.BytesIO(f.read()), allow_pickle=False)

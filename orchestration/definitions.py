@@ -1,0 +1,17 @@
+"""The lensless code location. Thin on purpose: wiring only."""
+
+import dagster as dg
+
+from assets import ingestion
+from orchestration.instance import ensure_dagster_home
+from orchestration.jobs import ingest_job
+from orchestration.sensors import new_images_sensor
+
+ensure_dagster_home()
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([ingestion]),
+    asset_checks=dg.load_asset_checks_from_modules([ingestion]),
+    jobs=[ingest_job],
+    sensors=[new_images_sensor],
+)

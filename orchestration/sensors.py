@@ -1,0 +1,57 @@
+"""Sensors. `new_images_sensor` turns new files in watched sources into batches and runs."""
+
+
+import json
+import os
+import time
+
+import dagster as dg
+
+from assets.ingestion import image_batches, raw_images
+from assets.sources import (
+    cut_batches,
+    known_batches,
+    list_source,
+    new_entries,
+    register_batch,
+    watched_sources,
+)
+
+SENSOR_BATCH_SIZE = int(os.environ.get("LENSLESS_SENSOR_BATCH_SIZE", "1000"))
+
+
+@dg.sensor(
+    name="new_images_sensor",
+    asset_selection=[raw_images],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Lists watched sources (no decoding), cuts new files into batches of at most "
+    "LENSLESS_SENSOR_BATCH_SIZE, adds an image_batches partition per batch and requests its ingestion.",
+)
+def new_images_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    """New files → new `image_batches` partitions → `raw_images` runs, in one tick."""
+    sources = watched_sources()
+    if not sources:
+        return dg.SkipReason("no watched sources: set LENSLESS_WATCH or run `lensless ingest SOURCE` once")
+    started = time.perf_counter()
+    # A batch whose file list was frozen but whose partition was never added (a crash between
+    # the two) is added now, so no file is stranded.
+    existing = set(context.instance.get_dynamic_partitions(image_batches.name))
+    keys = [b for b in known_batches() if b not in existing]
+    listed = 0
+    for source in sources:
+        listing = list_source(source)
+        listed += listing.files.height + listing.skipped.height
+        fresh = new_entries(listing)
+        for chunk in cut_batches(fresh, SENSOR_BATCH_SIZE) if fresh.height else []:
+            keys.append(register_batch(chunk))
+    cursor = json.dumps({"listed": listed, "batches": len(existing) + len(keys),
+                         "last_batch": keys[-1] if keys else (json.loads(context.cursor)["last_batch"] if context.cursor else None),
+                         "list_seconds": round(time.perf_counter() - started, 3)})
+    if not keys:
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"no new files among {listed} listed"), cursor=cursor)
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=k, run_key=k, tags={"lensless/reason": "new_images"}) for k in keys],
+        dynamic_partitions_requests=[image_batches.build_add_request(keys)],
+        cursor=cursor,
+    )
