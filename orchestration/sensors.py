@@ -17,7 +17,11 @@ from assets.sources import (
     watched_sources,
 )
 
-SENSOR_BATCH_SIZE = int(os.environ.get("LENSLESS_SENSOR_BATCH_SIZE", "1000"))
+
+
+def sensor_batch_size() -> int:
+    """Most files per batch the sensor cuts (`LENSLESS_SENSOR_BATCH_SIZE`, default 1000)."""
+    return int(os.environ.get("LENSLESS_SENSOR_BATCH_SIZE", "1000"))
 
 
 @dg.sensor(
@@ -43,7 +47,7 @@ def new_images_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | 
         listing = list_source(source)
         listed += listing.files.height + listing.skipped.height
         fresh = new_entries(listing)
-        for chunk in cut_batches(fresh, SENSOR_BATCH_SIZE) if fresh.height else []:
+        for chunk in cut_batches(fresh, sensor_batch_size()) if fresh.height else []:
             keys.append(register_batch(chunk))
     cursor = json.dumps({"listed": listed, "batches": len(existing) + len(keys),
                          "last_batch": keys[-1] if keys else (json.loads(context.cursor)["last_batch"] if context.cursor else None),

@@ -139,3 +139,21 @@ def test_cli_ingest_json(lensless_home, tmp_path, capsys):
     assert main(["ingest", str(tmp_path / "src"), "--json"]) == 0  # nothing new the second time
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["batch"] is None
     assert main(["ingest", str(tmp_path / "missing")]) == 2
+
+
+def test_fsspec_memory_source(lensless_home):
+    import fsspec
+
+    from tests.assets.image_files import encode, good_files
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/imgs/mugs/one.png", good_files()["formats/photo.png"])
+    fs.pipe("/bucket/imgs/mugs/two.webp", good_files()["formats/photo.webp"])
+    fs.pipe("/bucket/imgs/notes.md", b"# skipped")
+    fs.pipe("/bucket/imgs/lamps/three.jpg", encode(Image.new("RGB", (50, 50), (1, 2, 3)), "JPEG"))
+    instance = dg.DagsterInstance.ephemeral()
+    batch, _ = ingest(instance, "memory://bucket/imgs", size=32)
+    manifest = read_table("raw_images", [batch])
+    assert sorted(manifest["label"]) == ["lamps", "mugs", "mugs"]
+    assert all(u.startswith("memory://") for u in manifest["uri"])
+    assert read_table("skipped", [batch])["reason"].to_list() == ["unsupported_extension:.md"]

@@ -1,0 +1,46 @@
+# The two set-up commands of the README:
+#   make demo   install, then run the whole pipeline on the demo catalog and print the report path
+#   make test   install, then run the tests
+# Everything installs into $(VENV). A CPU build of torch is put in place first when no torch
+# is installed (a plain `pip install torch` on Linux pulls a multi-GB CUDA build).
+
+VENV        ?= .venv
+PYTHON      ?= python3
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.lensless-installed
+
+.PHONY: install demo test lint dev bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/lensless demo
+
+# pytest exits 5 when it collects no tests: that is a failure, not a pass.
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+dev: install
+	$(VENV)/bin/lensless dev
+
+bench: install
+	$(PY) bench/ingest.py
+	$(PY) bench/embed.py
+	$(PY) bench/index.py --n 200000 --d 128
+	$(PY) bench/rerank.py
+
+clean:
+	rm -rf .lensless

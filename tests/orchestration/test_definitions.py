@@ -1,0 +1,25 @@
+"""The code location loads, and every asset has a group, a description and kinds."""
+
+import dagster as dg
+
+
+def test_definitions_validate_loadable(lensless_home):
+    from orchestration.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.group_name != "default", f"{key} has no group"
+        assert node.description, f"{key} has no description"
+        assert node.kinds, f"{key} has no kinds"
+        assert node.code_version, f"{key} has no code_version"
+
+
+def test_instance_yaml_has_queue_and_train_pool(lensless_home):
+    from orchestration.instance import get_instance
+
+    instance = get_instance()
+    text = (lensless_home / "dagster" / "dagster.yaml").read_text()
+    assert "sqlite" in text and "max_concurrent_runs" in text
+    assert instance.event_log_storage.get_concurrency_info("train").slot_count == 1
