@@ -6,10 +6,11 @@ all but one) batches, which is what deduplication, engagement resolution and the
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from assets.batch_ingest import DUPLICATE_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA, SKIPPED_SCHEMA
-from assets.storage import lake_path, lensless_home, read_parquet
+from assets.storage import lake_path, lensless_home, read_npy, read_parquet
 
 SCHEMAS = {"raw_images": MANIFEST_SCHEMA, "quarantine": QUARANTINE_SCHEMA,
            "duplicates": DUPLICATE_SCHEMA, "skipped": SKIPPED_SCHEMA}
@@ -30,3 +31,23 @@ def read_table(table: str, partitions: list[str] | None = None, exclude: str | N
     if not frames:
         return pl.DataFrame(schema=SCHEMAS[table])
     return pl.concat(frames, how="vertical_relaxed")
+
+
+def catalog() -> pl.DataFrame:
+    """Every ingested image (all batches, batch order), with `label_code` (-1 when unlabelled)."""
+    manifest = read_table("raw_images")
+    labels = sorted(x for x in manifest["label"].unique().to_list() if x is not None)
+    codes = {lab: i for i, lab in enumerate(labels)}
+    return manifest.with_columns(
+        pl.col("label").replace_strict(codes, default=-1, return_dtype=pl.Int64).alias("label_code"))
+
+
+def load_pixels(frame: pl.DataFrame) -> np.ndarray:
+    """Canonical pixels (N, S, S, 3) uint8 for the rows of `frame` (needs `batch`, `row`), in order."""
+    out = None
+    for (batch,), group in frame.with_row_index("_pos").group_by(["batch"], maintain_order=True):
+        pixels = read_npy(lake_path("raw_pixels", batch, "npy"))  # memory-mapped
+        if out is None:
+            out = np.empty((frame.height, *pixels.shape[1:]), np.uint8)
+        out[group["_pos"].to_numpy()] = pixels[group["row"].to_numpy()]
+    return out if out is not None else np.zeros((0, 1, 1, 3), np.uint8)

@@ -2,16 +2,18 @@
 
 import dagster as dg
 
-from assets import ingestion
+from assets import embeddings, ingestion
 from orchestration.instance import ensure_dagster_home
 from orchestration.jobs import ingest_job
 from orchestration.sensors import new_images_sensor
 
 ensure_dagster_home()
 
+ASSET_MODULES = [ingestion, embeddings]
+
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion]),
-    asset_checks=dg.load_asset_checks_from_modules([ingestion]),
+    assets=dg.load_assets_from_modules(ASSET_MODULES),
+    asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
     jobs=[ingest_job],
     sensors=[new_images_sensor],
 )

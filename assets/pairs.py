@@ -1,0 +1,115 @@
+"""Training groups and evaluation relevance from engagement, counted in DuckDB. No Dagster.
+
+Split (by user AND time, so no future engagement leaks into training):
+- users are bucketed by md5(user_id): `val_users` and `test_users` fractions, the rest train;
+- the cut-off T is the `time_quantile` of all event timestamps;
+- train pairs come from train users' events before T, validation pairs from val users'
+  events before T, and evaluation relevance from test users' events at or after T.
+
+Co-engagement: two distinct images engaged by the same user within a split; a pair's weight
+is the number of such users. The self-join runs in DuckDB over the Parquet log with a memory
+limit, so it spills to disk instead of failing on logs larger than memory.
+
+Groups are int32 rows `[query, positive, neg_1 … neg_n]` of row indices into the catalog
+order (`image_ids`). Hard negatives are the query's nearest neighbours in the index that
+are not co-engaged with it (and, with labels only, not of the same label).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import polars as pl
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    val_users: float = 0.1  # fraction of users whose pre-cut-off events validate
+    test_users: float = 0.2  # fraction of users whose post-cut-off events evaluate
+    time_quantile: float = 0.75  # cut-off T as a quantile of event time
+    min_count: int = 1  # users needed for a co-engagement pair to count
+    negatives: int = 7  # hard negatives per group
+    max_groups_per_query: int = 4  # positives sampled per query image
+    neighbours: int = 50  # index neighbours searched for hard negatives
+    seed: int = 0
+    memory_limit: str = "2GB"  # DuckDB spills past this
+
+
+def _connect(memory_limit: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.sql(f"SET memory_limit='{memory_limit}'")
+    return con
+
+
+def coengagement(events_path: str, config: PairConfig = PairConfig()) -> dict[str, pl.DataFrame]:
+    """Co-engagement pairs (a, b, n) per split, from the Parquet event log at `events_path`."""
+    con = _connect(config.memory_limit)
+    con.sql(f"CREATE VIEW events AS SELECT * FROM read_parquet('{events_path}')")
+    if con.execute("SELECT count(*) FROM events").fetchone()[0] == 0:
+        empty = pl.DataFrame(schema={"a": pl.Utf8, "b": pl.Utf8, "n": pl.Int64})
+        return dict.fromkeys(SPLITS, empty)
+    cutoff = con.execute(f"SELECT quantile_disc(ts, {config.time_quantile}) FROM events").fetchone()[0]
+    bucket = "CAST(('0x' || substr(md5(user_id), 1, 8)) AS BIGINT) % 1000"
+    test_hi, val_hi = int(config.test_users * 1000), int((config.test_users + config.val_users) * 1000)
+    con.sql(f"""CREATE VIEW split_events AS SELECT user_id, image_id,
+        CASE WHEN {bucket} < {test_hi} THEN (CASE WHEN ts >= $cutoff THEN 'test' END)
+             WHEN {bucket} < {val_hi} THEN (CASE WHEN ts < $cutoff THEN 'val' END)
+             ELSE (CASE WHEN ts < $cutoff THEN 'train' END) END AS split
+        FROM events""".replace("$cutoff", f"TIMESTAMPTZ '{cutoff.isoformat()}'"))
+    out = {}
+    for split in SPLITS:
+        out[split] = con.execute(f"""
+            WITH e AS (SELECT DISTINCT user_id, image_id FROM split_events WHERE split = '{split}')
+            SELECT x.image_id AS a, y.image_id AS b, count(*) AS n
+            FROM e x JOIN e y ON x.user_id = y.user_id AND x.image_id <> y.image_id
+            GROUP BY 1, 2 HAVING count(*) >= {config.min_count}
+            ORDER BY 1, 2""").pl()
+    return out
+
+
+def relevance_sets(pairs: pl.DataFrame, image_ids: list[str]) -> dict[int, set[int]]:
+    """{query row: set of relevant rows} from co-engagement pairs, in catalog row indices."""
+    index = {k: i for i, k in enumerate(image_ids)}
+    rel: dict[int, set[int]] = {}
+    for a, b in zip(pairs["a"], pairs["b"], strict=True):
+        if a in index and b in index:
+            rel.setdefault(index[a], set()).add(index[b])
+    return rel
+
+
+def label_relevance(labels: list[str | None], queries: np.ndarray) -> dict[int, set[int]]:
+    """{query row: rows sharing its label}: relevance when there is no engagement."""
+    by_label: dict[str, set[int]] = {}
+    for i, lab in enumerate(labels):
+        if lab is not None:
+            by_label.setdefault(lab, set()).add(i)
+    return {int(q): by_label[labels[q]] - {int(q)} for q in queries if labels[q] is not None}
+
+
+def mine_groups(relevant: dict[int, set[int]], neighbours: np.ndarray, config: PairConfig = PairConfig(),
+                labels: list[str | None] | None = None) -> np.ndarray:
+    """Groups `[query, positive, n hard negatives]` (G, 2+n) int32.
+
+    `neighbours[q]` are the query's index neighbours (row ids, -1 for none), nearest first.
+    A negative is a neighbour that is not relevant to the query (and not of the query's
+    label when `labels` is given and relevance comes from labels); the hardest come first.
+    """
+    rng = np.random.default_rng(config.seed)
+    groups = []
+    for q in sorted(relevant):
+        positives = sorted(relevant[q])
+        if not positives:
+            continue
+        banned = relevant[q] | {q}
+        negs = [int(j) for j in neighbours[q] if j >= 0 and int(j) not in banned
+                and (labels is None or labels[j] != labels[q])]
+        if len(negs) < config.negatives:
+            continue
+        picks = rng.choice(len(positives), size=min(config.max_groups_per_query, len(positives)), replace=False)
+        for p in picks:
+            groups.append([q, positives[p], *negs[: config.negatives]])
+    return np.asarray(groups, dtype=np.int32).reshape(-1, 2 + config.negatives)
