@@ -2,14 +2,14 @@
 
 import dagster as dg
 
-from assets import embeddings, ingestion
+from assets import embeddings, ingestion, retrieval
 from orchestration.instance import ensure_dagster_home
 from orchestration.jobs import ingest_job
 from orchestration.sensors import new_images_sensor
 
 ensure_dagster_home()
 
-ASSET_MODULES = [ingestion, embeddings]
+ASSET_MODULES = [ingestion, embeddings, retrieval]
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(ASSET_MODULES),

@@ -18,7 +18,6 @@ from assets.sources import (
 )
 
 
-
 def sensor_batch_size() -> int:
     """Most files per batch the sensor cuts (`LENSLESS_SENSOR_BATCH_SIZE`, default 1000)."""
     return int(os.environ.get("LENSLESS_SENSOR_BATCH_SIZE", "1000"))
