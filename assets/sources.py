@@ -47,19 +47,14 @@ class Listing:
 
 
 def demo_root() -> UPath:
-    """Where the demo catalog's images are rendered."""
-    return lensless_home() / "sources" / "demo" / "images"
-
-
-def demo_meta_root() -> UPath:
-    """Where the demo catalog's labels table and engagement log are written."""
-    return lensless_home() / "sources" / "demo" / "meta"
+    """Where demo catalogs are rendered, one folder per (images, size, seed)."""
+    return lensless_home() / "sources" / "demo"
 
 
 def resolve_source(source: str) -> str:
     """Turn a user's source argument into a URL or absolute path; `demo` maps to its folder."""
     if source == DEMO:
-        return str(demo_root())
+        raise ValueError("the 'demo' source is rendered by `lensless ingest demo` / `lensless demo` first")
     if "://" in source:
         return source
     path = os.path.abspath(os.path.expanduser(source))

@@ -35,24 +35,22 @@ def _progress_bar(desc: str):
     return update
 
 
-def ensure_demo(n_images: int, size: int = 224, seed: int = 0) -> None:
-    """Render the demo catalog under $LENSLESS_HOME/sources/demo (once) and register its engagement."""
-    from assets.demo_catalog import DemoCatalogConfig, generate_engagement, write_demo_catalog
+def ensure_demo(n_images: int, size: int = 224, seed: int = 0) -> str:
+    """Render the demo catalog (idempotent: unchanged files are kept) and register its engagement.
+
+    Each (images, size, seed) gets its own folder, so a smaller demo never picks up the
+    files of a larger one. Returns the folder, which is then ingested like any other source.
+    """
+    from assets.demo_catalog import DemoCatalogConfig, write_demo_catalog
     from assets.engagement import register_source
-    from assets.sources import demo_meta_root, demo_root
-    from assets.storage import read_json, write_json, write_parquet
+    from assets.sources import demo_root
 
     config = DemoCatalogConfig(n_images=n_images, size=size, seed=seed)
-    meta = demo_meta_root()
-    stamp = meta / "config.json"
-    wanted = {"n_images": n_images, "size": size, "seed": seed}
-    if not (stamp.exists() and read_json(stamp) == wanted):
-        print(f"rendering the demo catalog: {n_images} images at {size} px → {demo_root()}", file=sys.stderr)
-        catalog = write_demo_catalog(str(demo_root()), config, progress=_progress_bar("render demo"))
-        write_parquet(catalog, meta / "catalog.parquet")
-        write_parquet(generate_engagement(catalog, config), meta / "engagement.parquet")
-        write_json(wanted, stamp)
-    register_source(str(meta / "engagement.parquet"))
+    dest = demo_root() / f"n{n_images}-s{size}-seed{seed}"
+    print(f"demo catalog: {n_images} images at {size} px → {dest}", file=sys.stderr)
+    write_demo_catalog(str(dest), config, progress=_progress_bar("render demo"))
+    register_source(str(dest / "engagement.parquet"))
+    return str(dest)
 
 
 def ingest(source: str, engagement: str | None = None, label_depth: int = 1) -> dict:
@@ -88,9 +86,8 @@ def ingest(source: str, engagement: str | None = None, label_depth: int = 1) -> 
 
 
 def cmd_ingest(args) -> int:
-    if args.source == "demo":
-        ensure_demo(args.images)
-    summary = ingest(args.source, args.engagement, args.label_depth)
+    source = ensure_demo(args.images) if args.source == "demo" else args.source
+    summary = ingest(source, args.engagement, args.label_depth)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -102,8 +99,7 @@ def cmd_ingest(args) -> int:
 def cmd_demo(args) -> int:
     from assets.storage import lensless_home
 
-    ensure_demo(args.images)
-    summary = ingest("demo")
+    summary = ingest(ensure_demo(args.images))
     print(json.dumps(summary))
     print(f"lake: {lensless_home() / 'lake'}")
     return 0
