@@ -120,10 +120,16 @@ def cmd_dev(args) -> int:
 
 
 def cmd_sql(args) -> int:
+    import duckdb
+
     from assets.query import connect
 
     con = connect()
-    result = con.sql(args.query)
+    try:
+        result = con.sql(args.query)
+    except duckdb.Error as e:
+        tables = [r[0] for r in con.execute("SHOW TABLES").fetchall()]
+        raise ValueError(f"{e}\ntables: {', '.join(tables) or '(none: ingest something first)'}") from e
     if result is None:
         return 0
     if args.json:

@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets import embeddings, ingestion, retrieval
 from orchestration.automation import automation_sensor, with_automation
+from orchestration.failures import run_failure_logger
 from orchestration.instance import ensure_dagster_home
 from orchestration.jobs import ingest_job
 from orchestration.sensors import new_images_sensor
@@ -16,5 +17,5 @@ defs = dg.Definitions(
     assets=with_automation(dg.load_assets_from_modules(ASSET_MODULES)),
     asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
     jobs=[ingest_job],
-    sensors=[new_images_sensor, automation_sensor],
+    sensors=[new_images_sensor, automation_sensor, run_failure_logger],
 )
