@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from assets.compute import GPU_STEP_TAGS, TRAIN_POOL
 from assets.encoder_eval import evaluate_encoder, holdout_mask, train_pairs_rows
 from assets.ingestion import engagement_events, image_batches, raw_images
 from assets.lake import catalog, load_pixels, read_table
@@ -32,7 +33,8 @@ class EncoderTrainConfig(dg.Config):
     group_name="embeddings",
     kinds={"pytorch", "safetensors"},
     deps=[raw_images, engagement_events],
-    pool="train",
+    pool=TRAIN_POOL,
+    op_tags=GPU_STEP_TAGS,
     code_version="image_encoder-v1",
 )
 def image_encoder(context: dg.AssetExecutionContext, config: EncoderTrainConfig) -> dg.MaterializeResult:

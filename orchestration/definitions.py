@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets import embeddings, ingestion, retrieval
 from orchestration.automation import automation_sensor, with_automation
+from orchestration.executors import executor
 from orchestration.failures import run_failure_logger
 from orchestration.instance import ensure_dagster_home
 from orchestration.jobs import ingest_job
@@ -17,5 +18,6 @@ defs = dg.Definitions(
     assets=with_automation(dg.load_assets_from_modules(ASSET_MODULES)),
     asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
     jobs=[ingest_job],
+    executor=executor(),
     sensors=[new_images_sensor, automation_sensor, run_failure_logger],
 )
