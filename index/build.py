@@ -1,0 +1,280 @@
+"""Choose, build and grow a FAISS index over L2-normalised embeddings (inner-product metric).
+
+Choosing the index follows the FAISS wiki "Guidelines to choose an index", adapted to a
+memory budget (bytes for the whole index; None = no limit):
+
+    n (vectors)          flat codes fit the budget?   factory
+    -------------------  ---------------------------  ------------------------------------
+    n < 20,000           yes                          Flat           (exact, no training)
+    20,000 <= n < 100k   yes, with the graph          HNSW32         (best speed/recall, no training)
+    n < 10M              yes                          IVF{k},Flat    k = 2^round(log2(4 sqrt n))
+    n >= 10M, or         no                           OPQ{m},IVF{k},PQ{m}  m bytes/vector, the
+      budget too small                                                largest m | d that fits
+
+k is clamped to [16, 65536] and to n/39 (faiss wants >= 39 training points per list); when
+k >= 32768 the coarse quantizer is itself an HNSW graph (IVF{k}_HNSW32), as the wiki does
+for 1M-1B vectors. 4 sqrt(n) is the low end of the wiki's 4..16 sqrt(n): fewer lists train
+and add faster, which matters more on a small CPU box than the last bit of QPS.
+
+Ids are ours: IVF indexes store them in the inverted lists; Flat/HNSW get an IndexIDMap2.
+
+Retrain decisions:
+  * ``needs_rebuild`` - N outgrew the factory (another family, or k < half the wanted k,
+    i.e. N grew ~4x) or the factory no longer fits the budget.
+  * ``quantizer_drift`` - mean squared distance of new vectors to their nearest coarse
+    centroid over that of the vectors already in the index; retrain the quantizer when it
+    exceeds DRIFT_THRESHOLD (1.5: new data sits 50% farther from the centroids than the data
+    they were trained on, so lists get unbalanced and recall at a fixed nprobe drops).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+import faiss
+import numpy as np
+
+from .gpu import gpu_available, index_to_cpu, index_to_gpu
+from .io import is_read_only
+
+LOG = logging.getLogger(__name__)
+
+FLAT_MAX_N = 20_000
+HNSW_MAX_N = 100_000
+IVF_FLAT_MAX_N = 10_000_000
+HNSW_M = 32
+HNSW_QUANTIZER_MIN_K = 32_768
+MIN_TRAIN_PER_LIST = 39  # below this faiss warns and k-means is unreliable
+TRAIN_PER_LIST = 64  # training sample size per list (faiss subsamples above 256)
+MIN_TRAIN = 65_536  # PQ/OPQ codebooks want ~10k+ points whatever k is
+DRIFT_THRESHOLD = 1.5
+PQ_M_CHOICES = (64, 48, 32, 24, 16, 12, 8, 4)
+FAMILIES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+
+
+def choose_factory(n: int, d: int, memory_budget_bytes: int | None = None) -> str:
+    """Pick a faiss factory string for n vectors of dimension d (see the module table)."""
+    assert n > 0 and d > 0, f"need n > 0 and d > 0, got n={n}, d={d}"
+    budget = math.inf if memory_budget_bytes is None else memory_budget_bytes
+    k = _nlist(n)
+    if n < FLAT_MAX_N and estimate_bytes("Flat", n, d) <= budget:
+        return "Flat"
+    if n < HNSW_MAX_N and estimate_bytes(f"HNSW{HNSW_M}", n, d) <= budget:
+        return f"HNSW{HNSW_M}"
+    ivf = f"IVF{k}_HNSW32" if k >= HNSW_QUANTIZER_MIN_K else f"IVF{k}"
+    if n < IVF_FLAT_MAX_N and estimate_bytes(f"{ivf},Flat", n, d) <= budget:
+        return f"{ivf},Flat"
+    ms = [m for m in PQ_M_CHOICES if d % m == 0 and m <= d // 2]
+    if memory_budget_bytes is not None:
+        ms = [m for m in ms if estimate_bytes(f"OPQ{m},{ivf},PQ{m}", n, d) <= budget]
+    if not ms:
+        need = estimate_bytes(f"OPQ4,{ivf},PQ4", n, d)
+        raise ValueError(
+            f"memory_budget_bytes={memory_budget_bytes} cannot hold n={n} d={d}: the smallest "
+            f"option OPQ4,{ivf},PQ4 needs ~{need} bytes; valid PQ m divide d and are in {PQ_M_CHOICES}"
+        )
+    return f"OPQ{ms[0]},{ivf},PQ{ms[0]}"
+
+
+def estimate_bytes(factory: str, n: int, d: int) -> int:
+    """Rough RAM of an index: codes + ids + graph links + coarse centroids (+ OPQ matrix)."""
+    fam = family(factory)
+    k = _factory_nlist(factory)
+    fixed = 4 * d * k + (4 * d * d if factory.startswith("OPQ") else 0)
+    if fam == "flat":
+        per = 4 * d + 8 + 40  # IDMap2 keeps ids and a reverse hash map
+    elif fam == "hnsw":
+        m = int(re.search(r"HNSW(\d+)", factory).group(1))
+        per = 4 * d + 8 + 40 + int(2 * m * 4 * 1.1)  # level-0 links are 2M int32, upper levels ~10%
+    elif fam == "ivf_flat":
+        per = 4 * d + 8
+    else:
+        per = _pq_m(factory) + 8
+    return int(fixed + per * n)
+
+
+def family(factory: str) -> str:
+    """Family of a factory string: one of FAMILIES."""
+    body = factory.removeprefix("IDMap2,").removeprefix("IDMap,")
+    if "IVF" in body:
+        return "ivf_pq" if "PQ" in body.split("IVF", 1)[1] else "ivf_flat"
+    if body.startswith("HNSW"):
+        return "hnsw"
+    if body == "Flat":
+        return "flat"
+    raise ValueError(f"unknown factory family for {factory!r}; valid families: {FAMILIES}")
+
+
+def needs_rebuild(
+    factory: str, n_total: int, d: int, memory_budget_bytes: int | None = None
+) -> bool:
+    """True when an index built with ``factory`` should be rebuilt now that it holds n_total.
+
+    Pass the memory budget that chose ``factory``: the wanted factory depends on it."""
+    want = choose_factory(n_total, d, memory_budget_bytes)
+    if family(want) != family(factory):
+        return True
+    if (
+        memory_budget_bytes is not None
+        and estimate_bytes(factory, n_total, d) > memory_budget_bytes
+    ):
+        return True
+    if family(factory).startswith("ivf"):
+        return _factory_nlist(factory) < _factory_nlist(want) / 2
+    return False
+
+
+def build_index(
+    xb: np.ndarray,
+    ids: np.ndarray,
+    factory: str,
+    use_gpu: bool | None = None,
+    xt: np.ndarray | None = None,
+    seed: int = 0,
+) -> faiss.Index:
+    """Build a CPU index of ``factory`` holding xb under ``ids`` (int64).
+
+    Training (IVF, PQ, OPQ) uses ``xt`` if given, else a seeded sample of xb of
+    max(TRAIN_PER_LIST * k, MIN_TRAIN) rows. use_gpu: None = when available, True = try
+    (falls back to CPU with a warning), False = CPU. On GPU the train + add run there and
+    the result is copied back so it can be written; types faiss cannot run on GPU (HNSW)
+    stay on the CPU."""
+    xb, ids = _check_xb_ids(xb, ids)
+    index = make_empty(factory, xb.shape[1])
+    if use_gpu is None:
+        use_gpu = gpu_available()
+    elif use_gpu and not gpu_available():
+        LOG.warning("use_gpu=True but faiss has no GPU support or sees no GPU; building on CPU")
+    work = index_to_gpu(index) if use_gpu else index
+    if not work.is_trained:
+        xt = _check_xb_ids(xt, None)[0] if xt is not None else training_sample(index, xb, seed)
+        LOG.info("training %s on %d vectors", factory, len(xt))
+        work.train(xt)
+    work.add_with_ids(xb, ids)
+    return index_to_cpu(work) if work is not index else index
+
+
+def make_empty(factory: str, d: int) -> faiss.Index:
+    """Empty inner-product index for ``factory``; non-IVF types are wrapped in IndexIDMap2."""
+    family(factory)  # validates
+    if "IVF" not in factory and not factory.startswith("IDMap"):
+        factory = "IDMap2," + factory
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"faiss cannot build factory {factory!r} with d={d}: {e}") from e
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+        # polysemous training (on by default for "PQm") is an annealing that takes ~1 min even
+        # on 4k vectors and only serves Hamming pre-filtering ("ht"), which tune does not use
+        faiss.downcast_index(ivf).do_polysemous_training = False
+    return index
+
+
+def training_sample(index: faiss.Index, xb: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Seeded sample of xb sized for training ``index`` (all of xb when it is small)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    k = ivf.nlist if ivf is not None else 1
+    if ivf is not None and len(xb) < MIN_TRAIN_PER_LIST * k:
+        LOG.warning(
+            "only %d training vectors for %d lists (want >= %d)", len(xb), k, MIN_TRAIN_PER_LIST * k
+        )
+    size = min(len(xb), max(TRAIN_PER_LIST * k, MIN_TRAIN))
+    if size == len(xb):
+        return xb
+    rows = np.sort(np.random.default_rng(seed).choice(len(xb), size=size, replace=False))
+    return xb[rows]
+
+
+def add_vectors(index: faiss.Index, xb: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """Add new vectors under new ids to a trained index; nothing is retrained or re-added."""
+    xb, ids = _check_xb_ids(xb, ids)
+    assert index.is_trained, "index is not trained; build it with build_index first"
+    assert index.d == xb.shape[1], f"index d={index.d} but vectors have d={xb.shape[1]}"
+    # adding to a read-only mmap view aborts the whole process inside faiss, so refuse here
+    assert not is_read_only(index), (
+        "index was opened with read_index(mmap=True); reopen with mmap=False to add"
+    )
+    index.add_with_ids(xb, ids)
+    return index
+
+
+def quantizer_drift(
+    index: faiss.Index,
+    xb_new: np.ndarray,
+    xb_ref: np.ndarray | None = None,
+    sample: int = 20_000,
+    seed: int = 0,
+) -> float:
+    """Mean squared distance of xb_new to its nearest coarse centroid over that of a reference.
+
+    Reference: ``xb_ref`` if given (e.g. the training sample), else a seeded sample of the
+    vectors stored in the index (decoded from the inverted lists). Non-IVF indexes have no
+    quantizer to drift: returns 1.0. Compare with DRIFT_THRESHOLD."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return 1.0
+    new = _to_ivf_space(index, _check_xb_ids(xb_new, None)[0])
+    if xb_ref is not None:
+        ref = _to_ivf_space(index, _check_xb_ids(xb_ref, None)[0])
+    else:
+        ref = _stored_sample(ivf, sample, seed)
+    return _quantization_error(ivf, new) / max(_quantization_error(ivf, ref), 1e-12)
+
+
+def _to_ivf_space(index: faiss.Index, x: np.ndarray) -> np.ndarray:
+    """Apply the pre-transforms (OPQ rotation) so x lives where the centroids do."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            x = index.chain.at(i).apply_py(x)
+    return x
+
+
+def _stored_sample(ivf: faiss.IndexIVF, size: int, seed: int) -> np.ndarray:
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
+    total = int(sizes.sum())
+    assert total > 0, "index is empty: pass xb_ref to measure drift against the training sample"
+    pos = np.random.default_rng(seed).choice(total, size=min(size, total), replace=False)
+    starts = np.cumsum(sizes) - sizes
+    lists = np.searchsorted(np.cumsum(sizes), pos, side="right")
+    out = np.empty((len(pos), ivf.d), dtype=np.float32)
+    for j, (lst, p) in enumerate(zip(lists, pos, strict=True)):
+        ivf.reconstruct_from_offset(int(lst), int(p - starts[lst]), faiss.swig_ptr(out[j]))
+    return out
+
+
+def _quantization_error(ivf: faiss.IndexIVF, x: np.ndarray) -> float:
+    _, assign = ivf.quantizer.search(x, 1)
+    centroids = ivf.quantizer.reconstruct_batch(assign.ravel())
+    return float(((x - centroids) ** 2).sum(axis=1).mean())
+
+
+def _nlist(n: int) -> int:
+    k = 2 ** round(math.log2(4 * math.sqrt(n)))
+    k = min(k, 65_536, 2 ** int(math.log2(max(16, n // MIN_TRAIN_PER_LIST))))
+    return max(16, k)
+
+
+def _factory_nlist(factory: str) -> int:
+    m = re.search(r"IVF(\d+)", factory)
+    return int(m.group(1)) if m else 0
+
+
+def _pq_m(factory: str) -> int:
+    m = re.search(r"PQ(\d+)", factory.split("IVF", 1)[-1])
+    assert m, f"no PQ code size in factory {factory!r}"
+    return int(m.group(1))
+
+
+def _check_xb_ids(xb, ids):
+    assert xb is not None and xb.ndim == 2, (
+        f"vectors must be (n, d), got {getattr(xb, 'shape', None)}"
+    )
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    if ids is not None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        assert ids.shape == (len(xb),), f"ids shape {ids.shape} != ({len(xb)},)"
+    return xb, ids

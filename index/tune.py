@@ -1,0 +1,203 @@
+"""Autotune search parameters to a recall@k target at the highest QPS.
+
+faiss's ``ParameterSpace`` lists the knobs of an index (nprobe, efSearch,
+quantizer_efSearch, ...) on a power-of-two grid; we refine each grid with 1.5x midpoints
+(24 between 16 and 32) and drop ``ht`` (polysemous pruning, which needs polysemous
+training). ``faiss.contrib.evaluation.OperatingPointsWithRanges`` keeps the Pareto set and
+skips experiments that cannot join it (a setting with every knob >= a known one cannot be
+faster; one with every knob <= cannot be more accurate). Settings run cheapest first, and
+any setting with every knob >= one that already met the target is skipped too (slower, so
+never picked): the table is then complete only up to the chosen point. Recall is the intersection
+measure against exact kNN, tie-aware when the database vectors are given (see metrics).
+The chosen setting is the fastest Pareto point with recall >= target; if none reaches it,
+the most accurate one, with ``met_target=False`` (the caller decides whether that fails).
+
+Modes of ``xb_or_exact``: float (n, d) database vectors (ground truth and exact QPS are
+computed here with IndexFlatIP on the same queries; pass ``ids`` when the index holds ids
+other than row numbers), or int (nq, >=k) exact neighbour ids (exact_qps is then nan).
+"""
+
+# ruff: noqa: E741 - D, I are faiss's names for the distance and id tables
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+from faiss.contrib.evaluation import OperatingPointsWithRanges
+
+from .gpu import parameter_space
+from .metrics import recall_at_k, rescore
+from .search import search
+
+SKIP_PARAMS = ("ht",)
+
+
+@dataclass
+class TuneResult:
+    params: str  # faiss ParameterSpace string, e.g. "nprobe=24"; "" = nothing to set
+    recall_at_10: float  # recall@k (intersection, k=10 by default) at params on the tuning queries
+    qps: float  # queries/s at params, best of 3 runs over all tuning queries
+    exact_qps: float  # brute-force IndexFlatIP on the same queries (nan if gt ids were given)
+    met_target: bool = True  # False: no setting reached target_recall; params is the most accurate
+    k: int = 10
+    table: list[dict] = field(default_factory=list)  # Pareto points: params, recall, qps
+
+
+def tune_index(
+    index: faiss.Index,
+    xb_or_exact: np.ndarray,
+    xq: np.ndarray,
+    k: int = 10,
+    target_recall: float = 0.95,
+    ids: np.ndarray | None = None,
+    max_experiments: int = 64,
+) -> TuneResult:
+    """Find the fastest search parameters with recall@k >= target_recall; leaves them applied."""
+    assert 0 < target_recall <= 1, f"target_recall={target_recall} must be in (0, 1]"
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    nq = len(xq)
+    gt = _ground_truth(xb_or_exact, xq, k, ids)
+    measure = _recall_fn(xb_or_exact, xq, k, ids, gt)
+
+    ps = parameter_space(index)
+    ps.initialize(_unwrap_idmap(index))
+    ranges = _ranges(ps)
+    if not ranges:  # Flat: exact, nothing to tune
+        D, I, t = _timed(index, xq, k, repeats=3)
+        return TuneResult("", measure(I), nq / t, gt["exact_qps"], True, k, [])
+
+    op = OperatingPointsWithRanges()
+    for name, values in ranges:
+        op.add_range(name, values)
+    # cheapest settings first (sorted experiment numbers), so that once a setting meets the
+    # target every setting with all knobs >= it is skipped: it is slower and cannot be picked
+    for cno in _experiments(op, max_experiments):
+        key = op.cno_to_key(cno)
+        reached = [k2 for k2, perf, _ in op.operating_points if perf >= target_recall]
+        if any(np.all(key >= k2) for k2 in reached) or not op.should_run_experiment(key):
+            continue
+        _set(ps, index, op.get_parameters(key))
+        _, I, t = _timed(index, xq, k, repeats=1)
+        op.add_operating_point(key, measure(I), t)
+
+    pts = sorted(op.operating_points, key=lambda p: p[1])
+    ok = [p for p in pts if p[1] >= target_recall]
+    key = min(ok, key=lambda p: p[2])[0] if ok else pts[-1][0]
+    params = op.get_parameters(key)
+    _set(ps, index, params)
+    _, I, t = _timed(index, xq, k, repeats=3)
+    table = [
+        {"params": _fmt(op.get_parameters(kk)), "recall": r, "qps": nq / tt} for kk, r, tt in pts
+    ]
+    return TuneResult(_fmt(params), measure(I), nq / t, gt["exact_qps"], bool(ok), k, table)
+
+
+def apply_params(index: faiss.Index, params: str) -> faiss.Index:
+    """Set a ParameterSpace string such as "nprobe=16,quantizer_efSearch=64" on index."""
+    if not params:
+        return index
+    ps = parameter_space(index)
+    ps.initialize(_unwrap_idmap(index))
+    valid = [name for name, _ in _ranges(ps, skip=())]
+    for item in params.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or name not in valid:
+            raise ValueError(
+                f"bad search parameter {item!r} for {type(index).__name__}; valid: {valid}"
+            )
+        ps.set_index_parameter(index, name, float(value))
+    return index
+
+
+def _ground_truth(xb_or_exact, xq, k, ids) -> dict:
+    a = np.asarray(xb_or_exact)
+    if np.issubdtype(a.dtype, np.integer):
+        assert a.shape[0] == len(xq) and a.shape[1] >= k, (
+            f"exact ids shape {a.shape}, need ({len(xq)}, >={k})"
+        )
+        return {"I": a[:, :k], "D": None, "exact_qps": math.nan}
+    assert a.ndim == 2 and a.shape[1] == xq.shape[1], (
+        f"xb shape {a.shape} vs queries d={xq.shape[1]}"
+    )
+    flat = faiss.IndexFlatIP(a.shape[1])
+    flat.add(np.ascontiguousarray(a, dtype=np.float32))
+    D, I, t = _timed(flat, xq, k, repeats=2)
+    I = I if ids is None else np.asarray(ids, dtype=np.int64)[I]
+    return {"I": I, "D": D, "exact_qps": len(xq) / t}
+
+
+def _recall_fn(xb_or_exact, xq, k, ids, gt):
+    """recall(I) -> float; tie-aware (rescoring result ids exactly) when xb is available."""
+    if gt["D"] is None:
+        return lambda I: recall_at_k(I, gt["I"], k)
+    xb = np.asarray(xb_or_exact)
+    ids = None if ids is None else np.asarray(ids, dtype=np.int64)
+    order = None if ids is None else np.argsort(ids)
+
+    def recall(I):
+        rows = I
+        if ids is not None:
+            pos = np.clip(np.searchsorted(ids[order], I), 0, len(ids) - 1)
+            rows = np.where(I >= 0, order[pos], -1)
+        return recall_at_k(I, gt["I"], k, rescore(xq, xb, rows), gt["D"])
+
+    return recall
+
+
+def _timed(index, xq, k, repeats):
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        D, I = search(index, xq, k)
+        best = min(best, time.perf_counter() - t0)
+    return D, I, max(best, 1e-9)
+
+
+def _experiments(op, max_experiments: int) -> list[int]:
+    total = op.num_experiments()
+    if total <= max(2, max_experiments):
+        return list(range(total))
+    return sorted(op.sample_experiments(max_experiments))
+
+
+def _unwrap_idmap(index):
+    index = faiss.downcast_index(index)
+    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def _ranges(ps, skip=SKIP_PARAMS) -> list[tuple[str, list[float]]]:
+    out = []
+    prs = ps.parameter_ranges
+    for i in range(prs.size()):
+        pr = prs.at(i)
+        vals = pr.values  # keep a reference: vector_to_array on a temporary reads freed memory
+        values = [vals.at(j) for j in range(vals.size())]
+        if pr.name in skip or not values:
+            continue
+        out.append((pr.name, _refine(values)))
+    return out
+
+
+def _refine(values: list[float]) -> list[float]:
+    """Insert 1.5x midpoints into a doubling grid: [8, 16, 32] -> [8, 12, 16, 24, 32]."""
+    out = []
+    for a, b in zip(values, values[1:] + [None], strict=True):
+        out.append(a)
+        if b is not None and a >= 2 and b == 2 * a:
+            out.append(float(round(1.5 * a)))
+    return out
+
+
+def _set(ps, index, params: dict) -> None:
+    for name, value in params.items():
+        ps.set_index_parameter(index, name, value)
+
+
+def _fmt(params: dict) -> str:
+    return ",".join(f"{n}={int(v) if float(v).is_integer() else v}" for n, v in params.items())

@@ -1,0 +1,111 @@
+# ruff: noqa: E741 - D, I are faiss's names for the distance and id tables
+
+import faiss
+import numpy as np
+import pytest
+
+from index.build import (
+    DRIFT_THRESHOLD,
+    add_vectors,
+    build_index,
+    choose_factory,
+    family,
+    needs_rebuild,
+    quantizer_drift,
+)
+from index.metrics import recall_at_k, synthetic_clustered
+
+
+@pytest.mark.parametrize(
+    "n, d, budget, want",
+    [
+        (1_000, 128, None, "Flat"),
+        (19_999, 128, None, "Flat"),
+        (50_000, 128, None, "HNSW32"),
+        (50_000, 128, 30_000_000, "IVF1024,Flat"),  # flat codes fit, the HNSW graph does not
+        (200_000, 128, None, "IVF2048,Flat"),
+        (1_000_000, 128, None, "IVF4096,Flat"),
+        (1_000_000, 128, 50_000_000, "OPQ32,IVF4096,PQ32"),  # 50 B/vector budget
+        (20_000_000, 128, None, "OPQ64,IVF16384,PQ64"),
+        (100_000_000, 128, None, "OPQ64,IVF32768_HNSW32,PQ64"),
+        (200_000, 96, 8_000_000, "OPQ24,IVF2048,PQ24"),
+    ],
+)
+def test_choose_factory_table(n, d, budget, want):
+    assert choose_factory(n, d, budget) == want
+    faiss.index_factory(d, want, faiss.METRIC_INNER_PRODUCT)  # faiss can parse it
+
+
+def test_choose_factory_errors_name_the_budget():
+    with pytest.raises(ValueError, match="memory_budget_bytes=1000"):
+        choose_factory(1_000_000, 128, 1000)
+    with pytest.raises(ValueError, match="valid families"):
+        family("LSH")
+
+
+def test_needs_rebuild():
+    assert needs_rebuild("Flat", 30_000, 128)
+    assert not needs_rebuild("Flat", 10_000, 128)
+    assert needs_rebuild("HNSW32", 150_000, 128)
+    assert not needs_rebuild("IVF2048,Flat", 250_000, 128)
+    assert not needs_rebuild("IVF2048,Flat", 1_000_000, 128)  # wants 4096: within 2x
+    assert needs_rebuild("IVF2048,Flat", 4_000_000, 128)  # wants 8192
+    assert needs_rebuild("IVF2048,Flat", 1_000_000, 128, memory_budget_bytes=100_000_000)
+
+
+@pytest.mark.parametrize(
+    "factory, params", [("HNSW32", {"efSearch": 64}), ("IVF64,Flat", {"nprobe": 8})]
+)
+def test_approximate_recall_vs_exact(data, factory, params):
+    index = build_index(data["xb"], data["ids"], factory)
+    ps = faiss.ParameterSpace()
+    for name, value in params.items():
+        ps.set_index_parameter(index, name, value)
+    _, I = index.search(data["xq"], 10)
+    assert recall_at_k(I, data["gt_I"], 10) >= 0.9
+    assert I.min() >= 10_000, "ids must be ours, not row numbers"
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat", "IVF32,PQ8x4"])
+def test_incremental_adds_equal_full_build(data, factory):
+    xb, ids, xq = data["xb"], data["ids"], data["xq"]
+    xt = xb[:4000]  # same training set for both, so the quantizers are identical
+    inc = build_index(xb[:4000], ids[:4000], factory, xt=xt)
+    add_vectors(inc, xb[4000:5000], ids[4000:5000])
+    add_vectors(inc, xb[5000:], ids[5000:])
+    full = build_index(xb, ids, factory, xt=xt)
+    assert inc.ntotal == full.ntotal == len(xb)
+    for index in (inc, full):
+        faiss.ParameterSpace().set_index_parameters(index, "nprobe=4" if "IVF" in factory else "")
+    D1, I1 = inc.search(xq, 10)
+    D2, I2 = full.search(xq, 10)
+    np.testing.assert_allclose(D1, D2, rtol=1e-5, atol=1e-6)
+    assert (I1 == I2).mean() > 0.99  # equal up to the order of exact ties
+
+
+def test_hnsw_incremental_keeps_recall(data):
+    xb, ids = data["xb"], data["ids"]
+    index = build_index(xb[:3000], ids[:3000], "HNSW32")
+    add_vectors(index, xb[3000:], ids[3000:])
+    faiss.ParameterSpace().set_index_parameter(index, "efSearch", 64)
+    assert recall_at_k(index.search(data["xq"], 10)[1], data["gt_I"], 10) >= 0.9
+
+
+def test_add_vectors_checks_inputs(data):
+    index = build_index(data["xb"][:100], data["ids"][:100], "Flat")
+    with pytest.raises(AssertionError, match="d=16"):
+        add_vectors(index, np.zeros((2, 16), "float32"), np.array([1, 2]))
+    with pytest.raises(AssertionError, match="ids shape"):
+        add_vectors(index, data["xb"][:2], np.array([1]))
+
+
+def test_quantizer_drift(data):
+    xb, ids = data["xb"], data["ids"]
+    index = build_index(xb[:5000], ids[:5000], "IVF64,Flat")
+    same = quantizer_drift(index, xb[5000:])
+    shifted = synthetic_clustered(1000, xb.shape[1], n_clusters=20, seed=99)  # new centres
+    moved = quantizer_drift(index, shifted)
+    assert 0.8 < same < 1.2, same
+    assert moved > DRIFT_THRESHOLD, moved
+    assert quantizer_drift(index, xb[5000:], xb_ref=xb[:5000]) == pytest.approx(same, rel=0.1)
+    assert quantizer_drift(build_index(xb[:100], ids[:100], "Flat"), shifted) == 1.0

@@ -1,0 +1,49 @@
+import faiss
+import numpy as np
+import pytest
+
+from index.build import build_index, make_empty
+from index.gpu import gpu_available, gpu_supported, index_to_cpu, index_to_gpu, is_gpu_index
+from index.tune import tune_index
+
+needs_gpu = pytest.mark.skipif(not gpu_available(), reason="needs faiss-gpu and a GPU")
+
+
+def test_supported_types():
+    assert gpu_supported(make_empty("Flat", 16))
+    assert gpu_supported(make_empty("IVF64,Flat", 16))
+    assert gpu_supported(make_empty("OPQ4,IVF64,PQ4", 16))
+    assert not gpu_supported(make_empty("HNSW32", 16))
+    assert not gpu_supported(make_empty("IVF64_HNSW32,Flat", 16))
+
+
+def test_cpu_fallback_without_gpu(data):
+    if gpu_available():
+        pytest.skip("GPU present: fallback path not taken")
+    index = build_index(data["xb"], data["ids"], "IVF64,Flat", use_gpu=True)  # falls back
+    assert index_to_gpu(index) is index and not is_gpu_index(index)
+    assert index_to_cpu(index) is index
+
+
+def test_hnsw_stays_on_cpu(data):
+    index = build_index(data["xb"][:500], data["ids"][:500], "HNSW32")
+    assert index_to_gpu(index) is index
+
+
+@needs_gpu
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat", "IVF64,PQ8"])
+def test_gpu_build_and_search_match_cpu(data, factory):
+    cpu = build_index(data["xb"], data["ids"], factory, use_gpu=False, xt=data["xb"][:4000])
+    gpu = build_index(data["xb"], data["ids"], factory, use_gpu=True, xt=data["xb"][:4000])
+    assert not is_gpu_index(gpu), "build_index must return a CPU index"
+    on_gpu = index_to_gpu(cpu)
+    assert is_gpu_index(on_gpu)
+    faiss.GpuParameterSpace().set_index_parameters(on_gpu, "nprobe=8" if "IVF" in factory else "")
+    faiss.ParameterSpace().set_index_parameters(cpu, "nprobe=8" if "IVF" in factory else "")
+    I_cpu, I_gpu = cpu.search(data["xq"], 10)[1], on_gpu.search(data["xq"], 10)[1]
+    assert (I_cpu == I_gpu).mean() > 0.95
+    assert (
+        tune_index(on_gpu, data["xb"], data["xq"], ids=data["ids"], target_recall=0.9).recall_at_10
+        >= 0.9
+    )
+    assert np.all(index_to_cpu(on_gpu).search(data["xq"], 10)[1] == I_cpu)

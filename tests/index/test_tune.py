@@ -1,0 +1,52 @@
+# ruff: noqa: E741 - D, I are faiss's names for the distance and id tables
+
+import math
+
+import faiss
+import numpy as np
+import pytest
+
+from index.build import build_index
+from index.metrics import recall_at_k
+from index.tune import apply_params, tune_index
+
+
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "HNSW32"])
+def test_tuned_index_meets_target(data, factory):
+    index = build_index(data["xb"], data["ids"], factory)
+    res = tune_index(index, data["xb"], data["xq"], k=10, target_recall=0.95, ids=data["ids"])
+    assert res.met_target and res.recall_at_10 >= 0.95, res
+    assert res.params.split("=")[0] in ("nprobe", "efSearch")
+    assert res.qps > 0 and res.exact_qps > 0 and res.table
+    # the chosen params are left applied and reproduce the recall on a fresh search
+    _, I = index.search(data["xq"], 10)
+    assert recall_at_k(I, data["gt_I"], 10) >= 0.95
+    # fastest passing point: no table entry meets the target with a smaller knob
+    passing = [r for r in res.table if r["recall"] >= 0.95]
+    assert res.params in [r["params"] for r in passing]
+
+
+def test_tune_with_exact_ids_and_apply_params(data):
+    index = build_index(data["xb"], data["ids"], "IVF64,Flat")
+    res = tune_index(index, data["gt_I"], data["xq"], target_recall=0.9)
+    assert res.recall_at_10 >= 0.9 and math.isnan(res.exact_qps)
+    apply_params(index, "nprobe=3")
+    assert faiss.extract_index_ivf(index).nprobe == 3
+    apply_params(index, res.params)
+    assert f"nprobe={faiss.extract_index_ivf(index).nprobe}" == res.params
+    with pytest.raises(ValueError, match="valid: \\['nprobe'\\]"):
+        apply_params(index, "efSearch=10")
+
+
+def test_flat_is_trivial(data):
+    index = build_index(data["xb"], data["ids"], "Flat")
+    res = tune_index(index, data["xb"], data["xq"], ids=data["ids"])
+    assert res.params == "" and res.recall_at_10 == pytest.approx(1.0) and res.table == []
+
+
+def test_unreachable_target_reports_best_effort(data):
+    index = build_index(data["xb"], data["ids"], "IVF64,PQ4x4")
+    res = tune_index(index, data["xb"], data["xq"], target_recall=1.0, ids=data["ids"])
+    assert not res.met_target
+    assert res.recall_at_10 == pytest.approx(max(r["recall"] for r in res.table), abs=0.02)
+    assert np.isfinite(res.qps)
