@@ -64,18 +64,18 @@ def pointers(kind: str) -> dict:
     return read_json(str(path)) if path.exists() else {"current": None, "history": []}
 
 
-def set_current(kind: str, version: str, reason: str = "") -> None:
-    """Point `<kind>` at `version` and append to its history."""
-    version_dir(kind, version)
+def set_current(kind: str, version: str, reason: str = "", versions_of: str | None = None) -> None:
+    """Point `<kind>` at `version` (of `versions_of`, default `kind`) and append to its history."""
+    version_dir(versions_of or kind, version)
     state = pointers(kind)
     state["current"] = version
     state["history"].append({"version": version, "at": datetime.now(timezone.utc).isoformat(), "reason": reason})
     write_json(state, str(kind_root(kind) / "pointers.json"))
 
 
-def current_dir(kind: str) -> Path:
+def current_dir(kind: str, versions_of: str | None = None) -> Path:
     """The current version's directory; raises if nothing was trained yet."""
     version = pointers(kind)["current"]
     if version is None:
         raise FileNotFoundError(f"no current {kind}: materialise it first")
-    return version_dir(kind, version)
+    return version_dir(versions_of or kind, version)

@@ -45,30 +45,47 @@ def _connect(memory_limit: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def coengagement(events_path: str, config: PairConfig = PairConfig()) -> dict[str, pl.DataFrame]:
-    """Co-engagement pairs (a, b, n) per split, from the Parquet event log at `events_path`."""
+def _split_events(events_path: str, config: PairConfig) -> duckdb.DuckDBPyConnection | None:
+    """A connection with view `split_events(user_id, image_id, split)`; None for an empty log."""
     con = _connect(config.memory_limit)
     con.sql(f"CREATE VIEW events AS SELECT * FROM read_parquet('{events_path}')")
-    if con.execute("SELECT count(*) FROM events").fetchone()[0] == 0:
-        empty = pl.DataFrame(schema={"a": pl.Utf8, "b": pl.Utf8, "n": pl.Int64})
-        return dict.fromkeys(SPLITS, empty)
-    cutoff = con.execute(f"SELECT quantile_disc(ts, {config.time_quantile}) FROM events").fetchone()[0]
+    if con.execute("SELECT count(*) FROM events").fetchall()[0][0] == 0:
+        return None
+    cutoff = con.execute(f"SELECT quantile_disc(ts, {config.time_quantile}) FROM events").fetchall()[0][0]
     bucket = "CAST(('0x' || substr(md5(user_id), 1, 8)) AS BIGINT) % 1000"
     test_hi, val_hi = int(config.test_users * 1000), int((config.test_users + config.val_users) * 1000)
+    before, after = f"ts < TIMESTAMPTZ '{cutoff.isoformat()}'", f"ts >= TIMESTAMPTZ '{cutoff.isoformat()}'"
     con.sql(f"""CREATE VIEW split_events AS SELECT user_id, image_id,
-        CASE WHEN {bucket} < {test_hi} THEN (CASE WHEN ts >= $cutoff THEN 'test' END)
-             WHEN {bucket} < {val_hi} THEN (CASE WHEN ts < $cutoff THEN 'val' END)
-             ELSE (CASE WHEN ts < $cutoff THEN 'train' END) END AS split
-        FROM events""".replace("$cutoff", f"TIMESTAMPTZ '{cutoff.isoformat()}'"))
+        CASE WHEN {bucket} < {test_hi} THEN (CASE WHEN {after} THEN 'test' END)
+             WHEN {bucket} < {val_hi} THEN (CASE WHEN {before} THEN 'val' END)
+             ELSE (CASE WHEN {before} THEN 'train' END) END AS split
+        FROM events""")
+    return con
+
+
+def coengagement(events_path: str, config: PairConfig = PairConfig()) -> dict[str, pl.DataFrame]:
+    """Co-engagement pairs (a, b, n) per split, from the Parquet event log at `events_path`."""
+    con = _split_events(events_path, config)
+    if con is None:
+        return dict.fromkeys(SPLITS, pl.DataFrame(schema={"a": pl.Utf8, "b": pl.Utf8, "n": pl.Int64}))
     out = {}
     for split in SPLITS:
-        out[split] = con.execute(f"""
+        out[split] = con.sql(f"""
             WITH e AS (SELECT DISTINCT user_id, image_id FROM split_events WHERE split = '{split}')
             SELECT x.image_id AS a, y.image_id AS b, count(*) AS n
             FROM e x JOIN e y ON x.user_id = y.user_id AND x.image_id <> y.image_id
             GROUP BY 1, 2 HAVING count(*) >= {config.min_count}
             ORDER BY 1, 2""").pl()
     return out
+
+
+def popularity(events_path: str, config: PairConfig = PairConfig()) -> pl.DataFrame:
+    """(image_id, n) engagement counts over the train split only (no test-period leakage)."""
+    con = _split_events(events_path, config)
+    if con is None:
+        return pl.DataFrame(schema={"image_id": pl.Utf8, "n": pl.Int64})
+    return con.sql("""SELECT image_id, count(*) AS n FROM split_events WHERE split = 'train'
+        GROUP BY 1 ORDER BY n DESC, image_id""").pl()
 
 
 def relevance_sets(pairs: pl.DataFrame, image_ids: list[str]) -> dict[int, set[int]]:
@@ -113,3 +130,4 @@ def mine_groups(relevant: dict[int, set[int]], neighbours: np.ndarray, config: P
         for p in picks:
             groups.append([q, positives[p], *negs[: config.negatives]])
     return np.asarray(groups, dtype=np.int32).reshape(-1, 2 + config.negatives)
+

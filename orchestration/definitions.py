@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import embeddings, ingestion, retrieval
+from assets import embeddings, evaluation, ingestion, reranking, retrieval
 from orchestration.automation import automation_sensor, with_automation
 from orchestration.executors import executor
 from orchestration.failures import run_failure_logger
@@ -12,7 +12,7 @@ from orchestration.sensors import new_images_sensor
 
 ensure_dagster_home()
 
-ASSET_MODULES = [ingestion, embeddings, retrieval]
+ASSET_MODULES = [ingestion, embeddings, retrieval, reranking, evaluation]
 
 defs = dg.Definitions(
     assets=with_automation(dg.load_assets_from_modules(ASSET_MODULES)),

@@ -1,0 +1,120 @@
+"""Inputs and rankings of every evaluated system, for the evaluation report. No Dagster here.
+
+Systems, all judged on the same held-out queries and relevant sets:
+- `random`: K catalog images drawn at random (seeded);
+- `popularity`: the K most engaged images of the train split;
+- `retrieval`: the index's top-K by cosine similarity;
+- `gutted`: the retrieval candidates re-ranked by the challenger gutted reranker;
+- `full_vlm`: the same candidates re-ranked by the full-VLM baseline (pixels).
+Costs are measured here, side by side in one process, on the first queries' K candidates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from assets.index_ops import load_state
+from assets.lake import read_table
+from assets.model_store import current_dir, pointers, version_dir
+from assets.pairs import popularity
+from assets.rerank_data import aligned_catalog, aligned_pixels, measure_cost, score_candidates
+from assets.sources import watched_sources
+from assets.storage import lake_path, read_parquet
+from models.checkpoint import load_checkpoint
+from models.cost import PRODUCTION, analytic_flops
+from models.train_reranker import load_reranker
+
+
+def evaluation_inputs(log=print) -> dict:
+    """Queries, candidate rows, relevant sets, labels and the report header."""
+    cands = read_parquet(lake_path("candidates")).sort("query", "rank")
+    frame, emb = aligned_catalog()
+    ids = frame["image_id"].to_list()
+    pos = {k: i for i, k in enumerate(ids)}
+    by_q = cands.group_by("query", maintain_order=True).agg(pl.col("image_id"))
+    queries = by_q["query"].to_list()
+    k = min(len(v) for v in by_q["image_id"])
+    cand_rows = np.array([[pos[i] for i in lst[:k]] for lst in by_q["image_id"]])
+    rel_table = read_parquet(lake_path("evaluation_queries"))
+    rel = dict(zip(rel_table["query"], rel_table["relevant"], strict=True))
+    source = rel_table["source"][0] if rel_table.height else "none"
+    labels = frame["label"].to_list()
+    _, enc_cfg, enc_extra = load_checkpoint(current_dir("image_encoder"))
+    enc = enc_extra.get("metrics", {})
+    state = load_state()
+    n_labels = len({lab for lab in labels if lab is not None})
+    header = {
+        "dataset": {"source": ", ".join(watched_sources()) or "unknown", "images": len(ids),
+                    "quarantined": read_table("quarantine").height, "labels": n_labels or None,
+                    "queries": len(queries), "relevance": source, "candidates_per_query": int(k)},
+        "encoder": {"dim": int(emb.shape[1]), "knn_precision_at_10": enc.get("ours_knn_precision_at_10"),
+                    "pixel_baseline_knn_precision_at_10": enc.get("pixel_knn_precision_at_10"),
+                    "random_init_knn_precision_at_10": enc.get("random_init_knn_precision_at_10"),
+                    "version": pointers("image_encoder")["current"]},
+        "index": {k2: state[k2] for k2 in ("factory", "params", "recall_at_10", "qps", "exact_qps", "n")},
+    }
+    log(f"evaluating {len(queries)} queries x {k} candidates ({source} relevance)")
+    return {"frame": frame, "emb": emb, "ids": ids, "queries": queries, "query_rows": np.array([pos[q] for q in queries]),
+            "cand_rows": cand_rows, "relevant": [set(rel[q]) for q in queries],
+            "query_labels": [labels[pos[q]] for q in queries], "header": header}
+
+
+def _order(ids: list[str], rows: np.ndarray, scores: np.ndarray) -> list[list[str]]:
+    return [[ids[r[j]] for j in np.argsort(-s, kind="stable")] for r, s in zip(rows, scores, strict=True)]
+
+
+def system_rankings(inputs: dict, seed: int = 0, cost_queries: int = 4, log=print) -> tuple[dict, dict, dict]:
+    """(rankings {system: [ranked ids per query]}, costs {system: cost fields}, extra)."""
+    ids, q_rows, c_rows = inputs["ids"], inputs["query_rows"], inputs["cand_rows"]
+    k = c_rows.shape[1]
+    rng = np.random.default_rng(seed)
+    rankings = {"retrieval": [[ids[j] for j in r] for r in c_rows]}
+    rankings["random"] = [[ids[j] for j in rng.choice(np.delete(np.arange(len(ids)), q), k, replace=False)] for q in q_rows]
+    events = lake_path("engagement_events")
+    popular = popularity(str(events))["image_id"].to_list() if events.exists() else []
+    popular += [i for i in ids if i not in set(popular)]  # unengaged images last, in catalog order
+    rankings["popularity"] = [[i for i in popular[: k + 1] if i != ids[q]][:k] for q in q_rows]
+
+    reranked = read_parquet(lake_path("reranked_candidates")).sort("query", "rank")
+    grouped = reranked.group_by("query", maintain_order=True).agg(pl.col("image_id"))
+    by_q = dict(zip(grouped["query"], grouped["image_id"], strict=True))
+    rankings["gutted"] = [list(by_q[q]) for q in inputs["queries"]]
+
+    log("scoring candidates with the full-VLM baseline (vision tower on pixels)")
+    pixels = aligned_pixels(inputs["frame"])
+    full = load_reranker(current_dir("full_vlm_reranker"))
+    full_scores = score_candidates(full, pixels, q_rows, c_rows, progress=lambda d, n: log(f"full VLM: {d}/{n} queries"))
+    rankings["full_vlm"] = _order(ids, c_rows, full_scores)
+
+    gutted = load_reranker(current_dir("gutted_reranker"))
+    sample = np.concatenate([q_rows[:cost_queries, None], c_rows[:cost_queries]], axis=1)
+    costs = {"gutted": measure_cost(gutted, inputs["emb"], sample, cost_queries),
+             "full_vlm": measure_cost(full, pixels, sample, cost_queries)}
+    state = load_state()
+    d = inputs["emb"].shape[1]
+    costs["retrieval"] = {"flops_per_candidate": 2.0 * d, "ms_per_1k_candidates": 1e6 / (state["qps"] * k),
+                          "tokens_per_candidate": 0}
+    for name in costs:
+        costs[name]["tokens_per_candidate"] = int(round(costs[name]["tokens_per_candidate"]))
+
+    extra = {}
+    champ, chall = pointers("reranker_champion")["current"], pointers("gutted_reranker")["current"]
+    if champ is not None and champ != chall:
+        log(f"scoring the same candidates with champion {champ}")
+        champion = load_reranker(version_dir("gutted_reranker", champ))
+        ranked = _order(ids, c_rows, score_candidates(champion, inputs["emb"], q_rows, c_rows))
+        from assets.eval_metrics import list_metrics
+
+        extra["champion_ndcg"] = list_metrics(ranked, inputs["relevant"])["ndcg_at_10"]
+    return rankings, costs, extra
+
+
+def production_estimate() -> dict:
+    """Analytic FLOPs per candidate for Qwen3-VL 2B/4B/8B at 448 px: full VLM vs gutted (k=4)."""
+    out = {}
+    for name in PRODUCTION:
+        row = analytic_flops(name)
+        out[name] = {"full_flops_per_candidate": row["full_gflops"] * 1e9,
+                     "gutted_flops_per_candidate": row["gutted_gflops"] * 1e9, "ratio": row["ratio"]}
+    return out

@@ -1,0 +1,145 @@
+"""Reranker assets: `training_pairs`, `gutted_reranker` and the `full_vlm_reranker` baseline."""
+
+import time
+
+import dagster as dg
+import numpy as np
+
+from assets.compute import GPU_STEP_TAGS, TRAIN_POOL
+from assets.ingestion import engagement_events
+from assets.model_store import pointers, save_version, set_current
+from assets.pairs import PairConfig
+from assets.plots import line_plot, md_image, md_table
+from assets.rerank_data import (
+    aligned_catalog,
+    aligned_pixels,
+    build_pairs,
+    load_groups,
+    measure_cost,
+)
+from assets.retrieval import faiss_index
+from assets.storage import lake_path, write_parquet
+from models.full_vlm import FullVLMConfig, build_full_vlm
+from models.gutted_vlm import GuttedConfig, build_gutted
+from models.train_reranker import TrainConfig, save_reranker, train_reranker
+
+
+class PairsConfig(dg.Config):
+    """Run knobs for mining; defaults live in `assets.pairs.PairConfig`."""
+
+    negatives: int = PairConfig.negatives
+    max_groups_per_query: int = PairConfig.max_groups_per_query
+    time_quantile: float = PairConfig.time_quantile
+
+
+@dg.asset(
+    group_name="reranker",
+    kinds={"duckdb", "parquet"},
+    deps=[engagement_events, faiss_index],
+    code_version="training_pairs-v1",
+)
+def training_pairs(context: dg.AssetExecutionContext, config: PairsConfig) -> dg.MaterializeResult:
+    """Groups of one query, one positive and n hard negatives, split by user and time.
+
+    Positives are co-engaged images (counted in DuckDB over the Parquet event log), or
+    same-label images when there is no engagement; hard negatives are the query's nearest
+    index neighbours that are not positives. Writes `lake/training_pairs.parquet` (train and
+    val groups) and `lake/evaluation_queries.parquet` (held-out queries and their relevant
+    images, from later engagement of held-out users). The data version is the encoder's: the
+    rerankers' inputs live in its embedding space, so a new encoder retrains them.
+    """
+    cfg = PairConfig(negatives=config.negatives, max_groups_per_query=config.max_groups_per_query,
+                     time_quantile=config.time_quantile)
+    groups, queries, stats = build_pairs(cfg)
+    if stats["train_groups"] == 0 or stats["val_groups"] == 0:
+        raise ValueError(f"not enough relevance to train a reranker: {stats}")
+    write_parquet(groups, lake_path("training_pairs"))
+    write_parquet(queries, lake_path("evaluation_queries"))
+    context.log.info(f"training pairs: {stats}")
+    encoder = pointers("image_encoder")["current"]
+    return dg.MaterializeResult(data_version=dg.DataVersion(f"encoder-{encoder}"), metadata={
+        **{k: v for k, v in stats.items() if isinstance(v, int)},
+        "relevance_source": stats["source"], "negatives_per_group": cfg.negatives,
+        "dagster/row_count": groups.height,
+    })
+
+
+class RerankerTrainConfig(dg.Config):
+    """Run knobs shared by both rerankers (same budget); defaults live in models/."""
+
+    num_tokens: int = GuttedConfig.num_tokens
+    stage1_epochs: int = TrainConfig.stage1_epochs
+    stage2_epochs: int = TrainConfig.stage2_epochs
+    max_train_groups: int = 4000  # the training budget, identical for both models
+    seed: int = 0
+
+
+def _train(context, kind: str, scorer, features, config: RerankerTrainConfig) -> dg.MaterializeResult:
+    """Train `scorer` on the stored groups, measure its cost, save it; shared by both assets."""
+    frame, _ = aligned_catalog()
+    ids = frame["image_id"].to_list()
+    train, val = load_groups(ids, "train"), load_groups(ids, "val")
+    if len(train) > config.max_train_groups:
+        train = train[np.sort(np.random.default_rng(config.seed).choice(len(train), config.max_train_groups, replace=False))]
+    context.log.info(f"{kind}: {len(train)} train groups, {len(val)} val groups")
+    cfg = TrainConfig(stage1_epochs=config.stage1_epochs, stage2_epochs=config.stage2_epochs, seed=config.seed)
+    started = time.perf_counter()
+    metrics = train_reranker(scorer, features, train, val, cfg, progress=lambda m: context.log.info(f"{kind}: {m}"))
+    seconds = time.perf_counter() - started
+    cost = measure_cost(scorer, features, val)
+    version = save_version(kind, lambda d: save_reranker(scorer, d, cfg, metrics))
+    set_current(kind, version, reason=f"run {context.run_id}")
+    plots = {
+        "loss_curve": dg.MetadataValue.md(md_image(line_plot(
+            {"train loss": [c["loss"] for c in metrics["loss_curve"]]}, f"{kind}: listwise loss"))),
+        "val_ndcg_curve": dg.MetadataValue.md(md_image(line_plot(
+            {"val NDCG@10": [c["val_ndcg10"] for c in metrics["val_curve"]]}, f"{kind}: validation NDCG@10",
+            xlabel="evaluation"))),
+    }
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
+        "version": version, "val_ndcg_at_10": float(metrics["best_val_ndcg10"]),
+        "trained_parameters": int(metrics["trained_params"]), "train_seconds": round(seconds, 1),
+        **{k: float(v) for k, v in cost.items()},
+        "cost": dg.MetadataValue.md(md_table([{"metric": k, "value": v} for k, v in cost.items()])),
+        **plots,
+    })
+
+
+@dg.asset(
+    group_name="reranker",
+    kinds={"pytorch", "safetensors"},
+    deps=[training_pairs],
+    pool=TRAIN_POOL,
+    op_tags=GPU_STEP_TAGS,
+    code_version="gutted_reranker-v1",
+)
+def gutted_reranker(context: dg.AssetExecutionContext, config: RerankerTrainConfig) -> dg.MaterializeResult:
+    """Qwen3-VL without its vision tower, reading our embeddings as k soft tokens.
+
+    Stage 1 trains the projector, stage 2 LoRA plus the projector, with listwise softmax
+    cross-entropy and early stopping on validation NDCG@10. The checkpoint holds only the
+    trained tensors and the base model's identity (`models/gutted_reranker/<version>/`).
+    """
+    _, emb = aligned_catalog()
+    scorer = build_gutted(GuttedConfig(embed_dim=emb.shape[1], num_tokens=config.num_tokens, seed=config.seed))
+    return _train(context, "gutted_reranker", scorer, emb, config)
+
+
+@dg.asset(
+    group_name="reranker",
+    kinds={"pytorch", "safetensors"},
+    deps=[training_pairs],
+    pool=TRAIN_POOL,
+    op_tags=GPU_STEP_TAGS,
+    code_version="full_vlm_reranker-v1",
+)
+def full_vlm_reranker(context: dg.AssetExecutionContext, config: RerankerTrainConfig) -> dg.MaterializeResult:
+    """The baseline: the same Qwen3-VL with its vision tower, reading pixels (224 px, 49 tokens).
+
+    Same prompt, head, loss and training budget as the gutted model; it exists so the
+    evaluation report can compare quality and cost.
+    """
+    frame, _ = aligned_catalog()
+    pixels = aligned_pixels(frame)
+    scorer = build_full_vlm(FullVLMConfig(seed=config.seed))
+    return _train(context, "full_vlm_reranker", scorer, pixels, config)
