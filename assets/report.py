@@ -129,7 +129,8 @@ def history_plot(reports: list[dict]) -> bytes:
 def summary_rows(report: dict) -> list[dict]:
     """One row per system for tables (markdown, HTML, the command line)."""
     rows = []
-    for name, s in report["systems"].items():
+    for name in [n for n in SYSTEMS if n in report["systems"]]:
+        s = report["systems"][name]
         lo, hi = s["ndcg_at_10_ci"]
         rows.append({"system": name, "NDCG@10": f"{s['ndcg_at_10']:.3f} [{lo:.3f}, {hi:.3f}]",
                      "R@10": round(s["recall_at_10"], 3), "R@50": round(s["recall_at_50"], 3), "MRR": round(s["mrr"], 3),

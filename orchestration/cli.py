@@ -1,8 +1,11 @@
 """The `lensless` command line. Every command runs through Dagster on the persistent instance
 in `$LENSLESS_HOME/dagster`, so what it does shows in `dagster dev` afterwards.
 
+    lensless demo [--images N]                  the whole graph on the demo catalog
+    lensless run --source PATH_OR_URL [--engagement FILE] [--limit N]
     lensless ingest SOURCE [--engagement FILE] [--label-depth N] [--json]
-    lensless demo [--images N]
+    lensless recommend IMAGE_PATH_OR_ID [-k 10] [--json]
+    lensless report | promote [VERSION] | rollback
     lensless dev [--port P] [--host H]
     lensless sql "SELECT …"
 """
@@ -53,39 +56,9 @@ def ensure_demo(n_images: int, size: int = 224, seed: int = 0) -> str:
     return str(dest)
 
 
-def ingest(source: str, engagement: str | None = None, label_depth: int = 1) -> dict:
-    """Cut the source's new files into one batch, ingest it through Dagster, refresh engagement."""
-    from assets.engagement import register_source
-    from assets.lake import read_table
-    from assets.sources import list_source, new_entries, register_batch, register_watched
-    from orchestration.instance import get_instance
-    from orchestration.runner import materialize_assets
-
-    listing = list_source(source, label_depth=label_depth)
-    fresh = new_entries(listing)
-    register_watched(source)
-    if engagement:
-        register_source(os.path.abspath(engagement) if "://" not in engagement else engagement)
-    if fresh.height == 0:
-        print(f"no new files in {source} ({listing.files.height} listed, all already ingested)", file=sys.stderr)
-        return {"batch": None, "ingested": 0, "duplicates": 0, "quarantined": {}, "skipped": 0}
-    batch = register_batch(fresh)
-    get_instance().add_dynamic_partitions("image_batches", [batch])
-    print(f"batch {batch}: {fresh.height} files from {source}", file=sys.stderr)
-    run_config = {"ops": {"raw_images": {"config": {}}}}
-    materialize_assets(["raw_images"], partition_key=batch, run_config=run_config)
-    materialize_assets(["engagement_events"])
-    quarantine = read_table("quarantine", [batch])
-    return {
-        "batch": batch,
-        "ingested": read_table("raw_images", [batch]).height,
-        "duplicates": read_table("duplicates", [batch]).height,
-        "quarantined": dict(sorted(quarantine.group_by("reason").len().iter_rows())),
-        "skipped": read_table("skipped", [batch]).height,
-    }
-
-
 def cmd_ingest(args) -> int:
+    from orchestration.pipeline import ingest
+
     source = ensure_demo(args.images) if args.source == "demo" else args.source
     summary = ingest(source, args.engagement, args.label_depth)
     if args.json:
@@ -96,12 +69,78 @@ def cmd_ingest(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from assets.storage import lensless_home
+def _print_report(report: dict) -> None:
+    from assets.plots import md_table
+    from assets.report import reports_dir, summary_rows
 
-    summary = ingest(ensure_demo(args.images))
-    print(json.dumps(summary))
-    print(f"lake: {lensless_home() / 'lake'}")
+    print(md_table(summary_rows(report)))
+    cr = report["cost_ratio"]
+    print(f"\ngutted vs full VLM: {cr['flops']:.1f}x fewer FLOPs, {cr['ms']:.1f}x less time per candidate "
+          f"({report['dataset']['queries']} queries, {report['dataset']['images']} images)")
+    print(f"report: {reports_dir() / report['run_id'] / 'report.html'}")
+
+
+def cmd_demo(args) -> int:
+    from orchestration.pipeline import run_all
+
+    report = run_all(ensure_demo(args.images))
+    _print_report(report)
+    print(f"demo finished in {report['_seconds'] / 60:.1f} min")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from orchestration.pipeline import run_all
+
+    report = run_all(args.source, args.engagement, args.limit)
+    _print_report(report)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from assets.evaluation import read_latest_report
+    from assets.report import reports_dir
+
+    report = read_latest_report(reports_dir())
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_report(report)
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from assets.recommend import recommend
+
+    results = recommend(args.image, k=args.k, rerank=not args.no_rerank)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for i, r in enumerate(results, 1):
+            print(f"{i:3d}  {r['score']:+.4f}  {r['image_id']}  {r['uri']}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from assets.model_store import pointers, set_current
+
+    version = args.version or pointers("gutted_reranker")["current"]
+    if version is None:
+        raise ValueError("no gutted reranker trained yet: nothing to promote")
+    set_current("reranker_champion", version, reason="manual promote", versions_of="gutted_reranker")
+    print(f"champion is now {version}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from assets.model_store import pointers, set_current
+
+    state = pointers("reranker_champion")
+    previous = [h["version"] for h in state["history"] if h["version"] != state["current"]]
+    if not previous:
+        raise ValueError(f"no earlier champion to roll back to (history: {[h['version'] for h in state['history']]})")
+    set_current("reranker_champion", previous[-1], reason=f"rollback from {state['current']}", versions_of="gutted_reranker")
+    print(f"champion rolled back {state['current']} → {previous[-1]}")
     return 0
 
 
@@ -152,9 +191,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="last line is a JSON summary")
     s.set_defaults(func=cmd_ingest)
 
-    s = sub.add_parser("demo", help="ingest the demo catalog and run the whole graph")
+    s = sub.add_parser("demo", help="ingest the demo catalog and run the whole graph; prints the report")
     s.add_argument("--images", type=int, default=5000)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("run", help="the whole graph on any folder or bucket")
+    s.add_argument("--source", required=True, help="folder or fsspec URL; subfolders name labels")
+    s.add_argument("--engagement", help="Parquet/CSV engagement file")
+    s.add_argument("--limit", type=int, help="ingest a deterministic sample of N new files")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("report", help="print the latest evaluation summary")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("recommend", help="recommendations for a catalog image_id or any image file")
+    s.add_argument("image", help="image_id from the catalog, or a path/URL of an image file")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--no-rerank", action="store_true", help="index order only")
+    s.add_argument("--json", action="store_true", help="last line is a JSON list of {image_id, uri, score}")
+    s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("promote", help="make a gutted reranker version the champion (default: the latest)")
+    s.add_argument("version", nargs="?")
+    s.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser("rollback", help="restore the previous champion")
+    s.set_defaults(func=cmd_rollback)
 
     s = sub.add_parser("dev", help="start the Dagster UI (dagster dev) on this project's instance")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; see README before exposing)")
@@ -173,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lensless` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:

@@ -5,9 +5,13 @@ Runs launched here are ordinary Dagster runs in `$LENSLESS_HOME/dagster`: they s
 line can show progress and return results directly.
 """
 
+import os
+
 import dagster as dg
 
 from orchestration.instance import get_instance
+
+LOG_LEVEL = os.environ.get("LENSLESS_LOG_LEVEL", "INFO")  # Dagster's console log level for CLI runs
 
 
 def materialize_assets(selection: list[str], partition_key: str | None = None, run_config: dict | None = None,
@@ -19,6 +23,7 @@ def materialize_assets(selection: list[str], partition_key: str | None = None, r
     unknown = sorted(set(selection) - keys)
     if unknown:
         raise ValueError(f"unknown assets {unknown}; valid: {', '.join(sorted(keys))}")
+    run_config = {"loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}, **(run_config or {})}
     return dg.materialize(
         assets=[*(defs.assets or []), *(defs.asset_checks or [])],
         selection=selection,

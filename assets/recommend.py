@@ -1,0 +1,66 @@
+"""Answer "what goes with this image?" for a catalog image or any image file. No Dagster here.
+
+A catalog `image_id` uses its stored embedding; a file path (or fsspec URL) is decoded with
+the ingestion decoder and embedded on the fly by the current encoder. The index returns
+`pool` candidates, the serving reranker (the champion, else the latest challenger) scores
+them, and the top `k` come back with their URIs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from assets.batch_ingest import read_bytes
+from assets.decode import DecodePolicy, decode_image
+from assets.index_ops import load_index
+from assets.model_store import current_dir, pointers, version_dir
+from assets.rerank_data import aligned_catalog
+from index.search import search
+from models.embed import embed_pixels
+from models.encoder import ImageEncoder
+from models.train_reranker import load_reranker
+
+
+def serving_reranker():
+    """(reranker, version): the champion if one was promoted, else the current challenger."""
+    champion = pointers("reranker_champion")["current"]
+    if champion is not None:
+        return load_reranker(version_dir("gutted_reranker", champion)), champion
+    return load_reranker(current_dir("gutted_reranker")), pointers("gutted_reranker")["current"]
+
+
+def query_embedding(query: str, frame, emb: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(embedding (d,), image_id or None) for a catalog image id or an image file."""
+    ids = frame["image_id"].to_list()
+    if query in ids:
+        return emb[ids.index(query)], query
+    try:
+        data = read_bytes(query)
+    except OSError as e:
+        raise ValueError(f"{query!r} is neither a catalog image_id nor a readable image file: {e}") from e
+    pixels, _ = decode_image(data, DecodePolicy())  # the encoder resizes to its own input size
+    encoder = ImageEncoder.from_checkpoint(current_dir("image_encoder"))
+    return embed_pixels(encoder, pixels[None])[0], None
+
+
+def recommend(query: str, k: int = 10, pool: int = 50, rerank: bool = True) -> list[dict]:
+    """Top-k recommendations: [{"image_id", "uri", "score"}], best first."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    frame, emb = aligned_catalog()
+    vec, own_id = query_embedding(query, frame, emb)
+    index, _, _ = load_index()
+    pool = max(pool, k)
+    scores, rows = search(index, vec[None].astype(np.float32), pool + 1)
+    ids, uris = frame["image_id"].to_list(), frame["uri"].to_list()
+    keep = [(float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0 and ids[r] != own_id][:pool]
+    cand_rows = np.array([r for _, r in keep])
+    if rerank and len(cand_rows):
+        scorer, _ = serving_reranker()
+        with torch.inference_mode():
+            out = scorer.score(torch.as_tensor(vec[None]).float(), torch.as_tensor(emb[cand_rows][None]).float())[0].numpy()
+        ranked = [(float(out[j]), int(cand_rows[j])) for j in np.argsort(-out, kind="stable")]
+    else:
+        ranked = keep
+    return [{"image_id": ids[r], "uri": uris[r], "score": s} for s, r in ranked[:k]]
