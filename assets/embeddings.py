@@ -79,6 +79,8 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderTrainConfig)
             "dim": model.config.dim,
             "parameters": model.num_params(),
             "train_images": len(train_rows),
+            "catalog_images": frame.height,
+            "trained_batches": ",".join(sorted(frame["batch"].unique().to_list())),
             "train_seconds": round(metrics["seconds"], 1),
             **{k: dg.MetadataValue.float(float(v)) for k, v in quality.items() if v is not None},
             "quality": dg.MetadataValue.md(md_table(table)),

@@ -140,6 +140,8 @@ def evaluation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult
         **{f"{name}_ndcg_at_10": s["ndcg_at_10"] for name, s in systems.items()},
         "cost_ratio_flops": report["cost_ratio"]["flops"], "cost_ratio_ms": report["cost_ratio"]["ms"],
         "queries": report["dataset"]["queries"],
+        **({"champion_ndcg_diff": champion["ndcg_diff"], "champion_ndcg_diff_ci_high": champion["ndcg_diff_ci"][1]}
+           if champion["ndcg_diff_ci"] else {}),
         "report": dg.MetadataValue.path(str(folder / "report.html")),
         "systems": dg.MetadataValue.md(md_table(summary_rows(report))),
         "per_label": dg.MetadataValue.md(md_table(by_label)),

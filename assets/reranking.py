@@ -18,7 +18,7 @@ from assets.rerank_data import (
     measure_cost,
 )
 from assets.retrieval import faiss_index
-from assets.storage import lake_path, write_parquet
+from assets.storage import lake_path, read_parquet, write_parquet
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, build_gutted
 from models.train_reranker import TrainConfig, save_reranker, train_reranker
@@ -74,6 +74,11 @@ class RerankerTrainConfig(dg.Config):
     seed: int = 0
 
 
+def _engagement_count() -> int:
+    path = lake_path("engagement_events")
+    return read_parquet(path).height if path.exists() else 0
+
+
 def _train(context, kind: str, scorer, features, config: RerankerTrainConfig) -> dg.MaterializeResult:
     """Train `scorer` on the stored groups, measure its cost, save it; shared by both assets."""
     frame, _ = aligned_catalog()
@@ -98,6 +103,7 @@ def _train(context, kind: str, scorer, features, config: RerankerTrainConfig) ->
     }
     return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
         "version": version, "val_ndcg_at_10": float(metrics["best_val_ndcg10"]),
+        "engagement_events": _engagement_count(),
         "trained_parameters": int(metrics["trained_params"]), "train_seconds": round(seconds, 1),
         **{k: float(v) for k, v in cost.items()},
         "cost": dg.MetadataValue.md(md_table([{"metric": k, "value": v} for k, v in cost.items()])),

@@ -24,14 +24,22 @@ ON_MISSING = (
     & ~dg.AutomationCondition.in_progress()
 ).with_label("train_when_missing")
 
+# A reranker's inputs live in the encoder's embedding space; training_pairs' data version names
+# that space, so a new encoder (and only that, or a person / sensor) retrains the rerankers.
+RETRAIN_ON_NEW_SPACE = (
+    ON_MISSING
+    | (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+       & ~dg.AutomationCondition.any_deps_in_progress() & ~dg.AutomationCondition.in_progress())
+).with_label("train_when_missing_or_new_embedding_space")
+
 CONDITIONS: dict[str, dg.AutomationCondition] = {
     "engagement_events": EAGER,
     "image_encoder": ON_MISSING,
     "image_embeddings": EAGER,
     "faiss_index": EAGER,
     "training_pairs": EAGER,
-    "gutted_reranker": ON_MISSING,
-    "full_vlm_reranker": ON_MISSING,
+    "gutted_reranker": RETRAIN_ON_NEW_SPACE,
+    "full_vlm_reranker": RETRAIN_ON_NEW_SPACE,
     "candidates": EAGER,
     "reranked_candidates": EAGER,
     "evaluation_report": EAGER,
