@@ -1,0 +1,166 @@
+"""Cost per scored candidate: measured on this machine, and analytic for production sizes.
+
+Measured (any scorer, gutted or full VLM, either KV-cache mode):
+- `flops_per_candidate`: forward FLOPs from `torch.utils.flop_counter.FlopCounterMode`
+  (matmuls, convolutions, attention) for B queries × C candidates, divided by B·C. Attention
+  counts the full Lq × Lk rectangle, so it sits a little above the causal analytic count.
+- `ms_per_1k_candidates`: best-of-N wall time of that scoring call, per 1,000 candidates.
+- `tokens_per_candidate`: LLM tokens per image and per scored candidate.
+
+Analytic (`analytic_flops`, `cost_rows`), forward FLOPs = 2 × multiply-accumulates:
+- LLM, per token at absolute index t (0-based), summed over L layers:
+  2·H·(nq·hd + 2·nkv·hd) [q, k, v] + 2·nq·hd·H [o] + 6·H·I [gated MLP] + 4·nq·hd·(t + 1)
+  [scores and values over t + 1 keys]. The yes−no head adds 2·H.
+- Prompt: prefix = T_img + 2 tokens (query image between vision markers), suffix =
+  T_img + 2 + q tokens (candidate image, markers, question). With the KV cache the prefix
+  runs once per query, so a candidate costs suffix + prefix / C; without it, prefix + suffix.
+- Vision tower per image of R px: N = (R / p)^2 patches, T_img = N / m^2 LLM tokens;
+  patch embed 2·N·(3·tp·p^2)·Hv; per block 2·N·4·Hv^2 + 4·N·Hv·Iv + 4·N^2·Hv; each of the
+  1 + n_deepstack mergers 2·T_img·((m^2·Hv)^2 + m^2·Hv·H). The query image's tower runs once
+  per query: a candidate pays its own image plus 1 / C of the query's.
+- Gutted: T_img = k soft tokens from a projector MLP, 2·(d·h_p + h_p·k·H) per image. The
+  in-house encoder is not counted: its embeddings are computed once at ingestion and reused
+  by every query, like an index.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from models.qwen3vl_configs import config_dims
+
+
+# FlopCounterMode has no formula for the CPU flash-attention kernel that SDPA dispatches to
+# here, so attention would count as zero; count it like every other SDPA backend (the full
+# Lq × Lk rectangle, causal masking not subtracted).
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
+
+PRODUCTION = ("Qwen3-VL-2B", "Qwen3-VL-4B", "Qwen3-VL-8B")
+
+
+def flops_per_candidate(scorer, query_feats, cand_feats, use_cache: bool | None = None) -> float:
+    """Counted forward FLOPs of scoring (B, C) candidates, divided by B·C."""
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_SDPA)
+    with torch.inference_mode(), counter:
+        scorer.score(query_feats, cand_feats, use_cache=use_cache)
+    return counter.get_total_flops() / cand_feats.shape[0] / cand_feats.shape[1]
+
+
+def ms_per_1k_candidates(
+    scorer,
+    query_feats,
+    cand_feats,
+    use_cache: bool | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+) -> float:
+    """Wall milliseconds of one scoring call, scaled to 1,000 candidates: the best of
+    `repeats` timed calls, the usual estimator on a shared machine (noise only adds time)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    n = cand_feats.shape[0] * cand_feats.shape[1]
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            scorer.score(query_feats, cand_feats, use_cache=use_cache)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return min(times) * 1000.0 * 1000.0 / n
+
+
+def tokens_per_candidate(scorer, candidates_per_query: int = 50) -> dict:
+    """LLM tokens: per image, per prompt, and per candidate with and without the KV cache."""
+    t_img = scorer.tokens_per_image()
+    prefix, suffix = t_img + 2, t_img + 2 + len(scorer.question_ids)
+    return {
+        "image_tokens": t_img,
+        "prompt_tokens": prefix + suffix,
+        "per_candidate_nocache": prefix + suffix,
+        "per_candidate_cache": suffix + prefix / candidates_per_query,
+    }
+
+
+def _llm_flops(text: dict, start: int, n_tokens: int) -> float:
+    """LLM forward FLOPs for tokens at absolute indices start .. start + n_tokens - 1."""
+    h, hd, nq, nkv = (
+        text["hidden_size"],
+        text["head_dim"],
+        text["num_attention_heads"],
+        text["num_key_value_heads"],
+    )
+    linear = 2 * h * (nq * hd + 2 * nkv * hd) + 2 * nq * hd * h + 6 * h * text["intermediate_size"]
+    keys = sum(t + 1 for t in range(start, start + n_tokens))
+    return text["num_hidden_layers"] * (n_tokens * linear + 4 * nq * hd * keys)
+
+
+def _vision_flops(vision: dict, out_hidden: int, resolution: int) -> tuple[float, int]:
+    """Vision tower forward FLOPs for one square image, and the LLM tokens it yields."""
+    p, m, tp = vision["patch_size"], vision["spatial_merge_size"], vision["temporal_patch_size"]
+    if resolution % (p * m):
+        raise ValueError(f"resolution must be a multiple of {p * m}, got {resolution}")
+    hv, iv, n = vision["hidden_size"], vision["intermediate_size"], (resolution // p) ** 2
+    t_img = n // m**2
+    embed = 2 * n * (3 * tp * p * p) * hv
+    block = 2 * n * 4 * hv * hv + 4 * n * hv * iv + 4 * n * n * hv
+    mergers = (
+        (1 + len(vision["deepstack_visual_indexes"]))
+        * 2
+        * t_img
+        * ((m * m * hv) ** 2 + m * m * hv * out_hidden)
+    )
+    return embed + vision["depth"] * block + mergers, t_img
+
+
+def analytic_flops(
+    name: str,
+    resolution: int = 448,
+    num_tokens: int = 4,
+    embed_dim: int = 128,
+    proj_hidden: int = 512,
+    question_tokens: int = 12,
+    candidates_per_query: int = 50,
+    use_cache: bool = True,
+) -> dict:
+    """Forward FLOPs per scored candidate for a named Qwen3-VL: full VLM vs gutted (see module doc)."""
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens (k) must be >= 1, got {num_tokens}")
+    dims = config_dims(name)
+    text, c = dims["text"], candidates_per_query
+    vision, t_full = _vision_flops(dims["vision"], text["hidden_size"], resolution)
+
+    def per_candidate(t_img: int) -> float:
+        prefix, suffix = t_img + 2, t_img + 2 + question_tokens
+        pre = _llm_flops(text, 0, prefix)
+        post = _llm_flops(text, prefix, suffix) + 2 * text["hidden_size"]
+        return post + (pre / c if use_cache else pre)
+
+    per_image_proj = 2 * (embed_dim * proj_hidden + proj_hidden * num_tokens * text["hidden_size"])
+    full_llm, gut_llm = per_candidate(t_full), per_candidate(num_tokens)
+    full = {"vision": vision * (1 + 1 / c), "llm": full_llm}
+    gutted = {"projector": per_image_proj * (1 + 1 / c), "llm": gut_llm}
+    full_total, gut_total = sum(full.values()), sum(gutted.values())
+    return {
+        "model": name,
+        "resolution": resolution,
+        "image_tokens_full": t_full,
+        "image_tokens_gutted": num_tokens,
+        "full_vision_gflops": full["vision"] / 1e9,
+        "full_llm_gflops": full["llm"] / 1e9,
+        "full_gflops": full_total / 1e9,
+        "gutted_gflops": gut_total / 1e9,
+        "ratio": full_total / gut_total,
+        "ratio_llm_only": full["llm"] / gutted["llm"],
+    }
+
+
+def cost_rows(names=PRODUCTION, **kwargs) -> list[dict]:
+    """One `analytic_flops` row per named config, ready for a markdown table."""
+    return [analytic_flops(n, **kwargs) for n in names]

@@ -1,0 +1,299 @@
+"""Training, saving and loading of a reranker (gutted VLM or full-VLM baseline).
+
+`train_reranker(scorer, features, groups, val_groups, cfg)` is generic over any scorer with
+`score(query_feats (B, ...), cand_feats (B, C, ...)) -> (B, C)`, `stage1_parameters()` and an
+`lm` attribute. Each group row is [query_idx, positive_idx, neg_idx...] into `features`
+(float (N, d) embeddings for the gutted model, uint8 (N, S, S, 3) pixels for the full VLM).
+The loss is listwise softmax cross-entropy with the candidate order shuffled per group, so
+the positive's column carries no signal. Stage 1 trains the projector only; stage 2 injects
+LoRA (peft) into the language model and trains it with the projector. Each stage stops early
+when validation NDCG@10 has not improved for `patience` evaluations; the best state wins.
+
+A checkpoint holds only the trained tensors (projector, LoRA), the configs and the base
+model's identity; `load_reranker(dir)` rebuilds the frozen base and loads them on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.ranking_metrics import ndcg_at_k, positive_first_relevance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    stage1_epochs: int = 4  # epochs of projector-only training
+    stage2_epochs: int = 4  # epochs of LoRA + projector training (0 = no LoRA)
+    batch_groups: int = 8  # groups (query + candidates) per optimizer step
+    lr: float = 2e-3  # projector learning rate (AdamW)
+    lora_lr: float = 1e-3  # LoRA learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.0  # LoRA dropout (0 keeps CPU runs deterministic and cheap)
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # LM linear names
+    patience: int = 2  # evaluations without a val NDCG@10 gain before a stage stops
+    evals_per_epoch: int = 1  # validation evaluations per epoch
+    eval_batch: int = 16  # groups per scoring batch at evaluation
+    grad_clip: float = 1.0  # max gradient norm
+    seed: int = 0  # batch order, candidate shuffles and LoRA init
+
+
+def _as_tensor(features, scorer=None) -> torch.Tensor:
+    """Features as a tensor; a scorer with `prepare_features` (frozen tower) converts them once."""
+    t = features if torch.is_tensor(features) else torch.as_tensor(np.ascontiguousarray(features))
+    t = t if t.dtype == torch.uint8 else t.float()
+    prepare = getattr(scorer, "prepare_features", None)
+    return t if prepare is None else prepare(t)
+
+
+def _check_groups(groups, n_items: int, what: str) -> np.ndarray:
+    groups = np.asarray(groups)
+    if groups.ndim != 2 or groups.shape[1] < 3 or not np.issubdtype(groups.dtype, np.integer):
+        raise ValueError(
+            f"{what} must be an int array (G, 2+n) of [query, positive, negatives...] with n >= 1, "
+            f"got shape {groups.shape} dtype {groups.dtype}"
+        )
+    if groups.min() < 0 or groups.max() >= n_items:
+        raise ValueError(
+            f"{what} index {groups.max()} / {groups.min()} out of range [0, {n_items})"
+        )
+    return groups
+
+
+def trained_state(scorer) -> dict[str, torch.Tensor]:
+    """The trained tensors of a scorer (projector and any LoRA), detached copies by name."""
+    names = _trainable_names(scorer)
+    return {k: v.detach().clone() for k, v in scorer.state_dict().items() if k in names}
+
+
+def _trainable_names(scorer) -> set[str]:
+    stage1 = {id(p) for p in scorer.stage1_parameters()}
+    return {n for n, p in scorer.named_parameters() if id(p) in stage1 or "lora_" in n}
+
+
+def _has_lora(scorer) -> bool:
+    return any("lora_" in n for n, _ in scorer.lm.named_parameters())
+
+
+def add_lora(scorer, cfg: TrainConfig) -> None:
+    """Inject LoRA adapters (peft) into the scorer's language model, seeded."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        inject_adapter_in_model(lcfg, scorer.lm)
+
+
+@torch.no_grad()
+def evaluate(scorer, features, groups, batch: int = 16, k: int = 10) -> dict:
+    """Score groups (positive in column 1) and return mean NDCG@k plus the raw scores."""
+    feats = _as_tensor(features, scorer)
+    groups = np.asarray(groups)
+    was_training = scorer.training
+    scorer.eval()
+    out = []
+    for i in range(0, len(groups), batch):
+        g = torch.as_tensor(groups[i : i + batch])
+        out.append(scorer.score(feats[g[:, 0]], feats[g[:, 1:]]).float().numpy())
+    scorer.train(was_training)
+    scores = np.concatenate(out)  # (G, C)
+    ndcg = ndcg_at_k(scores, positive_first_relevance(*scores.shape), k)
+    return {"ndcg": float(ndcg.mean()), "per_group": ndcg, "scores": scores}
+
+
+def _train_step(scorer, feats, g: torch.Tensor, gen, opt, params, clip: float) -> float:
+    """One listwise step on groups g (B, 1 + C); candidate order shuffled per group."""
+    cands = g[:, 1:]  # (B, C), positive in column 0
+    perm = torch.argsort(torch.rand(cands.shape, generator=gen), dim=1)
+    target = (perm == 0).float().argmax(1)  # (B,) where the positive landed
+    logits = scorer.score(feats[g[:, 0]], feats[torch.gather(cands, 1, perm)])  # (B, C)
+    loss = F.cross_entropy(logits, target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    return loss.item()
+
+
+def _stage_params(scorer, stage: int, cfg: TrainConfig) -> list[dict]:
+    """Optimizer groups of a stage: 1 = projector, 2 = projector + LoRA; all else frozen."""
+    for p in scorer.parameters():
+        p.requires_grad_(False)
+    groups = [{"params": scorer.stage1_parameters(), "lr": cfg.lr}]
+    if stage == 2:
+        lora = [p for n, p in scorer.lm.named_parameters() if "lora_" in n]
+        groups.append({"params": lora, "lr": cfg.lora_lr})
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    return groups
+
+
+def train_reranker(
+    scorer,
+    features,
+    groups,
+    val_groups,
+    cfg: TrainConfig | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train `scorer` in place (stage 1 projector, stage 2 LoRA + projector); return metrics:
+    best and untrained val NDCG@10, loss and val curves, trained parameter count, seconds."""
+    cfg = cfg or TrainConfig()
+    if cfg.batch_groups < 1:
+        raise ValueError(f"batch_groups must be >= 1, got {cfg.batch_groups}")
+    feats = _as_tensor(features)
+    scorer.check_features(feats, "features")
+    feats = _as_tensor(feats, scorer)
+    groups = _check_groups(groups, len(feats), "groups")
+    val_groups = _check_groups(val_groups, len(feats), "val_groups")
+    emit = progress or (lambda _m: None)
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.stage2_epochs > 0 and not _has_lora(scorer):
+        add_lora(scorer, cfg)
+
+    step, curve_loss, curve_val = 0, [], []
+    first = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
+    best = {"ndcg": first, "stage": 0, "step": 0, "state": trained_state(scorer)}
+    curve_val.append({"stage": 0, "step": 0, "val_ndcg10": first})
+    emit({"event": "eval", "stage": 0, "step": 0, "val_ndcg10": first})
+    log.info("untrained val NDCG@10 %.4f", first)
+    n_batches = max(1, -(-len(groups) // cfg.batch_groups))
+    eval_at = set(np.linspace(0, n_batches, cfg.evals_per_epoch + 1, dtype=int)[1:].tolist())
+
+    for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
+        if epochs <= 0:
+            continue
+        param_groups = _stage_params(scorer, stage, cfg)
+        params = [p for x in param_groups for p in x["params"]]
+        opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+        stale = 0
+        scorer.train()
+        for epoch in range(epochs):
+            order = torch.randperm(len(groups), generator=gen).numpy()
+            for bi in range(n_batches):
+                g = torch.as_tensor(
+                    groups[order[bi * cfg.batch_groups : (bi + 1) * cfg.batch_groups]]
+                )
+                loss = _train_step(scorer, feats, g, gen, opt, params, cfg.grad_clip)
+                step += 1
+                curve_loss.append({"stage": stage, "step": step, "loss": loss})
+                if bi + 1 not in eval_at:
+                    continue
+                val = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
+                mean_loss = float(np.mean([c["loss"] for c in curve_loss[-n_batches:]]))
+                curve_val.append({"stage": stage, "step": step, "val_ndcg10": val})
+                emit({"event": "eval", "stage": stage, "epoch": epoch, "step": step,
+                      "train_loss": mean_loss, "val_ndcg10": val})  # fmt: skip
+                log.info("stage %d epoch %d step %d loss %.4f val NDCG@10 %.4f",
+                         stage, epoch, step, mean_loss, val)  # fmt: skip
+                if val > best["ndcg"] + 1e-6:
+                    best = {
+                        "ndcg": val,
+                        "stage": stage,
+                        "step": step,
+                        "state": trained_state(scorer),
+                    }
+                    stale = 0
+                else:
+                    stale += 1
+                if stale >= cfg.patience:
+                    break
+            if stale >= cfg.patience:
+                log.info("stage %d stopped early at step %d", stage, step)
+                break
+        load_trained(scorer, best["state"])  # the next stage starts from the best so far
+    for p in scorer.parameters():
+        p.requires_grad_(False)
+    scorer.eval()
+    seconds = time.perf_counter() - t0
+    emit({"event": "done", "best_val_ndcg10": best["ndcg"], "seconds": seconds})
+    return {
+        "best_val_ndcg10": best["ndcg"],
+        "best_stage": best["stage"],
+        "best_step": best["step"],
+        "untrained_val_ndcg10": first,
+        "val_curve": curve_val,
+        "loss_curve": curve_loss,
+        "steps": step,
+        "trained_params": sum(v.numel() for v in trained_state(scorer).values()),
+        "seconds": seconds,
+        "train_config": dataclasses.asdict(cfg),
+    }
+
+
+def load_trained(scorer, state: dict[str, torch.Tensor]) -> None:
+    """Load tensors by name; every name must exist in the scorer."""
+    result = scorer.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"tensors not in the scorer: {result.unexpected_keys[:5]}")
+
+
+def save_reranker(scorer, directory, metrics: dict | None = None):
+    """Write only the trained tensors, the model config, the LoRA config and the base identity."""
+    lora = None
+    if _has_lora(scorer):
+        pc = scorer.lm.peft_config["default"]  # set by peft's inject_adapter_in_model
+        lora = {"r": pc.r, "alpha": pc.lora_alpha, "dropout": pc.lora_dropout,
+                "targets": sorted(pc.target_modules)}  # fmt: skip
+    config = {"kind": scorer.kind, "model": dataclasses.asdict(scorer.cfg), "lora": lora}
+    extra = {"base": scorer.base_identity}
+    if metrics is not None:
+        extra["best_val_ndcg10"] = metrics.get("best_val_ndcg10")
+    return save_checkpoint(directory, trained_state(scorer), config, extra)
+
+
+def load_reranker(directory):
+    """Rebuild a reranker saved by `save_reranker`: frozen base + trained tensors."""
+    from models.full_vlm import FullVLMConfig, build_full_vlm
+    from models.gutted_vlm import GuttedConfig, base_identity, build_gutted
+
+    tensors, config, extra = load_checkpoint(directory)
+    builders = {"gutted": (GuttedConfig, build_gutted), "full_vlm": (FullVLMConfig, build_full_vlm)}
+    if config.get("kind") not in builders:
+        raise ValueError(
+            f"checkpoint {directory} has kind {config.get('kind')!r}; valid: {', '.join(builders)}"
+        )
+    cfg_cls, build = builders[config["kind"]]
+    cfg = cfg_cls(**config["model"])
+    want = extra.get("base")
+    have = base_identity(cfg.base, cfg.seed)
+    if want is not None and want != have:
+        raise ValueError(
+            f"base model changed since {directory} was saved: saved {want}, found {have}"
+        )
+    scorer = build(cfg)
+    if config.get("lora"):
+        lc = config["lora"]
+        lcfg = TrainConfig(lora_r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
+                           lora_targets=tuple(lc["targets"]))  # fmt: skip
+        add_lora(scorer, lcfg)  # adapter shapes only: the values come from the checkpoint
+    expected = _trainable_names(scorer)
+    if set(tensors) != expected:
+        raise ValueError(
+            f"checkpoint {directory} tensors do not match the model: missing "
+            f"{sorted(expected - set(tensors))[:5]}, unexpected {sorted(set(tensors) - expected)[:5]}"
+        )
+    load_trained(scorer, tensors)
+    for p in scorer.parameters():
+        p.requires_grad_(False)
+    return scorer.eval()

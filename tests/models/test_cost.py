@@ -1,0 +1,69 @@
+"""Cost: counted FLOPs agree with the analytic formula; the gutted model is far cheaper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.cost import (
+    analytic_flops,
+    cost_rows,
+    flops_per_candidate,
+    ms_per_1k_candidates,
+    tokens_per_candidate,
+)
+from models.full_vlm import FullVLMConfig, build_full_vlm
+from models.gutted_vlm import build_gutted
+
+RES = 64
+
+
+@pytest.fixture(scope="module")
+def models():
+    return build_gutted(), build_full_vlm(FullVLMConfig(resolution=RES))
+
+
+def _inputs(b=2, c=4):
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(b, 128, generator=g), torch.randn(b, c, 128, generator=g)
+    pix = tuple(
+        torch.randint(0, 256, (*s, RES, RES, 3), generator=g, dtype=torch.uint8)
+        for s in ((b,), (b, c))
+    )
+    return emb, pix
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_counted_flops_match_analytic_formula(models, use_cache):
+    gutted, full = models
+    (q, c), (qp, cp) = _inputs()
+    a = analytic_flops(
+        "tiny", resolution=RES, question_tokens=len(gutted.question_ids),
+        candidates_per_query=c.shape[1], use_cache=use_cache,
+    )  # fmt: skip
+    g = flops_per_candidate(gutted, q, c, use_cache=use_cache)
+    f = flops_per_candidate(full, qp, cp, use_cache=use_cache)
+    assert g == pytest.approx(a["gutted_gflops"] * 1e9, rel=0.1)
+    assert f == pytest.approx(a["full_gflops"] * 1e9, rel=0.1)
+    assert f > g  # at 64 px the full VLM has 16 image tokens; 224 px gives 49
+
+
+def test_tokens_and_timing(models):
+    gutted, full = models
+    (q, c), _ = _inputs()
+    t = tokens_per_candidate(gutted, candidates_per_query=4)
+    assert t["image_tokens"] == 4 and t["prompt_tokens"] == 2 * (4 + 2) + len(gutted.question_ids)
+    assert tokens_per_candidate(full)["image_tokens"] == (RES // 32) ** 2
+    assert ms_per_1k_candidates(gutted, q, c, repeats=1, warmup=0) > 0
+
+
+def test_production_rows_show_the_gutted_saving():
+    rows = cost_rows()
+    assert [r["model"] for r in rows] == ["Qwen3-VL-2B", "Qwen3-VL-4B", "Qwen3-VL-8B"]
+    for r in rows:
+        assert r["image_tokens_full"] == 196  # 448 px: 28x28 patches of 16, merged 2x2
+        assert r["ratio"] > 10 and r["full_vision_gflops"] > 0
+    with pytest.raises(ValueError, match="Unknown Qwen3-VL config 'nope'; valid: tiny"):
+        analytic_flops("nope")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        analytic_flops("Qwen3-VL-2B", resolution=100)

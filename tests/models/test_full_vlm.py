@@ -1,0 +1,103 @@
+"""Full-VLM baseline: processor-exact patches, scores equal the HF forward's yes−no logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.full_vlm import FullVLMConfig, build_full_vlm, patchify, write_tiny_checkpoint
+from models.tokenizer import single_token_id
+
+RES = 64  # 4x4 merged grid = 16 LLM tokens per image: keeps the tests fast
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_full_vlm(FullVLMConfig(resolution=RES))
+
+
+def _pixels(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (*shape, RES, RES, 3), generator=g, dtype=torch.uint8)
+
+
+def test_patchify_matches_qwen_processor():
+    import numpy as np
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    img = np.random.default_rng(0).integers(0, 256, (RES, RES, 3), dtype=np.uint8)
+    proc = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, temporal_patch_size=2,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3, do_resize=False,
+    )  # fmt: skip
+    ref = proc(images=[img], return_tensors="pt")
+    values, grid = patchify(torch.from_numpy(img)[None], RES, 16, 2, 2)
+    torch.testing.assert_close(values, ref["pixel_values"].float())
+    assert grid.tolist() == ref["image_grid_thw"].tolist()
+
+
+def test_forward_shape_tokens_and_no_nan(model):
+    s = model.score(_pixels(2), _pixels(2, 3, seed=1))
+    assert s.shape == (2, 3) and torch.isfinite(s).all()
+    assert model.tokens_per_image() == (RES // 32) ** 2
+    assert (FullVLMConfig().resolution // 32) ** 2 == 49  # the default: 224 px -> 49 tokens
+
+
+def test_score_equals_hf_forward_yes_no_logits(tmp_path):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny", seed=2)
+    model = build_full_vlm(FullVLMConfig(base=str(ckpt), resolution=RES))
+    cfg = model.vlm.config
+    q, c = _pixels(1), _pixels(1, 2, seed=3)
+    with torch.no_grad():
+        scores = model.score(q, c)
+        t = model.tokens_per_image()
+        img = [cfg.vision_start_token_id, *[cfg.image_token_id] * t, cfg.vision_end_token_id]
+        ids = torch.tensor([img + img + model.question_ids.tolist()] * 2)
+        values, grid = patchify(torch.stack([q[0], c[0, 0], q[0], c[0, 1]]), RES, 16, 2, 2)
+        logits = model.vlm(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=values,
+            image_grid_thw=grid,
+            mm_token_type_ids=(ids == cfg.image_token_id).int(),
+        ).logits[:, -1]  # the processor-style path: M-RoPE and deepstack computed by HF
+    yes, no = single_token_id(model.tokenizer, " yes"), single_token_id(model.tokenizer, " no")
+    torch.testing.assert_close(scores[0], logits[:, yes] - logits[:, no], atol=1e-5, rtol=1e-4)
+
+
+def test_cache_and_prepared_states_match_pixels(model):
+    q, c = _pixels(2, seed=4), _pixels(2, 3, seed=5)
+    with torch.no_grad():
+        base = model.score(q, c, use_cache=False)
+        cached = model.score(q, c, use_cache=True)
+        prepared = model.score(
+            model.prepare_features(q),
+            model.prepare_features(c.reshape(6, RES, RES, 3)).view(2, 3, 2, 16, -1),
+        )
+    torch.testing.assert_close(cached, base, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(prepared, base, atol=1e-5, rtol=1e-5)
+
+
+def test_stage1_parameters_are_the_mergers(model):
+    names = {
+        n for n, p in model.named_parameters() if any(p is q for q in model.stage1_parameters())
+    }
+    assert names and all("merger" in n for n in names)
+
+
+def test_named_config_shares_the_gutted_language_model(model):
+    from models.gutted_vlm import build_gutted
+
+    gutted = build_gutted()  # same default seed
+    for name, tensor in gutted.lm.state_dict().items():
+        torch.testing.assert_close(model.lm.state_dict()[name], tensor, rtol=0, atol=0)
+    torch.testing.assert_close(model.head_vec, gutted.head_vec)
+
+
+def test_bad_resolution_and_bad_pixels_are_clear_errors(model):
+    with pytest.raises(ValueError, match="multiple of 32.*got 100"):
+        build_full_vlm(FullVLMConfig(resolution=100))
+    with pytest.raises(ValueError, match="uint8 pixels"):
+        model.score(torch.rand(2, RES, RES, 3), _pixels(2, 3))

@@ -1,0 +1,184 @@
+"""Gutted VLM: loads only language-model tensors, matches the full model, scores sanely."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import models.gutted_vlm as gv
+from models.full_vlm import write_tiny_checkpoint
+from models.gutted_vlm import GuttedConfig, build_gutted
+from models.qwen3vl_configs import qwen3vl_config
+from models.rerank_head import concat, pack_left, repeat_rows, run_lm, text_positions
+from models.tokenizer import build_tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("qwen3vl") / "tiny", seed=1)
+
+
+def _inputs(b=2, c=3, d=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, d, generator=g), torch.randn(b, c, d, generator=g)
+
+
+class _Recorder:
+    """Wraps safe_open and records every tensor name requested."""
+
+    def __init__(self, real):
+        self.real, self.requested = real, []
+
+    def __call__(self, *args, **kwargs):
+        rec, handle = self, self.real(*args, **kwargs)
+
+        class Proxy:
+            def __enter__(self):
+                self.f = handle.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return handle.__exit__(*exc)
+
+            def keys(self):
+                return self.f.keys()
+
+            def get_tensor(self, name):
+                rec.requested.append(name)
+                return self.f.get_tensor(name)
+
+            def get_slice(self, name):
+                rec.requested.append(name)
+                return self.f.get_slice(name)
+
+        return Proxy()
+
+
+def test_default_tiny_forward_shape_and_no_nan():
+    model = build_gutted()
+    q, c = _inputs()
+    s = model.score(q, c)
+    assert s.shape == (2, 3) and torch.isfinite(s).all()
+
+
+def test_checkpoint_reads_no_vision_tensor(ckpt, monkeypatch):
+    rec = _Recorder(gv.safe_open)
+    monkeypatch.setattr(gv, "safe_open", rec)
+    model = build_gutted(GuttedConfig(base=str(ckpt)))
+    assert rec.requested, "nothing was read"
+    assert all(k.startswith("model.language_model.") for k in rec.requested), rec.requested
+    assert not any("visual" in k for k in rec.requested)
+    assert model.base_identity["source"] == "checkpoint"
+
+
+def test_sharded_checkpoint_and_untied_head(tmp_path, monkeypatch):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    cfg = qwen3vl_config("tiny")
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(0)
+    full = Qwen3VLForConditionalGeneration(cfg)
+    full.save_pretrained(str(tmp_path), max_shard_size="200KB")
+    build_tiny_tokenizer().save(str(tmp_path / "tokenizer.json"))
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    rec = _Recorder(gv.safe_open)
+    monkeypatch.setattr(gv, "safe_open", rec)
+    model = build_gutted(GuttedConfig(base=str(tmp_path)))
+    assert "lm_head.weight" in rec.requested
+    assert not any("visual" in k for k in rec.requested)
+    tok = model.tokenizer
+    yes, no = tok.token_to_id("▁yes"), tok.token_to_id("▁no")
+    expect = full.lm_head.weight[yes] - full.lm_head.weight[no]
+    torch.testing.assert_close(model.head_vec, expect.detach())
+
+
+def test_hidden_states_and_score_match_full_model(ckpt):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    model = build_gutted(GuttedConfig(base=str(ckpt)))
+    full = Qwen3VLForConditionalGeneration.from_pretrained(str(ckpt)).eval()
+    q, c = _inputs()
+    with torch.no_grad():
+        scores = model.score(q, c, use_cache=False)
+        prefix, suffix = model.prompt_blocks(model.encode(q), model.encode(c.reshape(6, -1)))
+        block = concat(repeat_rows(prefix, 3), suffix)
+        mine = run_lm(model.lm, block)
+        ref = full.model.language_model(
+            inputs_embeds=block.embeds, attention_mask=block.mask, position_ids=block.pos
+        ).last_hidden_state
+        torch.testing.assert_close(mine, ref)
+        logits = full(
+            inputs_embeds=block.embeds, attention_mask=block.mask, position_ids=block.pos
+        ).logits[:, -1]  # (B*C, V): the full-vocabulary path
+    yes, no = model.tokenizer.token_to_id("▁yes"), model.tokenizer.token_to_id("▁no")
+    torch.testing.assert_close(scores.reshape(-1), logits[:, yes] - logits[:, no])
+
+
+def test_kv_cache_matches_no_cache():
+    model = build_gutted()
+    q, c = _inputs(b=3, c=4)
+    with torch.no_grad():
+        a, b = model.score(q, c, use_cache=False), model.score(q, c, use_cache=True)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_gradients_match_no_cache():
+    model = build_gutted()
+    q, c = _inputs(b=2, c=3)
+    grads = []
+    for cache in (False, True):
+        model.zero_grad()
+        model.score(q, c, use_cache=cache).pow(2).sum().backward()
+        grads.append([p.grad.clone() for p in model.projector.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_left_padding_matches_unpadded_rows():
+    model = build_gutted()
+    emb = model.lm.embed_tokens(torch.arange(5, 20)).detach()  # (15, H)
+    rows = [{"embeds": emb[:n], "pos": text_positions(n), "next_pos": n} for n in (4, 9, 15)]
+    with torch.no_grad():
+        batched = run_lm(model.lm, pack_left(rows))[:, -1]
+        single = torch.cat([run_lm(model.lm, pack_left([r]))[:, -1] for r in rows])
+    assert torch.isfinite(batched).all()
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_num_tokens_configurable():
+    model = build_gutted(GuttedConfig(num_tokens=2, embed_dim=16, proj_hidden=32))
+    q, c = _inputs(d=16)
+    assert model.score(q, c).shape == (2, 3)
+    assert model.encode(q).embeds.shape == (2, 2, model.lm.config.hidden_size)
+
+
+def test_bad_k_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_tokens.*got 0"):
+        build_gutted(GuttedConfig(num_tokens=0))
+
+
+def test_embedding_dimension_mismatch_is_a_clear_error():
+    model = build_gutted()
+    q, c = _inputs(d=64)
+    with pytest.raises(ValueError, match="dimension 128.*64"):
+        model.score(q, c)
+
+
+def test_checkpoint_without_language_model_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(
+        {"model.visual.patch_embed.proj.weight": torch.zeros(2, 2)},
+        str(tmp_path / "model.safetensors"),
+    )
+    (tmp_path / "config.json").write_text(json.dumps(qwen3vl_config("tiny").to_dict()))
+    build_tiny_tokenizer().save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match=r"no model\.language_model\.\* tensors"):
+        build_gutted(GuttedConfig(base=str(tmp_path)))
+
+
+def test_unknown_base_lists_valid_names(tmp_path):
+    with pytest.raises(ValueError, match="tiny"):
+        build_gutted(GuttedConfig(base=str(tmp_path / "nope")))
