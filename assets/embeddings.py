@@ -22,7 +22,7 @@ class EncoderTrainConfig(dg.Config):
     """Run knobs for encoder training; model and optimiser defaults live in models/."""
 
     architecture: str = "small"  # a name from models.encoder.encoder_names()
-    dim: int = 128
+    dim: int = 0  # 0: the architecture's own output dimension (128 for "small")
     epochs: int = TrainConfig.epochs
     max_images: int = 20_000  # sample cap for training (deterministic sample)
     holdout_fraction: float = 0.2  # images kept out of training for the quality metrics
@@ -60,7 +60,8 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderTrainConfig)
     import torch
 
     torch.manual_seed(config.seed)
-    model = ImageEncoder(encoder_config(config.architecture, dim=config.dim))
+    overrides = {"dim": config.dim} if config.dim else {}
+    model = ImageEncoder(encoder_config(config.architecture, **overrides))
     random_init = ImageEncoder(model.config)
     random_init.load_state_dict(model.state_dict())
     cfg = TrainConfig(epochs=config.epochs, seed=config.seed)

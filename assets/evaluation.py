@@ -12,7 +12,7 @@ from assets.evaluation_data import evaluation_inputs, production_estimate, syste
 from assets.index_ops import load_index
 from assets.model_store import current_dir, pointers, set_current
 from assets.plots import md_image, md_table
-from assets.report import quality_cost_plot, summary_rows, write_report
+from assets.report import promotion_decision, quality_cost_plot, summary_rows, write_report
 from assets.rerank_data import aligned_catalog, score_candidates
 from assets.reranking import full_vlm_reranker, gutted_reranker, training_pairs
 from assets.retrieval import faiss_index
@@ -174,12 +174,11 @@ def challenger_not_worse(context: dg.AssetCheckExecutionContext) -> dg.AssetChec
     from assets.report import reports_dir
 
     report = read_latest_report(reports_dir())
+    passed, why = promotion_decision(report)
     ch = report["challenger"]
-    if ch["ndcg_diff_ci"] is None:
-        return dg.AssetCheckResult(passed=True, metadata={"reason": "no champion yet, or the champion is the challenger"})
-    lo, hi = ch["ndcg_diff_ci"]
-    return dg.AssetCheckResult(passed=hi >= 0.0, metadata={
-        "ndcg_diff": ch["ndcg_diff"], "ci_low": lo, "ci_high": hi, "champion": ch["champion"], "challenger": ch["version"]})
+    return dg.AssetCheckResult(passed=passed, description=why, metadata={
+        "ndcg_diff": ch["ndcg_diff"], "ndcg_diff_ci": str(ch["ndcg_diff_ci"]),
+        "champion": str(ch["champion"]), "challenger": ch["version"]})
 
 
 def read_latest_report(folder) -> dict:

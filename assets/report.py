@@ -189,3 +189,18 @@ def write_report(report: dict, extra_tables: dict[str, list[dict]] | None = None
     os.symlink(folder.name, tmp_link)
     os.replace(tmp_link, latest)
     return folder
+
+
+def promotion_decision(report: dict) -> tuple[bool, str]:
+    """(promote?, why) for the report's challenger against the current champion.
+
+    Promote unless the challenger is worse beyond the confidence interval: the paired
+    bootstrap 95% interval of (challenger − champion) NDCG@10 lies entirely below zero.
+    """
+    ch = report["challenger"]
+    if ch.get("ndcg_diff_ci") is None:
+        return True, "no champion to compare with (or the champion is the challenger)"
+    lo, hi = ch["ndcg_diff_ci"]
+    if hi < 0:
+        return False, f"challenger worse than champion {ch['champion']}: NDCG@10 diff {ch['ndcg_diff']:+.4f}, CI [{lo:+.4f}, {hi:+.4f}]"
+    return True, f"not worse than champion {ch['champion']}: NDCG@10 diff {ch['ndcg_diff']:+.4f}, CI [{lo:+.4f}, {hi:+.4f}]"

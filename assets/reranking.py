@@ -92,7 +92,7 @@ def _train(context, kind: str, scorer, features, config: RerankerTrainConfig) ->
     metrics = train_reranker(scorer, features, train, val, cfg, progress=lambda m: context.log.info(f"{kind}: {m}"))
     seconds = time.perf_counter() - started
     cost = measure_cost(scorer, features, val)
-    version = save_version(kind, lambda d: save_reranker(scorer, d, cfg, metrics))
+    version = save_version(kind, lambda d: save_reranker(scorer, d, metrics))
     set_current(kind, version, reason=f"run {context.run_id}")
     plots = {
         "loss_curve": dg.MetadataValue.md(md_image(line_plot(

@@ -1,0 +1,98 @@
+"""A small end-to-end run of the whole graph through Dagster (a few hundred demo images, tiny
+configs), then the report schema, promotion, `recommend` for an outside image and the SQL views."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY = {"ops": {
+    "image_encoder": {"config": {"architecture": "tiny", "epochs": 2}},
+    "gutted_reranker": {"config": {"stage1_epochs": 1, "stage2_epochs": 1, "max_train_groups": 48}},
+    "full_vlm_reranker": {"config": {"stage1_epochs": 1, "stage2_epochs": 0, "max_train_groups": 48}},
+    "candidates": {"config": {"max_queries": 16, "k": 20}},
+}}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LENSLESS_HOME", str(home))
+        mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+        from orchestration.cli import ensure_demo
+        from orchestration.pipeline import run_all
+
+        report = run_all(ensure_demo(200), run_config=TINY)
+        yield home, report
+
+
+def test_report_matches_schema(pipeline):
+    from assets.report import SYSTEMS, validate_report
+
+    home, report = pipeline
+    on_disk = json.loads((home / "reports" / "latest" / "report.json").read_text())
+    validate_report(on_disk)
+    assert on_disk["run_id"] == report["run_id"]
+    assert set(on_disk["systems"]) == set(SYSTEMS)
+    assert on_disk["dataset"]["images"] == 200 and on_disk["dataset"]["queries"] == 16
+    assert on_disk["encoder"]["dim"] == 32  # the tiny encoder
+    assert on_disk["cost_ratio"]["flops"] > 1 and on_disk["cost_ratio"]["ms"] > 1, "gutted must be cheaper"
+    assert set(on_disk["production_estimate"]) == {"Qwen3-VL-2B", "Qwen3-VL-4B", "Qwen3-VL-8B"}
+    page = (home / "reports" / "latest" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "http://" not in page and "https://" not in page
+
+
+def test_first_challenger_is_promoted(pipeline):
+    from assets.model_store import pointers
+
+    challenger = pointers("gutted_reranker")["current"]
+    state = pointers("reranker_champion")
+    assert state["current"] == challenger and len(state["history"]) == 1
+
+
+def test_recommend_outside_image(pipeline, tmp_path, capsys):
+    from sklearn.datasets import load_sample_images
+
+    from orchestration.cli import main
+
+    outside = tmp_path / "outside.jpg"
+    Image.fromarray(load_sample_images().images[0]).save(outside)
+    assert main(["recommend", str(outside), "-k", "5", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(results) == 5 and all({"image_id", "uri", "score"} <= set(r) for r in results)
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
+    assert main(["recommend", "not-an-id-nor-a-file", "-k", "3"]) == 2
+
+
+def test_sql_views_cover_the_tables(pipeline, capsys):
+    from orchestration.cli import main
+
+    assert main(["sql", "SELECT count(*) AS n FROM reranked_candidates", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())[0]["n"] == 16 * 20
+    assert main(["sql", "SELECT count(DISTINCT query) AS q FROM candidates", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())[0]["q"] == 16
+
+
+def test_promote_and_rollback(pipeline, capsys):
+    from assets.model_store import pointers
+    from orchestration.cli import main
+
+    assert main(["rollback"]) == 2  # only one champion so far
+    first = pointers("reranker_champion")["current"]
+    assert main(["promote", first]) == 0
+    assert main(["promote", "nope"]) == 2
+    assert pointers("reranker_champion")["current"] == first
+
+
+def test_promotion_decision_accepts_and_rejects():
+    from assets.report import promotion_decision
+
+    base = {"champion": "c1", "version": "c2"}
+    assert promotion_decision({"challenger": {**base, "ndcg_diff": None, "ndcg_diff_ci": None}})[0]
+    ok, why = promotion_decision({"challenger": {**base, "ndcg_diff": -0.01, "ndcg_diff_ci": [-0.05, 0.02]}})
+    assert ok and "not worse" in why
+    ok, why = promotion_decision({"challenger": {**base, "ndcg_diff": -0.1, "ndcg_diff_ci": [-0.15, -0.04]}})
+    assert not ok and "worse than champion c1" in why
