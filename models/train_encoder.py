@@ -1,0 +1,275 @@
+"""Contrastive training of the in-house image encoder (models/encoder.py).
+
+Each step draws a batch of images, makes two augmented views of each (models/augment.py) and
+minimises InfoNCE between the views (every other image in the batch is a negative). When
+labels or co-engagement pairs exist, a multi-positive supervised-contrastive term (SupCon)
+is added with weight `sup_weight`: images sharing a label (>= 0), or linked by a
+co-engagement pair, are positives of each other. A share of every batch is drawn from the
+pairs so that linked images actually meet. Training is a plain function: seeded and
+deterministic on CPU, bf16/fp16 autocast on CUDA, logs through `logging`, and reports
+progress through an optional callback; it returns metrics and leaves the model in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.augment import AugmentConfig, augment
+from models.encoder import ImageEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20  # passes over the images; ~2.5 min for 5,000 images on 2 CPU cores
+    max_steps: int | None = None  # cap on optimizer steps (None: epochs decide)
+    batch_size: int = 256  # images per step; each gives two views
+    lr: float = 2e-3  # AdamW peak learning rate, after linear warmup, then cosine to 0
+    warmup_steps: int = 20
+    weight_decay: float = 0.05
+    temperature: float = 0.1  # softmax temperature of both contrastive terms
+    sup_weight: float = 1.0  # weight of the label / co-engagement multi-positive term
+    pair_fraction: float = 0.25  # share of each batch drawn from co-engagement pairs
+    seed: int = 0  # drives batch order, augmentations and nothing else
+    log_every: int = 10  # steps between log lines and progress callbacks
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resize_pixels(model: ImageEncoder, pixels: np.ndarray, chunk: int = 1024) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> uint8 (N, 3, s, s) at the encoder's input size, in bounded chunks."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(pixels), chunk):
+            x = model.preprocess(np.ascontiguousarray(pixels[i : i + chunk])).cpu()
+            out.append(x.mul_(255).round_().to(torch.uint8))
+    return torch.cat(out)
+
+
+def contrastive_loss(
+    z: torch.Tensor,
+    ids: torch.Tensor,
+    pos: torch.Tensor | None,
+    temperature: float,
+    sup_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE and multi-positive SupCon over two views.
+
+    z: (2B, d) unit vectors, views of image ids[i] at rows i and i + B. ids: (B,) dataset indices
+    (an image drawn twice is not its own negative). pos: (B, B) bool, extra positives from
+    labels / pairs, or None. Returns (infonce, supcon); supcon is 0 when there is no extra positive.
+    """
+    n = z.shape[0]
+    B = n // 2
+    assert n == 2 * B == 2 * ids.shape[0], (
+        f"z has {n} rows for {ids.shape[0]} ids; need 2 views each"
+    )
+    logits = (z @ z.T).float() / temperature  # (2B, 2B)
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    ids2 = torch.cat([ids, ids])
+    same = ids2[:, None] == ids2[None, :]  # same image, either view
+    partner = torch.roll(eye, B, dims=1)  # row i's other view
+    # Extra positives (same label, co-engaged) are never negatives, not even for InfoNCE.
+    extra = None if pos is None or sup_weight == 0 else pos.repeat(2, 2) & ~same  # (2B, 2B)
+    # InfoNCE: the partner view is the positive; other copies of the same image are masked out.
+    drop = same & ~partner if extra is None else (same & ~partner) | extra
+    target = torch.arange(n, device=z.device).roll(B)
+    infonce = F.cross_entropy(logits.masked_fill(drop, float("-inf")), target)
+    if extra is None:
+        return infonce, infonce.new_zeros(())
+    has = extra.any(1)
+    if not has.any():
+        return infonce, infonce.new_zeros(())
+    positives = extra | (same & ~eye)
+    log_prob = F.log_softmax(logits.masked_fill(eye, float("-inf")), dim=1)
+    log_prob = log_prob.masked_fill(~positives, 0.0)
+    supcon = -(log_prob.sum(1) / positives.sum(1))[has].mean()
+    return infonce, supcon
+
+
+class _Batches:
+    """Seeded batch indices: an epoch-wise permutation with a share of co-engagement pairs mixed in."""
+
+    def __init__(self, n: int, batch_size: int, pairs: np.ndarray | None, pair_fraction: float, g):
+        self.n, self.bs, self.g = n, min(batch_size, n), g
+        self.pairs = None if pairs is None or len(pairs) == 0 else torch.as_tensor(pairs).long()
+        self.n_pair = 0 if self.pairs is None else int(self.bs * pair_fraction) // 2
+        self.perm, self.pos = torch.randperm(n, generator=g), 0
+
+    def __next__(self) -> torch.Tensor:
+        k = self.bs - 2 * self.n_pair
+        if self.pos + k > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.g), 0
+        idx = self.perm[self.pos : self.pos + k]
+        self.pos += k
+        if self.n_pair:
+            pick = torch.randint(len(self.pairs), (self.n_pair,), generator=self.g)
+            idx = torch.cat([idx, self.pairs[pick].reshape(-1)])  # (bs,)
+        return idx
+
+
+def _positive_mask(
+    idx: torch.Tensor, labels: torch.Tensor | None, pair_codes: torch.Tensor | None, n: int
+) -> torch.Tensor | None:
+    """(B, B) bool: same known label, or linked by a co-engagement pair (either direction)."""
+    if labels is None and pair_codes is None:
+        return None
+    pos = torch.zeros(len(idx), len(idx), dtype=torch.bool)
+    if labels is not None:
+        lab = labels[idx]
+        pos |= (lab[:, None] == lab[None, :]) & (lab[:, None] >= 0)
+    if pair_codes is not None:
+        codes = idx[:, None] * n + idx[None, :]  # (B, B)
+        linked = torch.isin(codes, pair_codes)
+        pos |= linked | linked.T
+    return pos
+
+
+def train_encoder(
+    model: ImageEncoder,
+    pixels: np.ndarray,
+    labels: np.ndarray | None = None,
+    positive_pairs: np.ndarray | None = None,
+    config: TrainConfig | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train `model` in place on uint8 pixels (N, S, S, 3); returns metrics.
+
+    labels: (N,) int, -1 for unknown. positive_pairs: (P, 2) indices of co-engaged images.
+    Metrics: loss (per step), infonce / supcon (per step), seconds, steps, epochs, params,
+    images_per_second (views per second / 2).
+    """
+    cfg = config or TrainConfig()
+    assert pixels.ndim == 4 and pixels.shape[-1] == 3 and pixels.dtype == np.uint8, (
+        f"pixels must be uint8 (N, S, S, 3), got {pixels.dtype} {pixels.shape}"
+    )
+    n = len(pixels)
+    assert n >= 2, f"need at least 2 images to train, got {n}"
+    assert cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}"
+    lab = None
+    if labels is not None:
+        labels = np.asarray(labels)
+        assert labels.shape == (n,), f"labels shape {labels.shape} != ({n},)"
+        lab = torch.as_tensor(labels).long() if (labels >= 0).any() else None
+    codes = None
+    if positive_pairs is not None and len(positive_pairs):
+        positive_pairs = np.asarray(positive_pairs, dtype=np.int64).reshape(-1, 2)
+        lo, hi = positive_pairs.min(), positive_pairs.max()
+        assert lo >= 0 and hi < n, f"positive_pairs index range [{lo}, {hi}] outside [0, {n})"
+        codes = torch.as_tensor(positive_pairs[:, 0] * n + positive_pairs[:, 1])
+    else:
+        positive_pairs = None
+
+    device = _device(cfg.device)
+    model.to(device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    gen_dev = torch.Generator(device=device).manual_seed(cfg.seed) if device.type == "cuda" else g
+    t0 = time.perf_counter()
+    src = resize_pixels(model, pixels)  # (N, 3, s, s) uint8 on CPU
+    batches = _Batches(n, cfg.batch_size, positive_pairs, cfg.pair_fraction, g)
+    steps_per_epoch = math.ceil(n / batches.bs)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    assert total > 0, f"no steps to run: epochs={cfg.epochs}, max_steps={cfg.max_steps}"
+
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        fused=device.type == "cuda",
+    )
+
+    warmup = min(cfg.warmup_steps, total // 5)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+    amp_dtype = None
+    if device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    size = model.config.input_size
+    losses, nces, sups = [], [], []
+    model.train()
+    log.info(
+        "training encoder: %d images, %d steps, %d params on %s",
+        n,
+        total,
+        model.num_params(),
+        device,
+    )
+    for step in range(total):
+        idx = next(batches)
+        x = src[idx].to(device, non_blocking=True).float().div_(255.0)  # (B, 3, s, s)
+        with torch.no_grad():
+            views = torch.cat(
+                [augment(x, gen_dev, cfg.augment, size), augment(x, gen_dev, cfg.augment, size)]
+            )
+        pos = _positive_mask(idx, lab, codes, n)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            z = F.normalize(model.head(model.features(views)).float(), dim=-1)  # (2B, d)
+        nce, sup = contrastive_loss(
+            z,
+            idx.to(device),
+            None if pos is None else pos.to(device),
+            cfg.temperature,
+            cfg.sup_weight,
+        )
+        loss = nce + cfg.sup_weight * sup
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        assert torch.isfinite(loss), f"non-finite loss {loss.item()} at step {step}"
+        losses.append(loss.item())
+        nces.append(nce.item())
+        sups.append(sup.item())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            log.info(
+                "step %d/%d loss %.4f (infonce %.4f supcon %.4f)",
+                step + 1,
+                total,
+                losses[-1],
+                nces[-1],
+                sups[-1],
+            )
+            if progress is not None:
+                progress({"step": step + 1, "total": total, "loss": losses[-1]})
+    model.eval()
+    seconds = time.perf_counter() - t0
+    return {
+        "loss": losses,
+        "infonce": nces,
+        "supcon": sups,
+        "seconds": seconds,
+        "steps": total,
+        "epochs": total / steps_per_epoch,
+        "params": model.num_params(),
+        "images_per_second": total * batches.bs / seconds,
+        "device": str(device),
+    }
