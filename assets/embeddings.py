@@ -12,7 +12,7 @@ from assets.ingestion import engagement_events, image_batches, raw_images
 from assets.lake import catalog, load_pixels, read_table
 from assets.model_store import current_dir, save_version, set_current
 from assets.plots import line_plot, md_image, md_table
-from assets.storage import lake_path, read_npy, read_parquet, write_parquet
+from assets.storage import iter_npy_rows, lake_path, read_parquet, write_parquet
 from models.embed import iter_embeddings
 from models.encoder import ImageEncoder, encoder_config
 from models.train_encoder import TrainConfig, train_encoder
@@ -113,9 +113,9 @@ def image_embeddings(context: dg.AssetExecutionContext, config: EmbedConfig) -> 
     encoder_dir = current_dir("image_encoder")
     model = ImageEncoder.from_checkpoint(encoder_dir)
     manifest = read_parquet(lake_path("raw_images", batch))
-    pixels = read_npy(lake_path("raw_pixels", batch, "npy"))  # memory-mapped: streamed below
     started = time.perf_counter()
-    blocks = list(iter_embeddings(model, pixels, batch_size=config.batch_size))
+    chunks = iter_npy_rows(lake_path("raw_pixels", batch, "npy"), config.batch_size)  # bounded memory
+    blocks = list(iter_embeddings(model, chunks, batch_size=config.batch_size))
     emb = np.concatenate(blocks) if blocks else np.zeros((0, model.config.dim), np.float32)
     d = model.config.dim
     frame = pl.DataFrame({

@@ -148,3 +148,20 @@ def read_npy(path: UPath | str, mmap: bool = True) -> np.ndarray:
         return np.load(path.path, mmap_mode="r" if mmap else None, allow_pickle=False)
     with path.open("rb") as f:
         return np.load(io.BytesIO(f.read()), allow_pickle=False)
+
+
+def iter_npy_rows(path: UPath | str, rows: int):
+    """Yield consecutive blocks of at most `rows` rows of an `.npy` file, read with plain file
+    reads (no memory map), so resident memory stays at one block whatever the file size."""
+    path = UPath(path)
+    with path.open("rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        assert not fortran, f"{path} is Fortran-ordered; lensless writes C order"
+        row_shape = shape[1:]
+        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            buf = f.read(n * row_bytes)
+            yield np.frombuffer(buf, dtype=dtype).reshape(n, *row_shape)
