@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.lensless-installed
 
-.PHONY: install demo test lint dev bench clean
+.PHONY: install demo test test-slow lint dev bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# Long quality runs at default configs (minutes each), excluded from `make test`.
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
 lint: install
 	$(VENV)/bin/ruff check .
 
@@ -39,6 +43,7 @@ dev: install
 bench: install
 	$(PY) bench/ingest.py
 	$(PY) bench/embed.py
+	$(PY) bench/embed_memory.py
 	$(PY) bench/index.py --n 200000 --d 128
 	$(PY) bench/rerank.py
 
