@@ -74,6 +74,7 @@ class RerankerTrainConfig(dg.Config):
     stage1_epochs: int = 2
     stage2_epochs: int = 2
     max_train_groups: int = 1000
+    max_val_groups: int = 300  # validation is scored at every evaluation: keep it cheap
     seed: int = 0
 
 
@@ -87,8 +88,11 @@ def _train(context, kind: str, scorer, features, config: RerankerTrainConfig) ->
     frame, _ = aligned_catalog()
     ids = frame["image_id"].to_list()
     train, val = load_groups(ids, "train"), load_groups(ids, "val")
+    rng = np.random.default_rng(config.seed)
     if len(train) > config.max_train_groups:
-        train = train[np.sort(np.random.default_rng(config.seed).choice(len(train), config.max_train_groups, replace=False))]
+        train = train[np.sort(rng.choice(len(train), config.max_train_groups, replace=False))]
+    if len(val) > config.max_val_groups:
+        val = val[np.sort(rng.choice(len(val), config.max_val_groups, replace=False))]
     context.log.info(f"{kind}: {len(train)} train groups, {len(val)} val groups")
     cfg = TrainConfig(stage1_epochs=config.stage1_epochs, stage2_epochs=config.stage2_epochs, seed=config.seed)
     started = time.perf_counter()
