@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 QUARANTINE_REASONS = ("empty", "truncated", "not_an_image", "undecodable", "too_many_pixels", "too_small")
 RESIZE_POLICIES = ("center_crop", "pad")
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def resize_canonical(img: Image.Image, size: int, policy: str = "center_crop") -> np.ndarray:
     """Resize an RGB image to a `size`×`size` uint8 array under `policy` (see module docstring)."""
     w, h = img.size
+    if (w, h) == (size, size):  # already canonical: no resampling, no copy
+        return np.asarray(img, dtype=np.uint8)
     if policy == "center_crop":
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -129,7 +132,8 @@ def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> tuple[np
                     raise Quarantined("truncated", f"{type(e).__name__}: {e}") from e
                 raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e
             try:
-                img = ImageOps.exif_transpose(img)
+                if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # transposing copies: only when needed
+                    img = ImageOps.exif_transpose(img)
                 rgb = to_rgb(img)
                 # EXIF rotation may swap the sides; record what a viewer shows.
                 size = rgb.size
