@@ -21,22 +21,37 @@ import torch
 import torch.nn.functional as F
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
-    crop_scale: tuple[float, float] = (0.3, 1.0)  # crop area as a fraction of the image
+    # Light defaults: under a ~2-3 min CPU budget with labels, light views learn much faster
+    # (demo catalog, 1,333 images, 220 steps, held-out kNN@10 label precision: SimCLR-strength
+    # views 0.34, crop 0.5-1 0.46, crop 0.7-1 0.55, these defaults 0.68).
+    crop_scale: tuple[float, float] = (0.85, 1.0)  # crop area as a fraction of the image
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio range
-    max_rotation: float = 15.0  # degrees, uniform in [-max, max]
+    max_rotation: float = 0.0  # degrees, uniform in [-max, max]
     flip_p: float = 0.5  # horizontal flip; set 0 for orientation-sensitive data (digits, text)
-    jitter_p: float = 0.8  # probability of colour jitter
+    jitter_p: float = 0.3  # probability of colour jitter
     brightness: float = 0.4  # factor in [1 - b, 1 + b]
     contrast: float = 0.4
     saturation: float = 0.4
-    hue: float = 0.1  # fraction of a full hue turn, in [-h, h]
-    gray_p: float = 0.2
-    blur_p: float = 0.3
+    hue: float = 0.0  # fraction of a full hue turn, in [-h, h]; 0 keeps colour as a signal
+    gray_p: float = 0.1
+    blur_p: float = 0.1
     blur_sigma: tuple[float, float] = (0.1, 1.5)  # pixels, at the output resolution
-    noise_p: float = 0.3
+    noise_p: float = 0.1
     noise_std: float = 0.04
+
+
+# SimCLR-strength views, the usual choice when InfoNCE is the only signal (no labels, no pairs).
+STRONG = AugmentConfig(
+    crop_scale=(0.3, 1.0),
+    max_rotation=10.0,
+    jitter_p=0.8,
+    hue=0.1,
+    gray_p=0.2,
+    blur_p=0.3,
+    noise_p=0.3,
+)
 
 
 def _rand(n: int, g: torch.Generator, device: torch.device, lo=0.0, hi=1.0) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from models.checkpoint import load_checkpoint, save_checkpoint
 
 
-@dataclass
+@dataclass(frozen=True)
 class EncoderConfig:
     dim: int = 128  # output embedding size; the output is L2-normalised
     input_size: int = 64  # pixels are resized to input_size x input_size before the stem

@@ -2,13 +2,14 @@
 
 Each step draws a batch of images, makes two augmented views of each (models/augment.py) and
 minimises InfoNCE between the views (every other image in the batch is a negative). When
-labels or co-engagement pairs exist, a multi-positive supervised-contrastive term (SupCon)
-is added with weight `sup_weight`: images sharing a label (>= 0), or linked by a
-co-engagement pair, are positives of each other. A share of every batch is drawn from the
-pairs so that linked images actually meet. Training is a plain function: seeded and
-deterministic on CPU, bf16/fp16 autocast on CUDA, logs through `logging`, and reports
-progress through an optional callback; it returns metrics and leaves the model in eval mode.
-"""
+labels or co-engagement pairs exist, multi-positive supervised-contrastive terms (SupCon) are
+added: images sharing a label (>= 0) are positives of each other (weight `sup_weight`), and so
+are images linked by a co-engagement pair (weight `pair_weight`, kept apart because engagement
+is denser and noisier than labels). Extra positives are never used as negatives. A share of
+every batch is drawn from the pairs so that linked images actually meet. Training is a plain
+function: seeded and deterministic on CPU, bf16/fp16 autocast on CUDA, logs through `logging`,
+reports progress through an optional callback, returns metrics, and leaves the model in eval
+mode."""
 
 from __future__ import annotations
 
@@ -30,16 +31,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20  # passes over the images; ~2.5 min for 5,000 images on 2 CPU cores
-    max_steps: int | None = None  # cap on optimizer steps (None: epochs decide)
-    batch_size: int = 256  # images per step; each gives two views
-    lr: float = 2e-3  # AdamW peak learning rate, after linear warmup, then cosine to 0
-    warmup_steps: int = 20
+    # Budget: 8 epochs of 5,000 images at 64 px is ~320 steps, ~2.5 min on 2 CPU cores.
+    epochs: int = 8  # passes over the images
+    min_steps: int = 200  # small sets get at least this many steps (more epochs)
+    max_steps: int | None = None  # cap on optimizer steps, applied last (None: no cap)
+    batch_size: int = (
+        128  # images per step, each seen as two views; more steps beat bigger batches here
+    )
+    lr: float = 5e-3  # AdamW peak learning rate, after linear warmup, then cosine to 0
+    warmup_steps: int = 20  # capped at a fifth of the steps
     weight_decay: float = 0.05
     temperature: float = 0.1  # softmax temperature of both contrastive terms
-    sup_weight: float = 1.0  # weight of the label / co-engagement multi-positive term
+    sup_weight: float = 4.0  # weight of the multi-positive term over same-label images
+    pair_weight: float = 0.5  # weight of the multi-positive term over co-engaged images
     pair_fraction: float = 0.25  # share of each batch drawn from co-engagement pairs
-    seed: int = 0  # drives batch order, augmentations and nothing else
+    seed: int = 0  # drives batch order and augmentations (initialise the model yourself)
     log_every: int = 10  # steps between log lines and progress callbacks
     device: str = "auto"  # "auto": cuda when available, else cpu
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -64,15 +70,16 @@ def resize_pixels(model: ImageEncoder, pixels: np.ndarray, chunk: int = 1024) ->
 def contrastive_loss(
     z: torch.Tensor,
     ids: torch.Tensor,
-    pos: torch.Tensor | None,
     temperature: float,
-    sup_weight: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """InfoNCE and multi-positive SupCon over two views.
+    label_pos: torch.Tensor | None = None,
+    pair_pos: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """InfoNCE over two views, plus one multi-positive (SupCon) term per kind of extra positive.
 
-    z: (2B, d) unit vectors, views of image ids[i] at rows i and i + B. ids: (B,) dataset indices
-    (an image drawn twice is not its own negative). pos: (B, B) bool, extra positives from
-    labels / pairs, or None. Returns (infonce, supcon); supcon is 0 when there is no extra positive.
+    z: (2B, d) unit vectors, the views of image ids[i] at rows i and i + B. ids: (B,) dataset
+    indices (an image drawn twice is not its own negative). label_pos / pair_pos: (B, B) bool,
+    same known label / co-engaged, or None. Extra positives are never negatives, not even for
+    InfoNCE. Returns (infonce, label_term, pair_term); a term is 0 where it has no positive.
     """
     n = z.shape[0]
     B = n // 2
@@ -84,22 +91,24 @@ def contrastive_loss(
     ids2 = torch.cat([ids, ids])
     same = ids2[:, None] == ids2[None, :]  # same image, either view
     partner = torch.roll(eye, B, dims=1)  # row i's other view
-    # Extra positives (same label, co-engaged) are never negatives, not even for InfoNCE.
-    extra = None if pos is None or sup_weight == 0 else pos.repeat(2, 2) & ~same  # (2B, 2B)
-    # InfoNCE: the partner view is the positive; other copies of the same image are masked out.
-    drop = same & ~partner if extra is None else (same & ~partner) | extra
+    extras = [None if p is None else p.repeat(2, 2) & ~same for p in (label_pos, pair_pos)]
+    drop = same & ~partner
+    for extra in extras:
+        if extra is not None:
+            drop |= extra
     target = torch.arange(n, device=z.device).roll(B)
     infonce = F.cross_entropy(logits.masked_fill(drop, float("-inf")), target)
-    if extra is None:
-        return infonce, infonce.new_zeros(())
-    has = extra.any(1)
-    if not has.any():
-        return infonce, infonce.new_zeros(())
-    positives = extra | (same & ~eye)
-    log_prob = F.log_softmax(logits.masked_fill(eye, float("-inf")), dim=1)
-    log_prob = log_prob.masked_fill(~positives, 0.0)
-    supcon = -(log_prob.sum(1) / positives.sum(1))[has].mean()
-    return infonce, supcon
+    log_prob = F.log_softmax(logits.masked_fill(eye, float("-inf")), dim=1)  # (2B, 2B)
+    terms = []
+    for extra in extras:
+        has = None if extra is None else extra.any(1)
+        if has is None or not has.any():
+            terms.append(infonce.new_zeros(()))
+            continue
+        positives = extra | (same & ~eye)  # the other view counts too, as in SupCon
+        mean_pos = log_prob.masked_fill(~positives, 0.0).sum(1) / positives.sum(1)
+        terms.append(-mean_pos[has].mean())
+    return infonce, terms[0], terms[1]
 
 
 class _Batches:
@@ -123,21 +132,22 @@ class _Batches:
         return idx
 
 
-def _positive_mask(
-    idx: torch.Tensor, labels: torch.Tensor | None, pair_codes: torch.Tensor | None, n: int
-) -> torch.Tensor | None:
-    """(B, B) bool: same known label, or linked by a co-engagement pair (either direction)."""
-    if labels is None and pair_codes is None:
+def _label_mask(idx: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, B) bool: the same known (>= 0) label."""
+    if labels is None:
         return None
-    pos = torch.zeros(len(idx), len(idx), dtype=torch.bool)
-    if labels is not None:
-        lab = labels[idx]
-        pos |= (lab[:, None] == lab[None, :]) & (lab[:, None] >= 0)
-    if pair_codes is not None:
-        codes = idx[:, None] * n + idx[None, :]  # (B, B)
-        linked = torch.isin(codes, pair_codes)
-        pos |= linked | linked.T
-    return pos
+    lab = labels[idx]
+    return (lab[:, None] == lab[None, :]) & (lab[:, None] >= 0)
+
+
+def _pair_mask(idx: torch.Tensor, pair_codes: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """(B, B) bool: linked by a co-engagement pair, either direction; pair_codes = sorted a * n + b."""
+    if pair_codes is None:
+        return None
+    codes = idx[:, None] * n + idx[None, :]  # (B, B)
+    at = torch.searchsorted(pair_codes, codes).clamp_(max=len(pair_codes) - 1)
+    linked = pair_codes[at] == codes  # O(B^2 log P) membership
+    return linked | linked.T
 
 
 def train_encoder(
@@ -151,7 +161,7 @@ def train_encoder(
     """Train `model` in place on uint8 pixels (N, S, S, 3); returns metrics.
 
     labels: (N,) int, -1 for unknown. positive_pairs: (P, 2) indices of co-engaged images.
-    Metrics: loss (per step), infonce / supcon (per step), seconds, steps, epochs, params,
+    Metrics: loss, infonce, label_term, pair_term (per step), seconds, steps, epochs, params,
     images_per_second (views per second / 2).
     """
     cfg = config or TrainConfig()
@@ -171,7 +181,7 @@ def train_encoder(
         positive_pairs = np.asarray(positive_pairs, dtype=np.int64).reshape(-1, 2)
         lo, hi = positive_pairs.min(), positive_pairs.max()
         assert lo >= 0 and hi < n, f"positive_pairs index range [{lo}, {hi}] outside [0, {n})"
-        codes = torch.as_tensor(positive_pairs[:, 0] * n + positive_pairs[:, 1])
+        codes = torch.unique(torch.as_tensor(positive_pairs[:, 0] * n + positive_pairs[:, 1]))
     else:
         positive_pairs = None
 
@@ -183,7 +193,7 @@ def train_encoder(
     src = resize_pixels(model, pixels)  # (N, 3, s, s) uint8 on CPU
     batches = _Batches(n, cfg.batch_size, positive_pairs, cfg.pair_fraction, g)
     steps_per_epoch = math.ceil(n / batches.bs)
-    total = cfg.epochs * steps_per_epoch
+    total = max(cfg.epochs * steps_per_epoch, cfg.min_steps)
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     assert total > 0, f"no steps to run: epochs={cfg.epochs}, max_steps={cfg.max_steps}"
@@ -212,7 +222,7 @@ def train_encoder(
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     size = model.config.input_size
-    losses, nces, sups = [], [], []
+    losses, nces, sups, pairs_ = [], [], [], []
     model.train()
     log.info(
         "training encoder: %d images, %d steps, %d params on %s",
@@ -228,17 +238,17 @@ def train_encoder(
             views = torch.cat(
                 [augment(x, gen_dev, cfg.augment, size), augment(x, gen_dev, cfg.augment, size)]
             )
-        pos = _positive_mask(idx, lab, codes, n)
+        lpos, ppos = _label_mask(idx, lab), _pair_mask(idx, codes, n)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             z = F.normalize(model.head(model.features(views)).float(), dim=-1)  # (2B, d)
-        nce, sup = contrastive_loss(
+        nce, sup, pair = contrastive_loss(
             z,
             idx.to(device),
-            None if pos is None else pos.to(device),
             cfg.temperature,
-            cfg.sup_weight,
+            None if lpos is None or cfg.sup_weight == 0 else lpos.to(device),
+            None if ppos is None or cfg.pair_weight == 0 else ppos.to(device),
         )
-        loss = nce + cfg.sup_weight * sup
+        loss = nce + cfg.sup_weight * sup + cfg.pair_weight * pair
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -249,14 +259,16 @@ def train_encoder(
         losses.append(loss.item())
         nces.append(nce.item())
         sups.append(sup.item())
+        pairs_.append(pair.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
             log.info(
-                "step %d/%d loss %.4f (infonce %.4f supcon %.4f)",
+                "step %d/%d loss %.4f (infonce %.4f label %.4f pair %.4f)",
                 step + 1,
                 total,
                 losses[-1],
                 nces[-1],
                 sups[-1],
+                pairs_[-1],
             )
             if progress is not None:
                 progress({"step": step + 1, "total": total, "loss": losses[-1]})
@@ -265,7 +277,8 @@ def train_encoder(
     return {
         "loss": losses,
         "infonce": nces,
-        "supcon": sups,
+        "label_term": sups,
+        "pair_term": pairs_,
         "seconds": seconds,
         "steps": total,
         "epochs": total / steps_per_epoch,
