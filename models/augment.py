@@ -42,7 +42,8 @@ class AugmentConfig:
     noise_std: float = 0.04
 
 
-# SimCLR-strength views, the usual choice when InfoNCE is the only signal (no labels, no pairs).
+# SimCLR-strength views. They pay off only with many more steps than the CPU budget: even with
+# InfoNCE alone (no labels) they lost at 200 steps (demo, held-out kNN@10 0.134 vs 0.174 light).
 STRONG = AugmentConfig(
     crop_scale=(0.3, 1.0),
     max_rotation=10.0,
