@@ -12,7 +12,13 @@ from assets.evaluation_data import evaluation_inputs, production_estimate, syste
 from assets.index_ops import load_index
 from assets.model_store import current_dir, pointers, set_current
 from assets.plots import md_image, md_table
-from assets.report import promotion_decision, quality_cost_plot, summary_rows, write_report
+from assets.report import (
+    latest_report,
+    promotion_decision,
+    quality_cost_plot,
+    summary_rows,
+    write_report,
+)
 from assets.rerank_data import aligned_catalog, score_candidates
 from assets.reranking import full_vlm_reranker, gutted_reranker, training_pairs
 from assets.retrieval import faiss_index
@@ -171,24 +177,13 @@ def _per_label(per_query: dict, labels: list[str | None]) -> list[dict]:
                 description="The challenger's NDCG@10 is not worse than the champion's beyond the paired 95% CI.")
 def challenger_not_worse(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     """Blocks promotion when the challenger is significantly worse than the current champion."""
-    from assets.report import reports_dir
 
-    report = read_latest_report(reports_dir())
+    report = latest_report()
     passed, why = promotion_decision(report)
     ch = report["challenger"]
     return dg.AssetCheckResult(passed=passed, description=why, metadata={
         "ndcg_diff": ch["ndcg_diff"], "ndcg_diff_ci": str(ch["ndcg_diff_ci"]),
         "champion": str(ch["champion"]), "challenger": ch["version"]})
-
-
-def read_latest_report(folder) -> dict:
-    """The newest report.json."""
-    import json
-
-    path = folder / "latest" / "report.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no report at {path}: materialise evaluation_report first")
-    return json.loads(path.read_text())
 
 
 @dg.asset(group_name="evaluation", kinds={"safetensors"}, deps=[evaluation_report], code_version="reranker_champion-v1")
@@ -198,9 +193,8 @@ def reranker_champion(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     History is kept in `models/reranker_champion/pointers.json`; `lensless promote` and
     `lensless rollback` move it by hand.
     """
-    from assets.report import reports_dir
 
-    report = read_latest_report(reports_dir())
+    report = latest_report()
     challenger, current = report["challenger"]["version"], pointers("reranker_champion")["current"]
     if challenger != current:
         set_current("reranker_champion", challenger, reason=f"promoted by run {context.run_id}",

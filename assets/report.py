@@ -61,6 +61,14 @@ def validate_report(report: dict) -> None:
                 raise ValueError(f"report.production_estimate.{model}.{key} must be a number")
 
 
+def latest_report() -> dict:
+    """The newest report.json (`reports/latest`); FileNotFoundError when there is none yet."""
+    path = reports_dir() / "latest" / "report.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no report at {path}: materialise evaluation_report first")
+    return json.loads(path.read_text())
+
+
 def history() -> list[dict]:
     """Earlier reports (oldest first), as loaded report.json dicts."""
     root = reports_dir()

@@ -98,6 +98,21 @@ def load_groups(ids: list[str], split: str) -> np.ndarray:
     return np.asarray(out, dtype=np.int64).reshape(-1, width)
 
 
+def budget_groups(ids: list[str], max_train: int, max_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) groups a reranker trains on: the stored groups, seeded subsamples within budget.
+
+    The reranker assets and `bench/rerank.py --lake` both call this, so a benchmark scores the
+    exact validation groups the pipeline's models were selected on.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for split, cap in (("train", max_train), ("val", max_val)):
+        groups = load_groups(ids, split)
+        if len(groups) > cap:
+            groups = groups[np.sort(rng.choice(len(groups), cap, replace=False))]
+        out.append(groups)
+    return out[0], out[1]
+
 
 def score_candidates(scorer, features, query_rows: np.ndarray, cand_rows: np.ndarray, batch: int = 8,
                      progress=None) -> np.ndarray:

@@ -3,7 +3,6 @@
 import time
 
 import dagster as dg
-import numpy as np
 
 from assets.compute import GPU_STEP_TAGS, TRAIN_POOL
 from assets.ingestion import engagement_events
@@ -13,8 +12,8 @@ from assets.plots import line_plot, md_image, md_table
 from assets.rerank_data import (
     aligned_catalog,
     aligned_pixels,
+    budget_groups,
     build_pairs,
-    load_groups,
     measure_cost,
 )
 from assets.retrieval import faiss_index
@@ -87,12 +86,7 @@ def _train(context, kind: str, scorer, features, config: RerankerTrainConfig) ->
     """Train `scorer` on the stored groups, measure its cost, save it; shared by both assets."""
     frame, _ = aligned_catalog()
     ids = frame["image_id"].to_list()
-    train, val = load_groups(ids, "train"), load_groups(ids, "val")
-    rng = np.random.default_rng(config.seed)
-    if len(train) > config.max_train_groups:
-        train = train[np.sort(rng.choice(len(train), config.max_train_groups, replace=False))]
-    if len(val) > config.max_val_groups:
-        val = val[np.sort(rng.choice(len(val), config.max_val_groups, replace=False))]
+    train, val = budget_groups(ids, config.max_train_groups, config.max_val_groups, config.seed)
     context.log.info(f"{kind}: {len(train)} train groups, {len(val)} val groups")
     cfg = TrainConfig(stage1_epochs=config.stage1_epochs, stage2_epochs=config.stage2_epochs, seed=config.seed)
     started = time.perf_counter()

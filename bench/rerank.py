@@ -6,20 +6,32 @@ both models, and validation NDCG@10 after training both with the same budget, ag
 retrieval alone (cosine order of the embeddings). Both models are built from one tiny random
 Qwen3-VL checkpoint written to a temporary directory, so they share the language model.
 
-Data: `--lake PATH` is reserved for demo-catalog data (wired by the pipeline later); by
-default a seeded synthetic catalog is generated. Each item has a category (strongly visible)
-and a style (visible but secondary). Co-engagement follows style across categories, so the
-positive often loses to same-category hard negatives under cosine, and a reranker that reads
-style can win. Pixels are rendered from the same latent: category = shape, style = colour,
-with background, position, scale, lighting and noise as nuisance.
+Two data sources:
 
-    python bench/rerank.py            # ~1-2 min on one thread; last line is one JSON object
+- `--lake HOME`: a `LENSLESS_HOME` after `lensless demo` (or `lensless run`). The pipeline's
+  own trained rerankers (the current `gutted_reranker` and `full_vlm_reranker` versions, at
+  the default config) are loaded and scored on the exact validation groups they were selected
+  on (`assets.rerank_data.budget_groups`), with retrieval alone = cosine order of the same
+  groups. Costs are measured on those groups' real embeddings and pixels. The evaluation
+  report's held-out NDCG@10 per system is added alongside. No training here.
+- default: a seeded synthetic catalog, both models trained here with the same budget. Each
+  item has a category (strongly visible) and a style (visible but secondary). Co-engagement
+  follows style across categories, so the positive often loses to same-category hard
+  negatives under cosine, and a reranker that reads style can win. Pixels are rendered from
+  the same latent: category = shape, style = colour, with background, position, scale,
+  lighting and noise as nuisance.
+
+    python bench/rerank.py                      # ~1-2 min on one thread
+    python bench/rerank.py --lake .lensless     # after `lensless demo`; ~1-2 min
+
+The last line is one JSON object (ratios, NDCG@10 per system, `targets_met`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -107,47 +119,12 @@ def retrieval_ndcg(emb, groups, k=10):
     return ndcg_at_k(scores, positive_first_relevance(*scores.shape), k)
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lake", help="demo-catalog lake (not wired yet; synthetic data is used)")
-    ap.add_argument("--items", type=int, default=480)
-    ap.add_argument("--train-groups", type=int, default=240)
-    ap.add_argument("--val-groups", type=int, default=80)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs per stage (both models)")
-    ap.add_argument("--lr", type=float, default=5e-3, help="projector learning rate (both)")
-    ap.add_argument("--cost-queries", type=int, default=2)
-    ap.add_argument("--cost-candidates", type=int, default=50)
-    ap.add_argument("--repeats", type=int, default=3, help="timed calls per cost cell (best kept)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--threads", type=int, default=1,
-        help="torch threads; tiny models on a shared 2-core box run several times faster on one",
-    )  # fmt: skip
-    args = ap.parse_args(argv)
-    if args.lake:
-        raise SystemExit("--lake is not wired yet: the lead connects demo-catalog data")
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    data = synthetic_catalog(n_items=args.items, seed=args.seed)
-    emb, pix = data["embeddings"], data["pixels"]
-    train, val = data["train_groups"][: args.train_groups], data["val_groups"][: args.val_groups]
-    tmp = tempfile.TemporaryDirectory()
-    base = str(write_tiny_checkpoint(Path(tmp.name) / "qwen3vl-tiny", seed=args.seed))
-    gutted = build_gutted(GuttedConfig(base=base))
-    full = build_full_vlm(FullVLMConfig(base=base))
+def measure_costs(inputs: dict, n_candidates: int, repeats: int) -> dict:
+    """FLOPs, best-of-`repeats` ms per 1k and tokens per candidate, both cache modes, side by side.
 
-    # cost: same queries/candidates, same process, both cache modes
-    rng = np.random.default_rng(args.seed)
-    idx = rng.integers(len(emb), size=(args.cost_queries, 1 + args.cost_candidates))
-    inputs = {
-        "gutted": (gutted, torch.from_numpy(emb[idx[:, 0]]), torch.from_numpy(emb[idx[:, 1:]])),
-        "full_vlm": (full, torch.from_numpy(pix[idx[:, 0]]), torch.from_numpy(pix[idx[:, 1:]])),
-    }
-    cost = {
-        name: {"tokens": tokens_per_candidate(m, args.cost_candidates)}
-        for name, (m, _, _) in inputs.items()
-    }
+    `inputs`: {name: (model, query features, candidate features)} on the same queries.
+    """
+    cost = {name: {"tokens": tokens_per_candidate(m, n_candidates)} for name, (m, _, _) in inputs.items()}
     cells = [(name, cache) for name in inputs for cache in (False, True)]
     for name, cache in cells:
         model, q, c = inputs[name]
@@ -156,7 +133,7 @@ def main(argv=None) -> dict:
     # the FLOP count warmed each cell up; interleave the timed calls so machine noise hits
     # every cell alike, and keep the best
     times = {cell: [] for cell in cells}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for name, cache in cells:
             model, q, c = inputs[name]
             ms = ms_per_1k_candidates(model, q, c, use_cache=cache, repeats=1, warmup=0)
@@ -169,6 +146,31 @@ def main(argv=None) -> dict:
         row["flops_per_candidate"] = row[f"flops_per_candidate_{tag}"]
         row["ms_per_1k"] = row[f"ms_per_1k_{tag}"]
         print(name, json.dumps(row), flush=True)
+    return cost
+
+
+def _feats(array: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    return t if t.dtype == torch.uint8 else t.float()
+
+
+def synthetic_run(args) -> tuple[dict, dict, dict, dict]:
+    """Both models trained here on the synthetic catalog: (cost, quality, data, extra)."""
+    data = synthetic_catalog(n_items=args.items, seed=args.seed)
+    emb, pix = data["embeddings"], data["pixels"]
+    train, val = data["train_groups"][: args.train_groups], data["val_groups"][: args.val_groups]
+    tmp = tempfile.TemporaryDirectory()
+    base = str(write_tiny_checkpoint(Path(tmp.name) / "qwen3vl-tiny", seed=args.seed))
+    gutted = build_gutted(GuttedConfig(base=base))
+    full = build_full_vlm(FullVLMConfig(base=base))
+
+    # cost: same queries/candidates, same process, both cache modes
+    rng = np.random.default_rng(args.seed)
+    idx = rng.integers(len(emb), size=(args.cost_queries, 1 + args.cost_candidates))
+    cost = measure_costs({
+        "gutted": (gutted, _feats(emb[idx[:, 0]]), _feats(emb[idx[:, 1:]])),
+        "full_vlm": (full, _feats(pix[idx[:, 0]]), _feats(pix[idx[:, 1:]])),
+    }, args.cost_candidates, args.repeats)  # fmt: skip
 
     # quality: same groups, same budget
     tc = TrainConfig(
@@ -187,6 +189,75 @@ def main(argv=None) -> dict:
         }
         print(name, json.dumps(quality[name]), flush=True)
         print(name, "val curve", [round(c["val_ndcg10"], 3) for c in m["val_curve"]], flush=True)
+    tmp.cleanup()
+    n_data = {"source": "synthetic", "items": len(emb), "train_groups": len(train),
+              "val_groups": len(val), "candidates_per_group": int(train.shape[1] - 1)}  # fmt: skip
+    return cost, quality, n_data, {}
+
+
+def lake_run(args) -> tuple[dict, dict, dict, dict]:
+    """The pipeline's trained models on its own validation groups: (cost, quality, data, extra)."""
+    os.environ["LENSLESS_HOME"] = str(Path(args.lake).resolve())
+    from assets.model_store import current_dir, pointers
+    from assets.report import latest_report
+    from assets.rerank_data import aligned_catalog, aligned_pixels, budget_groups
+    from assets.reranking import RerankerTrainConfig
+    from models.train_reranker import load_reranker
+
+    budget = RerankerTrainConfig()
+    frame, emb = aligned_catalog()
+    pix = aligned_pixels(frame)
+    _, val = budget_groups(frame["image_id"].to_list(), budget.max_train_groups, budget.max_val_groups, budget.seed)
+    models = {name: load_reranker(current_dir(f"{name}_reranker")) for name in ("gutted", "full_vlm")}
+    q = min(args.cost_queries, len(val))
+    cost = measure_costs({
+        "gutted": (models["gutted"], _feats(emb[val[:q, 0]]), _feats(emb[val[:q, 1:]])),
+        "full_vlm": (models["full_vlm"], _feats(pix[val[:q, 0]]), _feats(pix[val[:q, 1:]])),
+    }, val.shape[1] - 1, args.repeats)  # fmt: skip
+    quality = {"retrieval": bootstrap_ci(retrieval_ndcg(emb, val))}
+    for name, feats in (("gutted", emb), ("full_vlm", pix)):
+        started = time.perf_counter()
+        ev = evaluate(models[name], feats, val)
+        quality[name] = bootstrap_ci(ev["per_group"]) | {
+            "version": pointers(f"{name}_reranker")["current"],
+            "score_seconds": round(time.perf_counter() - started, 1),
+        }
+        print(name, json.dumps(quality[name]), flush=True)
+    extra = {}
+    try:
+        report = latest_report()  # the held-out test queries of the last evaluation report
+    except FileNotFoundError:
+        report = None
+    if report is not None:
+        extra["report_ndcg_at_10"] = {k: round(v["ndcg_at_10"], 4) for k, v in report["systems"].items()}
+        extra["report_cost_ratio"] = report["cost_ratio"]
+        extra["report_run_id"] = report["run_id"]
+    n_data = {"source": f"lake:{os.environ['LENSLESS_HOME']}", "items": len(emb), "val_groups": len(val),
+              "candidates_per_group": int(val.shape[1] - 1)}  # fmt: skip
+    return cost, quality, n_data, extra
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lake", help="a LENSLESS_HOME after `lensless demo`: score the pipeline's own models")
+    ap.add_argument("--items", type=int, default=480)
+    ap.add_argument("--train-groups", type=int, default=240)
+    ap.add_argument("--val-groups", type=int, default=80)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per stage (both models)")
+    ap.add_argument("--lr", type=float, default=5e-3, help="projector learning rate (both)")
+    ap.add_argument("--cost-queries", type=int, default=2)
+    ap.add_argument("--cost-candidates", type=int, default=50, help="synthetic data only")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per cost cell (best kept)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads; tiny models on a shared 2-core box run several times faster on one",
+    )  # fmt: skip
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    cost, quality, data, extra = (lake_run if args.lake else synthetic_run)(args)
 
     g, f = cost["gutted"], cost["full_vlm"]
     result = {
@@ -194,13 +265,9 @@ def main(argv=None) -> dict:
         "time_ratio_full_over_gutted": f["ms_per_1k"] / g["ms_per_1k"],
         "cost": cost,
         "val_ndcg10": {k: round(v["mean"], 4) for k, v in quality.items()},
-        "data": {
-            "items": len(emb),
-            "train_groups": len(train),
-            "val_groups": len(val),
-            "candidates_per_group": int(train.shape[1] - 1),
-        },
+        "data": data,
         "quality": quality,
+        **extra,
         "analytic_448px": cost_rows(),
         "seconds": round(time.perf_counter() - t0, 1),
         "threads": args.threads,
@@ -211,7 +278,6 @@ def main(argv=None) -> dict:
         "gutted_ge_retrieval": quality["gutted"]["mean"] >= quality["retrieval"]["mean"],
         "gutted_ge_full_vlm": quality["gutted"]["mean"] >= quality["full_vlm"]["mean"],
     }
-    tmp.cleanup()
     print(json.dumps(result))
     return result
 

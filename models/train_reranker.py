@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,7 +53,13 @@ class TrainConfig:
 
 def _as_tensor(features, scorer=None) -> torch.Tensor:
     """Features as a tensor; a scorer with `prepare_features` (frozen tower) converts them once."""
-    t = features if torch.is_tensor(features) else torch.as_tensor(np.ascontiguousarray(features))
+    if torch.is_tensor(features):
+        t = features
+    else:
+        with warnings.catch_warnings():
+            # read-only memmaps (the lake's pixels) are shared, not copied; nothing writes to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.as_tensor(np.ascontiguousarray(features))
     t = t if t.dtype == torch.uint8 else t.float()
     prepare = getattr(scorer, "prepare_features", None)
     return t if prepare is None else prepare(t)

@@ -98,10 +98,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from assets.evaluation import read_latest_report
-    from assets.report import reports_dir
+    from assets.report import latest_report
 
-    report = read_latest_report(reports_dir())
+    report = latest_report()
     if args.json:
         print(json.dumps(report))
     else:

@@ -60,8 +60,7 @@ def ingest(source: str, engagement: str | None = None, label_depth: int = 1, lim
 
 def run_all(source: str, engagement: str | None = None, limit: int | None = None, run_config: dict | None = None) -> dict:
     """Ingest `source`, then train, embed, index, rerank and evaluate; returns the report dict."""
-    from assets.evaluation import read_latest_report
-    from assets.report import reports_dir
+    from assets.report import latest_report
 
     started = time.perf_counter()
     step(1, 5, f"ingesting {source}")
@@ -77,7 +76,7 @@ def run_all(source: str, engagement: str | None = None, limit: int | None = None
     materialize_assets(DOWNSTREAM[:4], run_config=_only(run_config, DOWNSTREAM[:4]))
     step(5, 5, "candidates, reranking, evaluation report, champion")
     materialize_assets(DOWNSTREAM[4:], run_config=_only(run_config, DOWNSTREAM[4:]))
-    report = read_latest_report(reports_dir())
+    report = latest_report()
     report["_seconds"] = time.perf_counter() - started
     return report
 
