@@ -2,9 +2,10 @@
 so the whole pipeline runs anywhere with nothing to download. ``write_demo_catalog`` renders
 photos of objects from several categories and styles (see ``assets.demo_render``) into
 ``<dest>/<category>/<category>_<index>.jpg``, and ``generate_engagement`` simulates users whose
-saves and clicks follow taste clusters that cut across categories: a taste is a palette family,
-visible in the pixels but secondary to the object's shape. Co-engagement therefore carries signal
-beyond visual (category) similarity that a reranker can learn from image content. The same
+saves and clicks follow the few categories they shop and, within them, taste clusters that cut
+across categories: a taste is a palette family, visible in the pixels but secondary to the
+object's shape. Co-engagement therefore carries signal beyond visual (category) similarity that
+a reranker can learn from image content. The same
 config gives byte-identical files and identical engagement. This module never imports dagster.
 """
 
@@ -38,8 +39,11 @@ class DemoCatalogConfig:
     n_images: int = 5000  # images rendered; categories cycle with the index
     size: int = 224  # rendered side in px (square)
     seed: int = 0  # one seed for every image and for the engagement
-    n_users: int = 500  # simulated users
-    events_per_user: int = 40  # mean clicks per user (saves come on top of some clicks)
+    # Engagement density decides whether held-out co-engagement can tell rankers apart: at 500
+    # users x 40 clicks over 5,000 images, a query's relevant set was ~28 near-random items and
+    # even a taste oracle scored NDCG@10 0.016. 1,000 x 100 (~120k events) gives ~56 per query.
+    n_users: int = 1000  # simulated users
+    events_per_user: int = 100  # mean clicks per user (saves come on top of some clicks)
     jpeg_quality_range: tuple[int, int] = (55, 95)  # inclusive; each image draws its quality
     workers: int = 2  # processes used to render; 1 renders in this process
 
@@ -79,7 +83,15 @@ ENGAGEMENT_SCHEMA = {
 _ENGAGEMENT_STREAM = 2  # keeps the engagement RNG apart from every image's RNG
 _START_US = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z
 _SPAN_US = 60 * 86_400_000_000  # events spread over 60 days
-_TASTE_BOOST = 10.0  # an in-taste image is up to 11x as likely to be clicked
+_TASTE_BOOST = 30.0  # an in-taste image is up to 31x as likely to be clicked
+# Users shop a few categories (as on a real catalog, where co-engagement follows visual
+# similarity first) and, within them, their taste. Measured on the 5,000-image demo with
+# held-out co-engagement (bench-free: random 50 candidates from each pool), NDCG@10 is 0.012
+# for random images, 0.033 for same-category, 0.035 for same-taste and 0.129 for both, so
+# retrieval (category) beats random and a reranker that reads taste has room to win. With
+# alpha 0.8 and floor 0.5, category barely mattered and no ranking beat 0.04.
+_CATEGORY_ALPHA = 0.2  # Dirichlet concentration of a user's category affinity (lower: fewer categories)
+_CATEGORY_FLOOR = 0.02  # share of an image's weight that does not depend on its category
 _EXPLORE = 0.1  # share of clicks on a uniformly random image
 _SAVE_IN_TASTE, _SAVE_OUT_OF_TASTE = 0.25, 0.05  # chance that a click is followed by a save
 
@@ -207,8 +219,9 @@ def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
 def generate_engagement(catalog: pl.DataFrame, config: DemoCatalogConfig) -> pl.DataFrame:
     """Simulates clicks and saves of ``config.n_users`` users over 60 days.
 
-    Each user likes one or two taste clusters (weights summing to 1), has a Dirichlet affinity
-    over categories and follows item popularity; 10% of clicks explore uniformly. A click is
+    Each user likes one or two taste clusters (weights summing to 1), has a peaked Dirichlet
+    affinity over categories (most users shop two or three) and follows item popularity; 10%
+    of clicks explore uniformly. A click is
     followed by a save with probability 0.25 in taste and 0.05 otherwise, so saves are rarer
     than clicks and mark taste more sharply. Clicks come in sessions spread over 60 days from
     2025-01-01 UTC. Needs catalog columns uri, label and taste; the result depends on the set of
@@ -234,9 +247,11 @@ def generate_engagement(catalog: pl.DataFrame, config: DemoCatalogConfig) -> pl.
         k = min(n_tastes, 1 if rng.random() < 0.6 else 2)
         taste_w = np.zeros(n_tastes)
         taste_w[rng.choice(n_tastes, k, replace=False)] = rng.dirichlet(np.full(k, 2.0))
-        label_w = rng.dirichlet(np.full(n_labels, 0.8)) * n_labels  # mean 1
+        label_w = rng.dirichlet(np.full(n_labels, _CATEGORY_ALPHA)) * n_labels  # mean 1
         weight = (
-            popularity * (1 + _TASTE_BOOST * taste_w[taste_of]) * (0.5 + 0.5 * label_w[label_of])
+            popularity
+            * (1 + _TASTE_BOOST * taste_w[taste_of])
+            * (_CATEGORY_FLOOR + (1 - _CATEGORY_FLOOR) * label_w[label_of])
         )
         n = max(1, int(rng.poisson(config.events_per_user * rng.gamma(4.0, 0.25))))
         picks = np.where(

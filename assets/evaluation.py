@@ -31,7 +31,7 @@ class CandidatesConfig(dg.Config):
     """How many candidates per query, and how many held-out queries to evaluate."""
 
     k: int = 50
-    max_queries: int = 200
+    max_queries: int = 400
     seed: int = 0
 
 
