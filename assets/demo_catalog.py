@@ -42,12 +42,18 @@ class DemoCatalogConfig:
     # Engagement density decides whether held-out co-engagement can tell rankers apart: at 500
     # users x 40 clicks over 5,000 images, a query's relevant set was ~28 near-random items and
     # even a taste oracle scored NDCG@10 0.016. 1,000 x 100 (~120k events) gives ~56 per query.
-    n_users: int = 1000  # simulated users
-    events_per_user: int = 100  # mean clicks per user (saves come on top of some clicks)
+    # Both scale with the catalog (None = n_images / 5 users, n_images / 50 clicks each), so a
+    # small demo is not saturated: 1,000 x 100 clicks on 300 images co-engages every pair.
+    n_users: int | None = None  # simulated users
+    events_per_user: int | None = None  # mean clicks per user (saves come on top of some clicks)
     jpeg_quality_range: tuple[int, int] = (55, 95)  # inclusive; each image draws its quality
     workers: int = 2  # processes used to render; 1 renders in this process
 
     def __post_init__(self) -> None:
+        if self.n_users is None:
+            object.__setattr__(self, "n_users", max(100, self.n_images // 5))
+        if self.events_per_user is None:
+            object.__setattr__(self, "events_per_user", max(5, self.n_images // 50))
         checks = [
             ("n_images", self.n_images, self.n_images >= 1, "must be >= 1"),
             ("size", self.size, self.size >= 32, "must be >= 32 px"),
