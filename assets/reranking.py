@@ -66,6 +66,9 @@ def training_pairs(context: dg.AssetExecutionContext, config: PairsConfig) -> dg
 class RerankerTrainConfig(dg.Config):
     """Run knobs shared by both rerankers (same budget); defaults live in models/."""
 
+    # "tiny" (random init, the default: nothing is downloaded) or a local Qwen3-VL checkpoint
+    # directory; the gutted model reads only its language-model tensors, the full VLM all of them
+    base: str = GuttedConfig.base
     num_tokens: int = GuttedConfig.num_tokens
     # The pipeline's budget, identical for both models, sized so `lensless demo` fits 15 min on
     # 2 CPU cores (the full VLM dominates). models.train_reranker.TrainConfig's 4+4 epochs
@@ -128,7 +131,8 @@ def gutted_reranker(context: dg.AssetExecutionContext, config: RerankerTrainConf
     trained tensors and the base model's identity (`models/gutted_reranker/<version>/`).
     """
     _, emb = aligned_catalog()
-    scorer = build_gutted(GuttedConfig(embed_dim=emb.shape[1], num_tokens=config.num_tokens, seed=config.seed))
+    scorer = build_gutted(GuttedConfig(base=config.base, embed_dim=emb.shape[1], num_tokens=config.num_tokens,
+                                       seed=config.seed))
     return _train(context, "gutted_reranker", scorer, emb, config)
 
 
@@ -148,5 +152,5 @@ def full_vlm_reranker(context: dg.AssetExecutionContext, config: RerankerTrainCo
     """
     frame, _ = aligned_catalog()
     pixels = aligned_pixels(frame)
-    scorer = build_full_vlm(FullVLMConfig(seed=config.seed))
+    scorer = build_full_vlm(FullVLMConfig(base=config.base, seed=config.seed))
     return _train(context, "full_vlm_reranker", scorer, pixels, config)

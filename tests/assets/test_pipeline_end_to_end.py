@@ -96,3 +96,21 @@ def test_promotion_decision_accepts_and_rejects():
     assert ok and "not worse" in why
     ok, why = promotion_decision({"challenger": {**base, "ndcg_diff": -0.1, "ndcg_diff_ci": [-0.15, -0.04]}})
     assert not ok and "worse than champion c1" in why
+
+
+def test_gutted_reranker_from_a_local_checkpoint(pipeline, tmp_path):
+    """Run config `base` points the asset at a local Qwen3-VL checkpoint directory."""
+    from assets.model_store import current_dir
+    from models.checkpoint import load_checkpoint
+    from models.full_vlm import write_tiny_checkpoint
+    from models.train_reranker import load_reranker
+    from orchestration.runner import materialize_assets
+
+    base = str(write_tiny_checkpoint(tmp_path / "qwen3vl-local", seed=1))
+    cfg = {**TINY["ops"]["gutted_reranker"]["config"], "base": base, "stage2_epochs": 0}
+    result = materialize_assets(["gutted_reranker"], run_config={"ops": {"gutted_reranker": {"config": cfg}}})
+    assert result.success
+    _, config, extra = load_checkpoint(current_dir("gutted_reranker"))
+    assert config["model"]["base"] == base and extra["base"]["source"] == "checkpoint"
+    scorer = load_reranker(current_dir("gutted_reranker"))
+    assert scorer.cfg.base == base
