@@ -1,7 +1,7 @@
 """Ingest one batch of image files: read, hash, deduplicate, decode, quarantine, store. No Dagster.
 
-`ingest_batch` streams the files of a batch through `decode_image` and writes canonical
-pixels row by row into an `.npy` (so memory does not grow with the batch), then returns
+`ingest_batch` streams the files of a batch through `decode_image` and appends canonical
+pixels row by row to an `.npy` (so memory does not grow with the batch), then returns
 four frames: the manifest of ingested images, the quarantine (uri, reason, detail), the
 duplicates (uri → the image_id it repeats) and the skipped files. The `image_id` is the
 first 16 hex digits of the sha256 of the file's bytes, so it is stable across machines and
@@ -105,15 +105,13 @@ def ingest_batch(
                 if progress is not None and (i + 1) % 256 == 0:
                     progress(i + 1, n)
             row = len(manifest)
-            writer.array[row] = pixels
+            writer.append(pixels)
             image_id = image_id_of(sha)
             seen[sha] = image_id
             manifest.append({"image_id": image_id, "row": row, "uri": uri, "sha256": sha, "width": w,
                              "height": h, "label": label, "batch": batch,
                              "ingested_at": previous_ingested_at.get(image_id, now)})
-        if len(manifest) < n:
-            writer = _shrink(writer, len(manifest))
-        writer.close()
+        writer.close()  # the header says how many rows were written
     except BaseException:
         writer.abort()
         raise
@@ -125,13 +123,3 @@ def ingest_batch(
         duplicates=pl.DataFrame(duplicates, schema=DUPLICATE_SCHEMA),
         skipped=skipped.cast(SKIPPED_SCHEMA),
     )
-
-
-def _shrink(writer: NpyWriter, rows: int) -> NpyWriter:
-    """Copy the first `rows` rows into a correctly sized file (only when some files were rejected)."""
-    smaller = NpyWriter(writer.path, (rows, *writer.shape[1:]), writer.dtype)
-    for start in range(0, rows, 512):
-        stop = min(rows, start + 512)
-        smaller.array[start:stop] = writer.array[start:stop]
-    writer.abort()
-    return smaller

@@ -96,43 +96,73 @@ def read_json(path: UPath | str) -> Any:
     return json.loads(UPath(path).read_text())
 
 
-class NpyWriter:
-    """Stream rows into an `.npy` file of known shape without holding them all in memory.
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype, length: int | None = None) -> bytes:
+    """A version 1.0 `.npy` header for a C-ordered array, space-padded to `length` bytes
+    (default: the next multiple of 64, as numpy writes it)."""
+    text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+    size = 10 + len(text) + 1  # magic + version + length field, the dict, the newline
+    length = length or -(-size // 64) * 64
+    if length < size or length - 10 > 0xFFFF:
+        raise ValueError(f"npy header of {size} bytes does not fit in {length}")
+    body = text.ljust(length - 11) + "\n"
+    return b"\x93NUMPY\x01\x00" + (length - 10).to_bytes(2, "little") + body.encode("latin1")
 
-    Locally it writes through `np.lib.format.open_memmap` into a temporary file that is
-    fsynced and renamed on `close()`; remotely it buffers and uploads once.
+
+class NpyWriter:
+    """Append rows to an `.npy` file of at most `shape[0]` rows without holding them in memory.
+
+    `append(row)` adds one row; `close()` writes the header for the rows actually appended,
+    fsyncs and moves the file into place; `abort()` drops it and leaves any previous file.
+    Locally, rows go to a temporary file with plain sequential writes: no memory map, so no
+    page faults per row and no msync of the whole file before the fsync. Remotely, rows are
+    buffered and uploaded once.
     """
 
     def __init__(self, path: UPath | str, shape: tuple[int, ...], dtype=np.uint8):
         self.path = UPath(path)
-        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.rows = 0
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._header_len = len(_npy_header(self.shape, self.dtype))
         if is_local(self.path):
             local = Path(self.path.path)
             local.parent.mkdir(parents=True, exist_ok=True)
             fd, self._tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
-            os.close(fd)
-            self.array = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=self.dtype, shape=shape)
+            self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         else:
             self._tmp = None
-            self.array = np.zeros(shape, dtype=self.dtype)
+            self._file = io.BytesIO()
+        self._file.write(b"\0" * self._header_len)  # the real header is written by close()
+
+    def append(self, row: np.ndarray) -> None:
+        """Write the next row (shape `shape[1:]`, cast to the dtype only when it differs)."""
+        row = np.ascontiguousarray(row, dtype=self.dtype)
+        if row.shape != self.shape[1:]:
+            raise ValueError(f"row of shape {row.shape}, expected {self.shape[1:]}")
+        if self.rows >= self.shape[0]:
+            raise ValueError(f"{self.path} is full: {self.shape[0]} rows")
+        self._file.write(memoryview(row).cast("B"))
+        self.rows += 1
 
     def close(self) -> UPath:
-        """Flush and move the finished file into place."""
+        """Write the header for the rows appended and move the finished file into place."""
+        header = _npy_header((self.rows, *self.shape[1:]), self.dtype, self._header_len)
+        self._file.seek(0)
+        self._file.write(header)
         if self._tmp is None:
-            arr = self.array
-            atomic_write(self.path, lambda f: np.save(f, arr))
+            data = self._file.getvalue()
+            atomic_write(self.path, lambda f: f.write(data))
             return self.path
-        self.array.flush()
-        del self.array
-        with open(self._tmp, "rb") as f:
-            os.fsync(f.fileno())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
         os.replace(self._tmp, self.path.path)
         return self.path
 
     def abort(self) -> None:
         """Drop the partial file; the previous file (if any) stays untouched."""
+        self._file.close()
         if self._tmp is not None and os.path.exists(self._tmp):
-            del self.array
             os.unlink(self._tmp)
 
 
