@@ -141,8 +141,9 @@ def measure_costs(inputs: dict, n_candidates: int, repeats: int) -> dict:
     for (name, cache), ts in times.items():
         cost[name][f"ms_per_1k_{'cache' if cache else 'nocache'}"] = min(ts)
     for name, (model, _, _) in inputs.items():
-        row, tag = cost[name], "cache" if model.cfg.use_kv_cache else "nocache"
-        row["default_cache"] = model.cfg.use_kv_cache
+        cached = model.uses_cache(n_candidates)
+        row, tag = cost[name], "cache" if cached else "nocache"
+        row["default_cache"] = cached
         row["flops_per_candidate"] = row[f"flops_per_candidate_{tag}"]
         row["ms_per_1k"] = row[f"ms_per_1k_{tag}"]
         print(name, json.dumps(row), flush=True)

@@ -213,6 +213,10 @@ class PromptScorer(nn.Module):
         question = text_block(self.lm.embed_tokens(self.question_ids), cand.embeds.shape[0])
         return prefix, concat(cand, question)
 
+    def uses_cache(self, n_cand: int) -> bool:
+        """Whether scoring `n_cand` candidates per query reuses the query prefix (KV cache)."""
+        return bool(self.cfg.use_kv_cache) and n_cand >= self.cfg.cache_min_candidates
+
     def score_tokens(self, q: ImageTokens, c: ImageTokens, n_cand: int, use_cache: bool):
         """Scores (B, C) of B query images against B*C candidate images (row-major)."""
         prefix, suffix = self.prompt_blocks(q, c)

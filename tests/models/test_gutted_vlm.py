@@ -124,6 +124,20 @@ def test_kv_cache_matches_no_cache():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_kv_cache_only_where_it_pays(monkeypatch):
+    """The default uses the cache from `cache_min_candidates` candidates per query; explicit wins."""
+    model = build_gutted(GuttedConfig(cache_min_candidates=4)).eval()
+    seen = []
+    original = type(model).score_tokens
+    monkeypatch.setattr(type(model), "score_tokens", lambda self, q, c, n, use_cache: seen.append(use_cache)
+                        or original(self, q, c, n, use_cache))
+    for n_cand in (3, 4):
+        model.score(*_inputs(c=n_cand))
+    model.score(*_inputs(c=3), use_cache=True)
+    assert seen == [False, True, True]
+    assert not build_gutted(GuttedConfig(use_kv_cache=False)).uses_cache(100)
+
+
 def test_kv_cache_gradients_match_no_cache():
     model = build_gutted()
     q, c = _inputs(b=2, c=3)
