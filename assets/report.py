@@ -120,12 +120,16 @@ def history_plot(reports: list[dict]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     for name in SYSTEMS:
         ys = [r["systems"][name]["ndcg_at_10"] for r in reports if name in r.get("systems", {})]
         ax.plot(range(1, len(ys) + 1), ys, marker="o", label=name)
     ax.set(xlabel="report (oldest → newest)", ylabel="NDCG@10", title="metric history")
+    n = max(len(reports), 1)  # reports are counted: integer ticks only
+    ax.xaxis.set_major_locator(FixedLocator(range(1, n + 1)) if n <= 20 else MaxNLocator(integer=True))
+    ax.set_xlim(0.5, n + 0.5)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
