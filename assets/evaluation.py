@@ -177,7 +177,6 @@ def _per_label(per_query: dict, labels: list[str | None]) -> list[dict]:
                 description="The challenger's NDCG@10 is not worse than the champion's beyond the paired 95% CI.")
 def challenger_not_worse(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     """Blocks promotion when the challenger is significantly worse than the current champion."""
-
     report = latest_report()
     passed, why = promotion_decision(report)
     ch = report["challenger"]
@@ -193,7 +192,6 @@ def reranker_champion(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     History is kept in `models/reranker_champion/pointers.json`; `lensless promote` and
     `lensless rollback` move it by hand.
     """
-
     report = latest_report()
     challenger, current = report["challenger"]["version"], pointers("reranker_champion")["current"]
     if challenger != current:

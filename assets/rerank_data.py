@@ -19,6 +19,7 @@ from assets.pairs import PairConfig, coengagement, label_relevance, mine_groups,
 from assets.storage import lake_path, read_parquet
 from index.search import search
 from models.cost import flops_per_candidate, ms_per_1k_candidates, tokens_per_candidate
+from models.train_reranker import feature_tensor
 
 GROUP_SCHEMA = {"split": pl.Utf8, "query": pl.Utf8, "positive": pl.Utf8, "negatives": pl.List(pl.Utf8)}
 QUERY_SCHEMA = {"query": pl.Utf8, "relevant": pl.List(pl.Utf8), "source": pl.Utf8}
@@ -123,10 +124,8 @@ def score_candidates(scorer, features, query_rows: np.ndarray, cand_rows: np.nda
     out = []
     with torch.inference_mode():
         for i in range(0, len(query_rows), batch):
-            q = torch.as_tensor(np.ascontiguousarray(features[query_rows[i: i + batch]]))
-            c = torch.as_tensor(np.ascontiguousarray(features[cand_rows[i: i + batch]]))
-            if q.dtype != torch.uint8:
-                q, c = q.float(), c.float()
+            q = feature_tensor(features[query_rows[i: i + batch]])
+            c = feature_tensor(features[cand_rows[i: i + batch]])
             out.append(scorer.score(q, c).float().numpy())
             if progress is not None:
                 progress(min(i + batch, len(query_rows)), len(query_rows))
@@ -138,12 +137,7 @@ def measure_cost(scorer, features, groups, queries: int = 4) -> dict:
 
     Raw features go in (pixels for the full VLM), so the vision tower is part of its cost.
     """
-    import torch
-
-    feats = torch.as_tensor(np.ascontiguousarray(features[groups[:queries, 0]]))
-    cands = torch.as_tensor(np.ascontiguousarray(features[groups[:queries, 1:]]))
-    if feats.dtype != torch.uint8:
-        feats, cands = feats.float(), cands.float()
+    feats, cands = feature_tensor(features[groups[:queries, 0]]), feature_tensor(features[groups[:queries, 1:]])
     scorer.eval()
     return {
         "flops_per_candidate": flops_per_candidate(scorer, feats, cands),

@@ -85,10 +85,8 @@ def _engagement_count() -> int:
     return read_parquet(path).height if path.exists() else 0
 
 
-def _train(context, kind: str, scorer, features, config: RerankerTrainConfig) -> dg.MaterializeResult:
-    """Train `scorer` on the stored groups, measure its cost, save it; shared by both assets."""
-    frame, _ = aligned_catalog()
-    ids = frame["image_id"].to_list()
+def _train(context, kind: str, scorer, features, ids: list[str], config: RerankerTrainConfig) -> dg.MaterializeResult:
+    """Train `scorer` on the stored groups (rows of `ids`), measure its cost, save it; shared by both assets."""
     train, val = budget_groups(ids, config.max_train_groups, config.max_val_groups, config.seed)
     context.log.info(f"{kind}: {len(train)} train groups, {len(val)} val groups")
     cfg = TrainConfig(stage1_epochs=config.stage1_epochs, stage2_epochs=config.stage2_epochs, seed=config.seed)
@@ -130,10 +128,10 @@ def gutted_reranker(context: dg.AssetExecutionContext, config: RerankerTrainConf
     cross-entropy and early stopping on validation NDCG@10. The checkpoint holds only the
     trained tensors and the base model's identity (`models/gutted_reranker/<version>/`).
     """
-    _, emb = aligned_catalog()
+    frame, emb = aligned_catalog()
     scorer = build_gutted(GuttedConfig(base=config.base, embed_dim=emb.shape[1], num_tokens=config.num_tokens,
                                        seed=config.seed))
-    return _train(context, "gutted_reranker", scorer, emb, config)
+    return _train(context, "gutted_reranker", scorer, emb, frame["image_id"].to_list(), config)
 
 
 @dg.asset(
@@ -153,4 +151,4 @@ def full_vlm_reranker(context: dg.AssetExecutionContext, config: RerankerTrainCo
     frame, _ = aligned_catalog()
     pixels = aligned_pixels(frame)
     scorer = build_full_vlm(FullVLMConfig(base=config.base, seed=config.seed))
-    return _train(context, "full_vlm_reranker", scorer, pixels, config)
+    return _train(context, "full_vlm_reranker", scorer, pixels, frame["image_id"].to_list(), config)

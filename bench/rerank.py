@@ -46,7 +46,7 @@ from models.cost import cost_rows, flops_per_candidate, ms_per_1k_candidates, to
 from models.full_vlm import FullVLMConfig, build_full_vlm, write_tiny_checkpoint
 from models.gutted_vlm import GuttedConfig, build_gutted
 from models.ranking_metrics import bootstrap_ci, ndcg_at_k, positive_first_relevance
-from models.train_reranker import TrainConfig, evaluate, train_reranker
+from models.train_reranker import TrainConfig, evaluate, feature_tensor, train_reranker
 
 STYLE_RGB = np.array([[220, 40, 40], [40, 170, 60], [50, 80, 220], [230, 200, 40]], np.float32)
 
@@ -150,11 +150,6 @@ def measure_costs(inputs: dict, n_candidates: int, repeats: int) -> dict:
     return cost
 
 
-def _feats(array: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(array))
-    return t if t.dtype == torch.uint8 else t.float()
-
-
 def synthetic_run(args) -> tuple[dict, dict, dict, dict]:
     """Both models trained here on the synthetic catalog: (cost, quality, data, extra)."""
     data = synthetic_catalog(n_items=args.items, seed=args.seed)
@@ -169,8 +164,8 @@ def synthetic_run(args) -> tuple[dict, dict, dict, dict]:
     rng = np.random.default_rng(args.seed)
     idx = rng.integers(len(emb), size=(args.cost_queries, 1 + args.cost_candidates))
     cost = measure_costs({
-        "gutted": (gutted, _feats(emb[idx[:, 0]]), _feats(emb[idx[:, 1:]])),
-        "full_vlm": (full, _feats(pix[idx[:, 0]]), _feats(pix[idx[:, 1:]])),
+        "gutted": (gutted, feature_tensor(emb[idx[:, 0]]), feature_tensor(emb[idx[:, 1:]])),
+        "full_vlm": (full, feature_tensor(pix[idx[:, 0]]), feature_tensor(pix[idx[:, 1:]])),
     }, args.cost_candidates, args.repeats)  # fmt: skip
 
     # quality: same groups, same budget
@@ -207,13 +202,14 @@ def lake_run(args) -> tuple[dict, dict, dict, dict]:
 
     budget = RerankerTrainConfig()
     frame, emb = aligned_catalog()
-    pix = aligned_pixels(frame)
     _, val = budget_groups(frame["image_id"].to_list(), budget.max_train_groups, budget.max_val_groups, budget.seed)
+    rows = np.unique(val)  # read and encode only the images the groups use
+    emb, pix, val = emb[rows], aligned_pixels(frame[rows]), np.searchsorted(rows, val)
     models = {name: load_reranker(current_dir(f"{name}_reranker")) for name in ("gutted", "full_vlm")}
     q = min(args.cost_queries, len(val))
     cost = measure_costs({
-        "gutted": (models["gutted"], _feats(emb[val[:q, 0]]), _feats(emb[val[:q, 1:]])),
-        "full_vlm": (models["full_vlm"], _feats(pix[val[:q, 0]]), _feats(pix[val[:q, 1:]])),
+        "gutted": (models["gutted"], feature_tensor(emb[val[:q, 0]]), feature_tensor(emb[val[:q, 1:]])),
+        "full_vlm": (models["full_vlm"], feature_tensor(pix[val[:q, 0]]), feature_tensor(pix[val[:q, 1:]])),
     }, val.shape[1] - 1, args.repeats)  # fmt: skip
     quality = {"retrieval": bootstrap_ci(retrieval_ndcg(emb, val))}
     for name, feats in (("gutted", emb), ("full_vlm", pix)):
@@ -233,7 +229,7 @@ def lake_run(args) -> tuple[dict, dict, dict, dict]:
         extra["report_ndcg_at_10"] = {k: round(v["ndcg_at_10"], 4) for k, v in report["systems"].items()}
         extra["report_cost_ratio"] = report["cost_ratio"]
         extra["report_run_id"] = report["run_id"]
-    n_data = {"source": f"lake:{os.environ['LENSLESS_HOME']}", "items": len(emb), "val_groups": len(val),
+    n_data = {"source": f"lake:{os.environ['LENSLESS_HOME']}", "items": frame.height, "val_groups": len(val),
               "candidates_per_group": int(val.shape[1] - 1)}  # fmt: skip
     return cost, quality, n_data, extra
 

@@ -51,8 +51,8 @@ class TrainConfig:
     seed: int = 0  # batch order, candidate shuffles and LoRA init
 
 
-def _as_tensor(features, scorer=None) -> torch.Tensor:
-    """Features as a tensor; a scorer with `prepare_features` (frozen tower) converts them once."""
+def feature_tensor(features) -> torch.Tensor:
+    """Reranker input as a tensor: uint8 pixels stay uint8, embeddings become float32."""
     if torch.is_tensor(features):
         t = features
     else:
@@ -60,7 +60,12 @@ def _as_tensor(features, scorer=None) -> torch.Tensor:
             # read-only memmaps (the lake's pixels) are shared, not copied; nothing writes to them
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             t = torch.as_tensor(np.ascontiguousarray(features))
-    t = t if t.dtype == torch.uint8 else t.float()
+    return t if t.dtype == torch.uint8 else t.float()
+
+
+def _as_tensor(features, scorer=None) -> torch.Tensor:
+    """Features as a tensor; a scorer with `prepare_features` (frozen tower) converts them once."""
+    t = feature_tensor(features)
     prepare = getattr(scorer, "prepare_features", None)
     return t if prepare is None else prepare(t)
 
