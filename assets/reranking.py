@@ -78,6 +78,7 @@ class RerankerTrainConfig(dg.Config):
     max_train_groups: int = 1000
     max_val_groups: int = 300  # validation is scored at every evaluation: keep it cheap
     seed: int = 0
+    device: str = "auto"  # training device: "auto" (the GPU when torch sees one), "cpu", "cuda:N"
 
 
 def _engagement_count() -> int:
@@ -89,7 +90,8 @@ def _train(context, kind: str, scorer, features, ids: list[str], config: Reranke
     """Train `scorer` on the stored groups (rows of `ids`), measure its cost, save it; shared by both assets."""
     train, val = budget_groups(ids, config.max_train_groups, config.max_val_groups, config.seed)
     context.log.info(f"{kind}: {len(train)} train groups, {len(val)} val groups")
-    cfg = TrainConfig(stage1_epochs=config.stage1_epochs, stage2_epochs=config.stage2_epochs, seed=config.seed)
+    cfg = TrainConfig(stage1_epochs=config.stage1_epochs, stage2_epochs=config.stage2_epochs, seed=config.seed,
+                      device=config.device)
     started = time.perf_counter()
     metrics = train_reranker(scorer, features, train, val, cfg, progress=lambda m: context.log.info(f"{kind}: {m}"))
     seconds = time.perf_counter() - started
@@ -107,6 +109,7 @@ def _train(context, kind: str, scorer, features, ids: list[str], config: Reranke
         "version": version, "val_ndcg_at_10": float(metrics["best_val_ndcg10"]),
         "engagement_events": _engagement_count(),
         "trained_parameters": int(metrics["trained_params"]), "train_seconds": round(seconds, 1),
+        "train_device": metrics["device"],
         **{k: float(v) for k, v in cost.items()},
         "cost": dg.MetadataValue.md(md_table([{"metric": k, "value": v} for k, v in cost.items()])),
         **plots,

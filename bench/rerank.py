@@ -23,6 +23,7 @@ Two data sources:
 
     python bench/rerank.py                      # ~1-2 min on one thread
     python bench/rerank.py --lake .lensless     # after `lensless demo`; ~1-2 min
+    python bench/rerank.py --device cuda --cost-queries 64   # on a GPU: train and time there
 
 The last line is one JSON object (ratios, NDCG@10 per system, `targets_met`).
 """
@@ -43,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.cost import cost_rows, flops_per_candidate, ms_per_1k_candidates, tokens_per_candidate
+from models.device import resolve_device
 from models.full_vlm import FullVLMConfig, build_full_vlm, write_tiny_checkpoint
 from models.gutted_vlm import GuttedConfig, build_gutted
 from models.ranking_metrics import bootstrap_ci, ndcg_at_k, positive_first_relevance
@@ -113,6 +115,10 @@ def synthetic_catalog(n_items=720, d=128, n_cat=8, n_style=4, px=64, n_neg=9, se
     }
 
 
+def _on(features, device) -> torch.Tensor:
+    return feature_tensor(features).to(device)
+
+
 def retrieval_ndcg(emb, groups, k=10):
     """NDCG@k of ranking each group's candidates by cosine to the query (retrieval alone)."""
     scores = np.einsum("gd,gcd->gc", emb[groups[:, 0]], emb[groups[:, 1:]])
@@ -157,21 +163,22 @@ def synthetic_run(args) -> tuple[dict, dict, dict, dict]:
     train, val = data["train_groups"][: args.train_groups], data["val_groups"][: args.val_groups]
     tmp = tempfile.TemporaryDirectory()
     base = str(write_tiny_checkpoint(Path(tmp.name) / "qwen3vl-tiny", seed=args.seed))
-    gutted = build_gutted(GuttedConfig(base=base))
-    full = build_full_vlm(FullVLMConfig(base=base))
+    dev = args.device
+    gutted = build_gutted(GuttedConfig(base=base)).to(dev)
+    full = build_full_vlm(FullVLMConfig(base=base)).to(dev)
 
     # cost: same queries/candidates, same process, both cache modes
     rng = np.random.default_rng(args.seed)
     idx = rng.integers(len(emb), size=(args.cost_queries, 1 + args.cost_candidates))
     cost = measure_costs({
-        "gutted": (gutted, feature_tensor(emb[idx[:, 0]]), feature_tensor(emb[idx[:, 1:]])),
-        "full_vlm": (full, feature_tensor(pix[idx[:, 0]]), feature_tensor(pix[idx[:, 1:]])),
+        "gutted": (gutted, _on(emb[idx[:, 0]], dev), _on(emb[idx[:, 1:]], dev)),
+        "full_vlm": (full, _on(pix[idx[:, 0]], dev), _on(pix[idx[:, 1:]], dev)),
     }, args.cost_candidates, args.repeats)  # fmt: skip
 
     # quality: same groups, same budget
     tc = TrainConfig(
         stage1_epochs=args.epochs, stage2_epochs=args.epochs, lr=args.lr, evals_per_epoch=1,
-        seed=args.seed,
+        seed=args.seed, device=str(dev),
     )  # fmt: skip
     quality = {"retrieval": bootstrap_ci(retrieval_ndcg(emb, val))}
     for name, model, feats in (("gutted", gutted, emb), ("full_vlm", full, pix)):
@@ -205,11 +212,12 @@ def lake_run(args) -> tuple[dict, dict, dict, dict]:
     _, val = budget_groups(frame["image_id"].to_list(), budget.max_train_groups, budget.max_val_groups, budget.seed)
     rows = np.unique(val)  # read and encode only the images the groups use
     emb, pix, val = emb[rows], aligned_pixels(frame[rows]), np.searchsorted(rows, val)
-    models = {name: load_reranker(current_dir(f"{name}_reranker")) for name in ("gutted", "full_vlm")}
+    dev = args.device
+    models = {name: load_reranker(current_dir(f"{name}_reranker")).to(dev) for name in ("gutted", "full_vlm")}
     q = min(args.cost_queries, len(val))
     cost = measure_costs({
-        "gutted": (models["gutted"], feature_tensor(emb[val[:q, 0]]), feature_tensor(emb[val[:q, 1:]])),
-        "full_vlm": (models["full_vlm"], feature_tensor(pix[val[:q, 0]]), feature_tensor(pix[val[:q, 1:]])),
+        "gutted": (models["gutted"], _on(emb[val[:q, 0]], dev), _on(emb[val[:q, 1:]], dev)),
+        "full_vlm": (models["full_vlm"], _on(pix[val[:q, 0]], dev), _on(pix[val[:q, 1:]], dev)),
     }, val.shape[1] - 1, args.repeats)  # fmt: skip
     quality = {"retrieval": bootstrap_ci(retrieval_ndcg(emb, val))}
     for name, feats in (("gutted", emb), ("full_vlm", pix)):
@@ -250,7 +258,9 @@ def main(argv=None) -> dict:
         "--threads", type=int, default=1,
         help="torch threads; tiny models on a shared 2-core box run several times faster on one",
     )  # fmt: skip
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto: where models train and are timed")
     args = ap.parse_args(argv)
+    args.device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -268,6 +278,7 @@ def main(argv=None) -> dict:
         "analytic_448px": cost_rows(),
         "seconds": round(time.perf_counter() - t0, 1),
         "threads": args.threads,
+        "device": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "cpu",
     }
     result["targets_met"] = {
         "flops_10x": result["flops_ratio_full_over_gutted"] >= 10,

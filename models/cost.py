@@ -30,13 +30,19 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from models.device import synchronize
 from models.qwen3vl_configs import config_dims
 
 
 # FlopCounterMode has no formula for the CPU flash-attention kernel that SDPA dispatches to
 # here, so attention would count as zero; count it like every other SDPA backend (the full
-# Lq × Lk rectangle, causal masking not subtracted).
+# Lq × Lk rectangle, causal masking not subtracted). Some torch versions hand this kernel
+# grouped-query keys and values (fewer heads than the query); each query head still attends
+# over all keys, so count them at the query's head count.
 def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    heads = query_shape[1]
+    key_shape = (key_shape[0], heads, *key_shape[2:])
+    value_shape = (value_shape[0], heads, *value_shape[2:])
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
@@ -62,15 +68,19 @@ def ms_per_1k_candidates(
     warmup: int = 1,
 ) -> float:
     """Wall milliseconds of one scoring call, scaled to 1,000 candidates: the best of
-    `repeats` timed calls, the usual estimator on a shared machine (noise only adds time)."""
+    `repeats` timed calls, the usual estimator on a shared machine (noise only adds time).
+    On a GPU the clock stops after the queued kernels finish."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     n = cand_feats.shape[0] * cand_feats.shape[1]
+    device = cand_feats.device
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeats):
+            synchronize(device)
             t0 = time.perf_counter()
             scorer.score(query_feats, cand_feats, use_cache=use_cache)
+            synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     return min(times) * 1000.0 * 1000.0 / n

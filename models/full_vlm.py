@@ -72,7 +72,7 @@ def patchify(pixels: torch.Tensor, resolution: int, patch: int, merge: int, temp
     # same order as the Qwen2/3-VL processor: merge windows, then (C, T, ph, pw) per patch
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (N, gh/m, gw/m, m, m, 3, T, p, p)
     values = x.reshape(n * g * g, 3 * temporal * patch * patch)
-    grid = torch.tensor([[1, g, g]] * n, dtype=torch.long)
+    grid = torch.tensor([[1, g, g]] * n, dtype=torch.long, device=pixels.device)
     return values, grid
 
 

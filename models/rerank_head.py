@@ -16,6 +16,8 @@ across the candidates and runs only the candidate suffix.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -82,8 +84,10 @@ def pack_left(rows: list[dict]) -> Block:
     if has_visual and rows[0].get("deepstack") is not None:
         n_layers = len(rows[0]["deepstack"])
         deepstack = [torch.cat([r["deepstack"][j] for r in rows]) for j in range(n_layers)]
-    next_pos = torch.tensor([int(r["next_pos"]) for r in rows])
-    return Block(embeds, mask.to(ref.device), pos.to(ref.device), next_pos, visual, deepstack)
+    next_pos = torch.tensor([int(r["next_pos"]) for r in rows], device=ref.device)
+    dev = ref.device
+    visual = None if visual is None else visual.to(dev)
+    return Block(embeds, mask.to(dev), pos.to(dev), next_pos, visual, deepstack)
 
 
 def image_block(img: ImageTokens, start_embed: torch.Tensor, end_embed: torch.Tensor) -> Block:
@@ -99,15 +103,16 @@ def image_block(img: ImageTokens, start_embed: torch.Tensor, end_embed: torch.Te
     embeds = torch.cat(
         [start_embed.expand(n, 1, h), img.embeds, end_embed.expand(n, 1, h)], dim=1
     )  # (N, T+2, H)
+    dev = embeds.device
     visual = None
     if img.deepstack is not None:
-        visual = torch.zeros(n, t + 2, dtype=torch.bool)
+        visual = torch.zeros(n, t + 2, dtype=torch.bool, device=dev)
         visual[:, 1 : t + 1] = True
     return Block(
         embeds=embeds,
-        mask=torch.ones(n, t + 2, dtype=torch.long, device=embeds.device),
-        pos=pos[:, None, :].expand(3, n, t + 2).to(embeds.device),
-        next_pos=torch.full((n,), 2 + adv),
+        mask=torch.ones(n, t + 2, dtype=torch.long, device=dev),
+        pos=pos[:, None, :].expand(3, n, t + 2).to(dev),
+        next_pos=torch.full((n,), 2 + adv, device=dev),
         visual=visual,
         deepstack=None if img.deepstack is None else [d.reshape(-1, h) for d in img.deepstack],
     )
@@ -120,7 +125,7 @@ def text_block(embeds: torch.Tensor, n: int) -> Block:
         embeds=embeds.expand(n, length, h),
         mask=torch.ones(n, length, dtype=torch.long, device=embeds.device),
         pos=text_positions(length)[:, None, :].expand(3, n, length).to(embeds.device),
-        next_pos=torch.full((n,), length),
+        next_pos=torch.full((n,), length, device=embeds.device),
     )
 
 
@@ -171,18 +176,32 @@ def repeat_rows(a: Block, c: int) -> Block:
     )
 
 
+@functools.cache
+def _cache_kwarg(lm_type: type) -> str:
+    """The text model's name for the KV cache argument: `cache` in recent transformers,
+    `past_key_values` before. A wrong name is swallowed by **kwargs and the cache ignored."""
+    params = inspect.signature(lm_type.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def run_lm(lm: nn.Module, block: Block, cache=None, past_mask=None) -> torch.Tensor:
     """Run the Qwen3-VL text model on a Block; returns the final hidden states (N, L, H)."""
     mask = block.mask if past_mask is None else torch.cat([past_mask, block.mask], dim=1)
+    seen = 0 if cache is None else cache.get_seq_length()
     out = lm(
         inputs_embeds=block.embeds,
         attention_mask=mask,
         position_ids=block.pos,
-        cache=cache,
         use_cache=cache is not None,
         visual_pos_masks=block.visual,
         deepstack_visual_embeds=block.deepstack,
+        **{_cache_kwarg(type(lm)): cache},
     )
+    if cache is not None and cache.get_seq_length() != seen + block.embeds.shape[1]:
+        raise RuntimeError(
+            f"{type(lm).__name__} did not fill the KV cache ({seen} -> {cache.get_seq_length()} "
+            f"positions after {block.embeds.shape[1]} tokens): unsupported transformers version?"
+        )
     return out.last_hidden_state
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from models.augment import AugmentConfig, augment
+from models.device import resolve_device
 from models.encoder import ImageEncoder
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,6 @@ class TrainConfig:
     log_every: int = 10  # steps between log lines and progress callbacks
     device: str = "auto"  # "auto": cuda when available, else cpu
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resize_pixels(model: ImageEncoder, pixels: np.ndarray, chunk: int = 1024) -> torch.Tensor:
@@ -185,7 +180,7 @@ def train_encoder(
     else:
         positive_pairs = None
 
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     model.to(device)
     g = torch.Generator().manual_seed(cfg.seed)
     gen_dev = torch.Generator(device=device).manual_seed(cfg.seed) if device.type == "cuda" else g

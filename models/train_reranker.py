@@ -8,6 +8,8 @@ The loss is listwise softmax cross-entropy with the candidate order shuffled per
 the positive's column carries no signal. Stage 1 trains the projector only; stage 2 injects
 LoRA (peft) into the language model and trains it with the projector. Each stage stops early
 when validation NDCG@10 has not improved for `patience` evaluations; the best state wins.
+Training runs on `cfg.device` ("auto": the GPU when torch sees one); the scorer goes back to
+the device it came on afterwards, so callers never branch on hardware.
 
 A checkpoint holds only the trained tensors (projector, LoRA), the configs and the base
 model's identity; `load_reranker(dir)` rebuilds the frozen base and loads them on top.
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.device import resolve_device
 from models.ranking_metrics import ndcg_at_k, positive_first_relevance
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class TrainConfig:
     eval_batch: int = 16  # groups per scoring batch at evaluation
     grad_clip: float = 1.0  # max gradient norm
     seed: int = 0  # batch order, candidate shuffles and LoRA init
+    device: str = "auto"  # where training runs: "auto" (cuda when available), "cpu", "cuda:N"
 
 
 def feature_tensor(features) -> torch.Tensor:
@@ -63,9 +67,17 @@ def feature_tensor(features) -> torch.Tensor:
     return t if t.dtype == torch.uint8 else t.float()
 
 
+def _device_of(scorer) -> torch.device:
+    return next(scorer.parameters()).device
+
+
 def _as_tensor(features, scorer=None) -> torch.Tensor:
-    """Features as a tensor; a scorer with `prepare_features` (frozen tower) converts them once."""
+    """Features as a tensor on the scorer's device; a scorer with `prepare_features` (frozen
+    tower) converts them once."""
     t = feature_tensor(features)
+    if scorer is None:
+        return t
+    t = t.to(_device_of(scorer))
     prepare = getattr(scorer, "prepare_features", None)
     return t if prepare is None else prepare(t)
 
@@ -85,7 +97,8 @@ def _check_groups(groups, n_items: int, what: str) -> np.ndarray:
 
 
 def trained_state(scorer) -> dict[str, torch.Tensor]:
-    """The trained tensors of a scorer (projector and any LoRA), detached copies by name."""
+    """The trained tensors of a scorer (projector and any LoRA), detached copies by name, on
+    the scorer's device."""
     names = _trainable_names(scorer)
     return {k: v.detach().clone() for k, v in scorer.state_dict().items() if k in names}
 
@@ -124,7 +137,7 @@ def evaluate(scorer, features, groups, batch: int = 16, k: int = 10) -> dict:
     out = []
     for i in range(0, len(groups), batch):
         g = torch.as_tensor(groups[i : i + batch])
-        out.append(scorer.score(feats[g[:, 0]], feats[g[:, 1:]]).float().numpy())
+        out.append(scorer.score(feats[g[:, 0]], feats[g[:, 1:]]).float().cpu().numpy())
     scorer.train(was_training)
     scores = np.concatenate(out)  # (G, C)
     ndcg = ndcg_at_k(scores, positive_first_relevance(*scores.shape), k)
@@ -137,7 +150,7 @@ def _train_step(scorer, feats, g: torch.Tensor, gen, opt, params, clip: float) -
     perm = torch.argsort(torch.rand(cands.shape, generator=gen), dim=1)
     target = (perm == 0).float().argmax(1)  # (B,) where the positive landed
     logits = scorer.score(feats[g[:, 0]], feats[torch.gather(cands, 1, perm)])  # (B, C)
-    loss = F.cross_entropy(logits, target)
+    loss = F.cross_entropy(logits, target.to(logits.device))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, clip)
@@ -174,14 +187,18 @@ def train_reranker(
         raise ValueError(f"batch_groups must be >= 1, got {cfg.batch_groups}")
     feats = _as_tensor(features)
     scorer.check_features(feats, "features")
-    feats = _as_tensor(feats, scorer)
     groups = _check_groups(groups, len(feats), "groups")
     val_groups = _check_groups(val_groups, len(feats), "val_groups")
     emit = progress or (lambda _m: None)
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed)
+    home = _device_of(scorer)
+    device = resolve_device(cfg.device)
+    gen = torch.Generator().manual_seed(cfg.seed)  # on the CPU: same batches on any device
     if cfg.stage2_epochs > 0 and not _has_lora(scorer):
         add_lora(scorer, cfg)
+    scorer.to(device)
+    feats = _as_tensor(feats, scorer)  # moved (and tower-prepared) once, on the device
+    log.info("training %s on %s", scorer.kind, device)
 
     step, curve_loss, curve_val = 0, [], []
     first = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
@@ -236,7 +253,7 @@ def train_reranker(
         load_trained(scorer, best["state"])  # the next stage starts from the best so far
     for p in scorer.parameters():
         p.requires_grad_(False)
-    scorer.eval()
+    scorer.eval().to(home)
     seconds = time.perf_counter() - t0
     emit({"event": "done", "best_val_ndcg10": best["ndcg"], "seconds": seconds})
     return {
@@ -250,6 +267,7 @@ def train_reranker(
         "trained_params": sum(v.numel() for v in trained_state(scorer).values()),
         "seconds": seconds,
         "train_config": dataclasses.asdict(cfg),
+        "device": str(device),
     }
 
 
@@ -271,7 +289,8 @@ def save_reranker(scorer, directory, metrics: dict | None = None):
     extra = {"base": scorer.base_identity}
     if metrics is not None:
         extra["best_val_ndcg10"] = metrics.get("best_val_ndcg10")
-    return save_checkpoint(directory, trained_state(scorer), config, extra)
+    tensors = {k: v.cpu() for k, v in trained_state(scorer).items()}
+    return save_checkpoint(directory, tensors, config, extra)
 
 
 def load_reranker(directory):

@@ -26,7 +26,9 @@ def _pixels(n: int = 64, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def _tiny_train(**kw) -> TrainConfig:
-    return TrainConfig(**{"epochs": 100, "max_steps": 3, "batch_size": 32, "warmup_steps": 1, **kw})
+    return TrainConfig(
+        **{"epochs": 100, "max_steps": 3, "batch_size": 32, "warmup_steps": 1, "device": "cpu", **kw}
+    )
 
 
 @pytest.mark.parametrize("name", encoder_names())

@@ -138,6 +138,19 @@ def test_kv_cache_only_where_it_pays(monkeypatch):
     assert not build_gutted(GuttedConfig(use_kv_cache=False)).uses_cache(100)
 
 
+def test_an_ignored_kv_cache_is_an_error_not_wrong_scores(monkeypatch):
+    """transformers renamed the text model's cache argument (past_key_values -> cache); a
+    wrong name is swallowed by **kwargs, and scoring must fail rather than drop the prefix."""
+    import models.rerank_head as rerank_head
+
+    model = build_gutted()
+    q, c = _inputs(b=2, c=3)
+    assert rerank_head._cache_kwarg(type(model.lm)) in ("cache", "past_key_values")
+    monkeypatch.setattr(rerank_head, "_cache_kwarg", lambda _t: "not_a_cache_argument")
+    with torch.no_grad(), pytest.raises(RuntimeError, match="did not fill the KV cache"):
+        model.score(q, c, use_cache=True)
+
+
 def test_kv_cache_gradients_match_no_cache():
     model = build_gutted()
     q, c = _inputs(b=2, c=3)

@@ -53,7 +53,7 @@ def test_training_lowers_loss_and_reports_metrics():
 
 def test_training_is_deterministic():
     emb, train, val = _data(n_groups=12, n_train=8)
-    cfg = TrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=4)
+    cfg = TrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=4, device="cpu")
     runs = []
     for _ in range(2):
         model = build_gutted(SMALL)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU checks, in one call on a machine with an NVIDIA GPU: which CUDA/faiss pieces are
+# there, the models' CUDA tests, and the benchmarks on that device. Logs go to $OUT (or ./out).
+#   PY=python3 bash bench/gpu_check.sh
+PY=${PY:-python3}
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+step() { echo "=== $1"; shift; timeout "$@"; echo "=== rc=$?"; }
+{
+  nvidia-smi -L
+  $PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'transformers', transformers.__version__, 'peft', peft.__version__)"
+  $PY -c "import faiss; print('faiss', faiss.__version__, 'gpus', faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 0)" 2>&1 | tail -1
+  echo "libcublas.so.12 on the machine: $(ldconfig -p | grep -c 'libcublas.so.12'), $(find / -name 'libcublas.so.12*' -not -path '/proc/*' 2>/dev/null | head -3 | tr '\n' ' ')"
+} 2>&1 | tee "$OUT/env.txt"
+step "models tests on the GPU" 240 $PY -m pytest -q -p no:cacheprovider tests/models/test_cuda.py \
+  tests/models/test_gutted_vlm.py tests/models/test_full_vlm.py tests/models/test_train_reranker.py \
+  tests/models/test_cost.py 2>&1 | tee "$OUT/pytest.txt"
+step "rerank bench, cuda" 200 $PY bench/rerank.py --device cuda --cost-queries 64 --repeats 5 2>&1 | tee "$OUT/rerank_cuda.txt"
+step "encoder training, cpu vs cuda" 150 $PY bench/encoder_device.py 2>&1 | tee "$OUT/encoder_device.txt"
