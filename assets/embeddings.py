@@ -26,6 +26,11 @@ class EncoderTrainConfig(dg.Config):
     epochs: int = TrainConfig.epochs
     max_images: int = 20_000  # sample cap for training (deterministic sample)
     holdout_fraction: float = 0.2  # images kept out of training for the quality metrics
+    # co-engagement term: weight, share of each batch, and the trailing dims it shapes alone
+    # (0 = the whole embedding, shared with the label term); see models.train_encoder
+    pair_weight: float = TrainConfig.pair_weight
+    pair_fraction: float = TrainConfig.pair_fraction
+    pair_dims: int = TrainConfig.pair_dims
     seed: int = 0
 
 
@@ -64,7 +69,8 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderTrainConfig)
     model = ImageEncoder(encoder_config(config.architecture, **overrides))
     random_init = ImageEncoder(model.config)
     random_init.load_state_dict(model.state_dict())
-    cfg = TrainConfig(epochs=config.epochs, seed=config.seed)
+    cfg = TrainConfig(epochs=config.epochs, seed=config.seed, pair_weight=config.pair_weight,
+                      pair_fraction=config.pair_fraction, pair_dims=config.pair_dims)
     metrics = train_encoder(model, pixels[train_rows], labels[train_rows], pairs, cfg,
                             progress=lambda p: context.log.info(f"encoder step {p['step']}/{p['total']} loss {p['loss']:.4f}"))
     quality = evaluate_encoder(model, random_init, pixels, labels, held, frame["image_id"].to_list())

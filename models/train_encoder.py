@@ -46,6 +46,10 @@ class TrainConfig:
     sup_weight: float = 4.0  # weight of the multi-positive term over same-label images
     pair_weight: float = 0.5  # weight of the multi-positive term over co-engaged images
     pair_fraction: float = 0.25  # share of each batch drawn from co-engagement pairs
+    # Dimensions at the end of the embedding that the co-engagement term shapes on its own
+    # (0 = all of them, with the label term). Splitting keeps label similarity and engagement
+    # similarity in separate subspaces, instead of one term overwriting the other.
+    pair_dims: int = 0
     seed: int = 0  # drives batch order and augmentations (initialise the model yourself)
     log_every: int = 10  # steps between log lines and progress callbacks
     device: str = "auto"  # "auto": cuda when available, else cpu
@@ -68,13 +72,17 @@ def contrastive_loss(
     temperature: float,
     label_pos: torch.Tensor | None = None,
     pair_pos: torch.Tensor | None = None,
+    z_label: torch.Tensor | None = None,
+    z_pair: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """InfoNCE over two views, plus one multi-positive (SupCon) term per kind of extra positive.
 
     z: (2B, d) unit vectors, the views of image ids[i] at rows i and i + B. ids: (B,) dataset
     indices (an image drawn twice is not its own negative). label_pos / pair_pos: (B, B) bool,
     same known label / co-engaged, or None. Extra positives are never negatives, not even for
-    InfoNCE. Returns (infonce, label_term, pair_term); a term is 0 where it has no positive.
+    InfoNCE. z_label / z_pair: the unit vectors each extra term is computed on (default z),
+    e.g. two subspaces of the embedding. Returns (infonce, label_term, pair_term); a term is 0
+    where it has no positive.
     """
     n = z.shape[0]
     B = n // 2
@@ -93,13 +101,14 @@ def contrastive_loss(
             drop |= extra
     target = torch.arange(n, device=z.device).roll(B)
     infonce = F.cross_entropy(logits.masked_fill(drop, float("-inf")), target)
-    log_prob = F.log_softmax(logits.masked_fill(eye, float("-inf")), dim=1)  # (2B, 2B)
     terms = []
-    for extra in extras:
+    for extra, zt in zip(extras, (z_label, z_pair), strict=True):
         has = None if extra is None else extra.any(1)
         if has is None or not has.any():
             terms.append(infonce.new_zeros(()))
             continue
+        term_logits = logits if zt is None else (zt @ zt.T).float() / temperature
+        log_prob = F.log_softmax(term_logits.masked_fill(eye, float("-inf")), dim=1)  # (2B, 2B)
         positives = extra | (same & ~eye)  # the other view counts too, as in SupCon
         mean_pos = log_prob.masked_fill(~positives, 0.0).sum(1) / positives.sum(1)
         terms.append(-mean_pos[has].mean())
@@ -166,6 +175,8 @@ def train_encoder(
     n = len(pixels)
     assert n >= 2, f"need at least 2 images to train, got {n}"
     assert cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}"
+    if not 0 <= cfg.pair_dims < model.config.dim:
+        raise ValueError(f"pair_dims must be in [0, dim={model.config.dim}), got {cfg.pair_dims}")
     lab = None
     if labels is not None:
         labels = np.asarray(labels)
@@ -235,13 +246,19 @@ def train_encoder(
             )
         lpos, ppos = _label_mask(idx, lab), _pair_mask(idx, codes, n)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            z = F.normalize(model.head(model.features(views)).float(), dim=-1)  # (2B, d)
+            raw = model.head(model.features(views)).float()  # (2B, d)
+        z = F.normalize(raw, dim=-1)
+        split = {}
+        if cfg.pair_dims:
+            split = {"z_label": F.normalize(raw[:, : -cfg.pair_dims], dim=-1),
+                     "z_pair": F.normalize(raw[:, -cfg.pair_dims :], dim=-1)}  # fmt: skip
         nce, sup, pair = contrastive_loss(
             z,
             idx.to(device),
             cfg.temperature,
             None if lpos is None or cfg.sup_weight == 0 else lpos.to(device),
             None if ppos is None or cfg.pair_weight == 0 else ppos.to(device),
+            **split,
         )
         loss = nce + cfg.sup_weight * sup + cfg.pair_weight * pair
         for group in opt.param_groups:

@@ -123,6 +123,32 @@ def test_training_is_deterministic_on_cpu():
         assert torch.equal(weights[0][k], weights[1][k]), k
 
 
+def test_split_subspaces_each_term_reads_its_own():
+    """z_label / z_pair: each extra term is computed on its own vectors; default = z."""
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(16, 16), dim=1)
+    ids, pos = torch.arange(8), torch.eye(8, dtype=torch.bool).roll(1, 1)
+    pos = pos | pos.T
+    base = contrastive_loss(z, ids, 0.1, pos, pos)
+    same = contrastive_loss(z, ids, 0.1, pos, pos, z_label=z, z_pair=z)
+    assert all(torch.allclose(a, b) for a, b in zip(base, same, strict=True))
+    other = torch.nn.functional.normalize(torch.randn(16, 16), dim=1)
+    moved = contrastive_loss(z, ids, 0.1, pos, pos, z_pair=other)
+    assert torch.allclose(moved[1], base[1]) and not torch.allclose(moved[2], base[2])
+    assert torch.allclose(moved[0], base[0])  # InfoNCE always reads the whole embedding
+
+
+def test_pair_dims_trains_and_is_checked():
+    x, labels = _pixels(64)
+    torch.manual_seed(0)
+    model = ImageEncoder(encoder_config("tiny"))
+    pairs = np.array([[0, 2], [1, 3], [4, 6]])
+    m = train_encoder(model, x, labels, pairs, _tiny_train(max_steps=8, lr=3e-3, pair_dims=8))
+    assert np.mean(m["loss"][-2:]) < np.mean(m["loss"][:2])
+    with pytest.raises(ValueError, match="pair_dims must be in"):
+        train_encoder(model, x, labels, pairs, _tiny_train(pair_dims=model.config.dim))
+
+
 def test_training_rejects_bad_pairs():
     x, _ = _pixels(16)
     with pytest.raises(AssertionError, match=r"outside \[0, 16\)"):
