@@ -15,6 +15,8 @@ step() { echo "=== $1"; shift; timeout "$@"; echo "=== rc=$?"; }
 } 2>&1 | tee "$OUT/env.txt"
 step "models tests on the GPU" 240 $PY -m pytest -q -p no:cacheprovider tests/models/test_cuda.py \
   tests/models/test_gutted_vlm.py tests/models/test_full_vlm.py tests/models/test_train_reranker.py \
-  tests/models/test_cost.py 2>&1 | tee "$OUT/pytest.txt"
+  tests/models/test_cost.py tests/models/test_encoder.py 2>&1 | tee "$OUT/pytest.txt"
 step "rerank bench, cuda" 200 $PY bench/rerank.py --device cuda --cost-queries 64 --repeats 5 2>&1 | tee "$OUT/rerank_cuda.txt"
+step "rerank cost at Qwen3-VL-2B size, 448 px, bf16" 200 $PY bench/rerank.py --device cuda --cost-only \
+  --base Qwen3-VL-2B --resolution 448 --dtype bfloat16 --cost-queries 8 2>&1 | tee "$OUT/rerank_2b.txt"
 step "encoder training, cpu vs cuda" 150 $PY bench/encoder_device.py 2>&1 | tee "$OUT/encoder_device.txt"

@@ -34,26 +34,29 @@ from models.device import synchronize
 from models.qwen3vl_configs import config_dims
 
 
-# FlopCounterMode has no formula for the CPU flash-attention kernel that SDPA dispatches to
-# here, so attention would count as zero; count it like every other SDPA backend (the full
-# Lq × Lk rectangle, causal masking not subtracted). Some torch versions hand this kernel
-# grouped-query keys and values (fewer heads than the query); each query head still attends
-# over all keys, so count them at the query's head count.
-def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+# SDPA FLOPs, counted the same way for every backend (the full Lq × Lk rectangle, causal
+# masking not subtracted). FlopCounterMode has no formula for the CPU flash-attention kernel,
+# so attention would count as zero there; and with grouped-query attention some kernels (CPU
+# flash on some torch versions, CUDA flash in bf16) receive keys and values with fewer heads
+# than the query, which torch's own formula rejects. Each query head still attends over all
+# keys, so count keys and values at the query's head count.
+def _sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     heads = query_shape[1]
     key_shape = (key_shape[0], heads, *key_shape[2:])
     value_shape = (value_shape[0], heads, *value_shape[2:])
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-_CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
+_SDPA_OPS = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")  # fmt: skip
+_SDPA = {getattr(torch.ops.aten, n): _sdpa_flop for n in _SDPA_OPS if hasattr(torch.ops.aten, n)}
 
 PRODUCTION = ("Qwen3-VL-2B", "Qwen3-VL-4B", "Qwen3-VL-8B")
 
 
 def flops_per_candidate(scorer, query_feats, cand_feats, use_cache: bool | None = None) -> float:
     """Counted forward FLOPs of scoring (B, C) candidates, divided by B·C."""
-    counter = FlopCounterMode(display=False, custom_mapping=_CPU_SDPA)
+    counter = FlopCounterMode(display=False, custom_mapping=_SDPA)
     with torch.inference_mode(), counter:
         scorer.score(query_feats, cand_feats, use_cache=use_cache)
     return counter.get_total_flops() / cand_feats.shape[0] / cand_feats.shape[1]

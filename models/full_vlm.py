@@ -176,8 +176,8 @@ class FullVLMReranker(PromptScorer):
 
     def encode(self, feats: torch.Tensor) -> ImageTokens:
         """Pixels uint8 (N, H, W, 3) or prepared states -> merged tokens (N, g*g, H) + deepstack."""
-        states = self.prepare_features(feats)  # (N, 1 + n_ds, P, Hv)
         visual = self.vlm.model.visual
+        states = self.prepare_features(feats).to(visual.dtype)  # (N, 1 + n_ds, P, Hv)
         n, t = states.shape[0], self.tokens_per_image()
         embeds = visual.merger(states[:, 0].reshape(-1, states.shape[-1])).view(n, t, -1)
         deepstack = [

@@ -101,3 +101,15 @@ def test_bad_resolution_and_bad_pixels_are_clear_errors(model):
         build_full_vlm(FullVLMConfig(resolution=100))
     with pytest.raises(ValueError, match="uint8 pixels"):
         model.score(torch.rand(2, RES, RES, 3), _pixels(2, 3))
+
+
+def test_bfloat16_scores_track_float32(model):
+    """The whole VLM cast to bf16 takes uint8 pixels and scores like fp32."""
+    import copy
+
+    q, c = _pixels(2), _pixels(2, 3, seed=1)
+    with torch.no_grad():
+        ref = model.score(q, c)
+        low = copy.deepcopy(model).to(torch.bfloat16).score(q, c)
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+    assert (low.float() - ref).abs().max() / ref.abs().max() < 0.1

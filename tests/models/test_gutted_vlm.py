@@ -209,3 +209,18 @@ def test_checkpoint_without_language_model_is_a_clear_error(tmp_path):
 def test_unknown_base_lists_valid_names(tmp_path):
     with pytest.raises(ValueError, match="tiny"):
         build_gutted(GuttedConfig(base=str(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_bfloat16_scores_track_float32(cache):
+    """A model cast to bf16 (GPU serving) takes float32 embeddings and scores like fp32."""
+    model = build_gutted()
+    q, c = _inputs(b=2, c=16)
+    with torch.no_grad():
+        ref = model.score(q, c, use_cache=cache)
+        low = model.to(torch.bfloat16).score(q, c, use_cache=cache)
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+    err = (low.float() - ref).abs().max() / ref.abs().max()
+    assert err < 0.1, err
+    # ranking by the bf16 scores keeps most of the fp32 order
+    assert torch.corrcoef(torch.stack([low.float().flatten(), ref.flatten()]))[0, 1] > 0.95
