@@ -13,6 +13,7 @@ from assets.lake import catalog, load_pixels, read_table
 from assets.model_store import current_dir, save_version, set_current
 from assets.plots import line_plot, md_image, md_table
 from assets.storage import iter_npy_rows, lake_path, read_parquet, write_parquet
+from models.device import resolve_device
 from models.embed import iter_embeddings
 from models.encoder import ImageEncoder, encoder_config
 from models.train_encoder import TrainConfig, train_encoder
@@ -32,6 +33,7 @@ class EncoderTrainConfig(dg.Config):
     pair_fraction: float = TrainConfig.pair_fraction
     pair_dims: int = TrainConfig.pair_dims
     seed: int = 0
+    device: str = TrainConfig.device  # "auto": the GPU when torch sees one, else "cpu"
 
 
 @dg.asset(
@@ -70,7 +72,7 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderTrainConfig)
     random_init = ImageEncoder(model.config)
     random_init.load_state_dict(model.state_dict())
     cfg = TrainConfig(epochs=config.epochs, seed=config.seed, pair_weight=config.pair_weight,
-                      pair_fraction=config.pair_fraction, pair_dims=config.pair_dims)
+                      pair_fraction=config.pair_fraction, pair_dims=config.pair_dims, device=config.device)
     metrics = train_encoder(model, pixels[train_rows], labels[train_rows], pairs, cfg,
                             progress=lambda p: context.log.info(f"encoder step {p['step']}/{p['total']} loss {p['loss']:.4f}"))
     quality = evaluate_encoder(model, random_init, pixels, labels, held, frame["image_id"].to_list())
@@ -97,9 +99,10 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderTrainConfig)
 
 
 class EmbedConfig(dg.Config):
-    """Streaming batch size (bounds peak memory; does not change results)."""
+    """Streaming batch size (bounds peak memory; does not change results) and device."""
 
     batch_size: int = 256
+    device: str = "auto"  # "auto": the GPU when torch sees one, else "cpu"; or "cuda:N"
 
 
 @dg.asset(
@@ -117,7 +120,7 @@ def image_embeddings(context: dg.AssetExecutionContext, config: EmbedConfig) -> 
     """
     batch = context.partition_key
     encoder_dir = current_dir("image_encoder")
-    model = ImageEncoder.from_checkpoint(encoder_dir)
+    model = ImageEncoder.from_checkpoint(encoder_dir).to(resolve_device(config.device))
     manifest = read_parquet(lake_path("raw_images", batch))
     started = time.perf_counter()
     chunks = iter_npy_rows(lake_path("raw_pixels", batch, "npy"), config.batch_size)  # bounded memory
