@@ -75,6 +75,7 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderTrainConfig)
                       pair_fraction=config.pair_fraction, pair_dims=config.pair_dims, device=config.device)
     metrics = train_encoder(model, pixels[train_rows], labels[train_rows], pairs, cfg,
                             progress=lambda p: context.log.info(f"encoder step {p['step']}/{p['total']} loss {p['loss']:.4f}"))
+    random_init.to(next(model.parameters()).device)  # both embed the catalog on the same device
     quality = evaluate_encoder(model, random_init, pixels, labels, held, frame["image_id"].to_list())
     version = save_version("image_encoder", lambda d: model.save(d, extra={"metrics": quality}))
     set_current("image_encoder", version, reason=f"run {context.run_id}")
@@ -120,7 +121,7 @@ def image_embeddings(context: dg.AssetExecutionContext, config: EmbedConfig) -> 
     """
     batch = context.partition_key
     encoder_dir = current_dir("image_encoder")
-    model = ImageEncoder.from_checkpoint(encoder_dir).to(resolve_device(config.device))
+    model = ImageEncoder.from_checkpoint(encoder_dir, map_location=resolve_device(config.device))
     manifest = read_parquet(lake_path("raw_images", batch))
     started = time.perf_counter()
     chunks = iter_npy_rows(lake_path("raw_pixels", batch, "npy"), config.batch_size)  # bounded memory

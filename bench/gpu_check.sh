@@ -2,11 +2,14 @@
 # The GPU checks, in one call on a machine with an NVIDIA GPU: which CUDA/faiss pieces are
 # there, the models' CUDA tests, and the benchmarks on that device. Logs go to $OUT (or ./out).
 #   PY=python3 bash bench/gpu_check.sh
+# Exits non-zero when any step failed; every step still runs.
+set -o pipefail
 PY=${PY:-python3}
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-step() { echo "=== $1"; shift; timeout "$@"; echo "=== rc=$?"; }
+failed=0
+step() { echo "=== $1"; shift; timeout "$@"; rc=$?; echo "=== rc=$rc"; [ $rc -eq 0 ] || failed=1; }
 {
   nvidia-smi -L
   $PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'transformers', transformers.__version__, 'peft', peft.__version__)"
@@ -20,3 +23,4 @@ step "rerank bench, cuda" 200 $PY bench/rerank.py --device cuda --cost-queries 6
 step "rerank cost at Qwen3-VL-2B size, 448 px, bf16" 200 $PY bench/rerank.py --device cuda --cost-only \
   --base Qwen3-VL-2B --resolution 448 --dtype bfloat16 --cost-queries 8 2>&1 | tee "$OUT/rerank_2b.txt"
 step "encoder training, cpu vs cuda" 150 $PY bench/encoder_device.py 2>&1 | tee "$OUT/encoder_device.txt"
+exit $failed

@@ -166,7 +166,9 @@ def synthetic_run(args) -> tuple[dict, dict, dict, dict]:
     tmp = tempfile.TemporaryDirectory()
     base = args.base or str(write_tiny_checkpoint(Path(tmp.name) / "qwen3vl-tiny", seed=args.seed))
     dev, dtype = args.device, getattr(torch, args.dtype)
-    with torch.device(dev):  # random init straight on the device: seconds, not minutes, at 2B+
+    # --cost-only: random init straight on the device (seconds, not minutes, at 2B+); else on
+    # the CPU, so that the seeded models are the same ones on every device
+    with torch.device(dev if args.cost_only else "cpu"):
         gutted = build_gutted(GuttedConfig(base=base, seed=args.seed)).to(dev, dtype)
         full = build_full_vlm(FullVLMConfig(base=base, resolution=args.resolution, seed=args.seed)).to(dev, dtype)
 

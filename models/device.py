@@ -18,6 +18,8 @@ def resolve_device(name: str) -> torch.device:
             f"device {name!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__}); "
             "use 'auto' or 'cpu'"
         )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     return device

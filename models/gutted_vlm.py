@@ -164,7 +164,7 @@ class GuttedReranker(PromptScorer):
     def encode(self, feats: torch.Tensor) -> ImageTokens:
         """Embeddings (N, d) -> k soft tokens (N, k, H)."""
         self.check_features(feats)
-        return ImageTokens(self.projector(feats.to(self.projector.net[0].weight.dtype)))
+        return ImageTokens(self.projector(feats.to(next(self.projector.parameters()).dtype)))
 
     def tokens_per_image(self) -> int:
         """LLM tokens one image costs (soft tokens, without the two vision markers)."""

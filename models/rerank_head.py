@@ -68,11 +68,12 @@ def pack_left(rows: list[dict]) -> Block:
     n, length = len(rows), max(r["embeds"].shape[0] for r in rows)
     h = rows[0]["embeds"].shape[-1]
     ref = rows[0]["embeds"]
+    dev = ref.device
     embeds = ref.new_zeros(n, length, h)
-    mask = torch.zeros(n, length, dtype=torch.long)
-    pos = torch.zeros(3, n, length, dtype=torch.long)
+    mask = torch.zeros(n, length, dtype=torch.long, device=dev)
+    pos = torch.zeros(3, n, length, dtype=torch.long, device=dev)
     has_visual = rows[0].get("visual") is not None
-    visual = torch.zeros(n, length, dtype=torch.bool) if has_visual else None
+    visual = torch.zeros(n, length, dtype=torch.bool, device=dev) if has_visual else None
     for i, r in enumerate(rows):
         li = r["embeds"].shape[0]
         embeds[i, length - li :] = r["embeds"]
@@ -84,10 +85,8 @@ def pack_left(rows: list[dict]) -> Block:
     if has_visual and rows[0].get("deepstack") is not None:
         n_layers = len(rows[0]["deepstack"])
         deepstack = [torch.cat([r["deepstack"][j] for r in rows]) for j in range(n_layers)]
-    next_pos = torch.tensor([int(r["next_pos"]) for r in rows], device=ref.device)
-    dev = ref.device
-    visual = None if visual is None else visual.to(dev)
-    return Block(embeds, mask.to(dev), pos.to(dev), next_pos, visual, deepstack)
+    next_pos = torch.tensor([int(r["next_pos"]) for r in rows], device=dev)
+    return Block(embeds, mask, pos, next_pos, visual, deepstack)
 
 
 def image_block(img: ImageTokens, start_embed: torch.Tensor, end_embed: torch.Tensor) -> Block:
@@ -137,7 +136,7 @@ def concat(a: Block, b: Block) -> Block:
     """Append `b` after `a` row by row; `b` must be unpadded so padding stays on the left."""
     assert bool(b.mask.all()), "only the first block of a sequence may carry left padding"
     assert a.embeds.shape[0] == b.embeds.shape[0], "blocks differ in batch size"
-    pos = b.pos + a.next_pos.to(b.pos.device)[None, :, None]
+    pos = b.pos + a.next_pos[None, :, None]
     visual = deepstack = None
     if a.visual is not None or b.visual is not None:
         av = a.visual if a.visual is not None else torch.zeros_like(a.mask, dtype=torch.bool)
@@ -198,9 +197,12 @@ def run_lm(lm: nn.Module, block: Block, cache=None, past_mask=None) -> torch.Ten
         **{_cache_kwarg(type(lm)): cache},
     )
     if cache is not None and cache.get_seq_length() != seen + block.embeds.shape[1]:
+        import transformers
+
         raise RuntimeError(
-            f"{type(lm).__name__} did not fill the KV cache ({seen} -> {cache.get_seq_length()} "
-            f"positions after {block.embeds.shape[1]} tokens): unsupported transformers version?"
+            f"{type(lm).__name__} did not fill the KV cache passed as "
+            f"{_cache_kwarg(type(lm))!r} ({seen} -> {cache.get_seq_length()} positions after "
+            f"{block.embeds.shape[1]} tokens) under transformers {transformers.__version__}"
         )
     return out.last_hidden_state
 

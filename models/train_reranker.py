@@ -196,64 +196,66 @@ def train_reranker(
     gen = torch.Generator().manual_seed(cfg.seed)  # on the CPU: same batches on any device
     if cfg.stage2_epochs > 0 and not _has_lora(scorer):
         add_lora(scorer, cfg)
-    scorer.to(device)
-    feats = _as_tensor(feats, scorer)  # moved (and tower-prepared) once, on the device
-    log.info("training %s on %s", scorer.kind, device)
+    try:  # whatever happens, the scorer goes back frozen to the device it came on
+        scorer.to(device)
+        feats = _as_tensor(feats, scorer)  # moved (and tower-prepared) once, on the device
+        log.info("training %s on %s", scorer.kind, device)
 
-    step, curve_loss, curve_val = 0, [], []
-    first = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
-    best = {"ndcg": first, "stage": 0, "step": 0, "state": trained_state(scorer)}
-    curve_val.append({"stage": 0, "step": 0, "val_ndcg10": first})
-    emit({"event": "eval", "stage": 0, "step": 0, "val_ndcg10": first})
-    log.info("untrained val NDCG@10 %.4f", first)
-    n_batches = max(1, -(-len(groups) // cfg.batch_groups))
-    eval_at = set(np.linspace(0, n_batches, cfg.evals_per_epoch + 1, dtype=int)[1:].tolist())
+        step, curve_loss, curve_val = 0, [], []
+        first = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
+        best = {"ndcg": first, "stage": 0, "step": 0, "state": trained_state(scorer)}
+        curve_val.append({"stage": 0, "step": 0, "val_ndcg10": first})
+        emit({"event": "eval", "stage": 0, "step": 0, "val_ndcg10": first})
+        log.info("untrained val NDCG@10 %.4f", first)
+        n_batches = max(1, -(-len(groups) // cfg.batch_groups))
+        eval_at = set(np.linspace(0, n_batches, cfg.evals_per_epoch + 1, dtype=int)[1:].tolist())
 
-    for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
-        if epochs <= 0:
-            continue
-        param_groups = _stage_params(scorer, stage, cfg)
-        params = [p for x in param_groups for p in x["params"]]
-        opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
-        stale = 0
-        scorer.train()
-        for epoch in range(epochs):
-            order = torch.randperm(len(groups), generator=gen).numpy()
-            for bi in range(n_batches):
-                g = torch.as_tensor(
-                    groups[order[bi * cfg.batch_groups : (bi + 1) * cfg.batch_groups]]
-                )
-                loss = _train_step(scorer, feats, g, gen, opt, params, cfg.grad_clip)
-                step += 1
-                curve_loss.append({"stage": stage, "step": step, "loss": loss})
-                if bi + 1 not in eval_at:
-                    continue
-                val = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
-                mean_loss = float(np.mean([c["loss"] for c in curve_loss[-n_batches:]]))
-                curve_val.append({"stage": stage, "step": step, "val_ndcg10": val})
-                emit({"event": "eval", "stage": stage, "epoch": epoch, "step": step,
-                      "train_loss": mean_loss, "val_ndcg10": val})  # fmt: skip
-                log.info("stage %d epoch %d step %d loss %.4f val NDCG@10 %.4f",
-                         stage, epoch, step, mean_loss, val)  # fmt: skip
-                if val > best["ndcg"] + 1e-6:
-                    best = {
-                        "ndcg": val,
-                        "stage": stage,
-                        "step": step,
-                        "state": trained_state(scorer),
-                    }
-                    stale = 0
-                else:
-                    stale += 1
+        for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
+            if epochs <= 0:
+                continue
+            param_groups = _stage_params(scorer, stage, cfg)
+            params = [p for x in param_groups for p in x["params"]]
+            opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+            stale = 0
+            scorer.train()
+            for epoch in range(epochs):
+                order = torch.randperm(len(groups), generator=gen).numpy()
+                for bi in range(n_batches):
+                    g = torch.as_tensor(
+                        groups[order[bi * cfg.batch_groups : (bi + 1) * cfg.batch_groups]]
+                    )
+                    loss = _train_step(scorer, feats, g, gen, opt, params, cfg.grad_clip)
+                    step += 1
+                    curve_loss.append({"stage": stage, "step": step, "loss": loss})
+                    if bi + 1 not in eval_at:
+                        continue
+                    val = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
+                    mean_loss = float(np.mean([c["loss"] for c in curve_loss[-n_batches:]]))
+                    curve_val.append({"stage": stage, "step": step, "val_ndcg10": val})
+                    emit({"event": "eval", "stage": stage, "epoch": epoch, "step": step,
+                          "train_loss": mean_loss, "val_ndcg10": val})  # fmt: skip
+                    log.info("stage %d epoch %d step %d loss %.4f val NDCG@10 %.4f",
+                             stage, epoch, step, mean_loss, val)  # fmt: skip
+                    if val > best["ndcg"] + 1e-6:
+                        best = {
+                            "ndcg": val,
+                            "stage": stage,
+                            "step": step,
+                            "state": trained_state(scorer),
+                        }
+                        stale = 0
+                    else:
+                        stale += 1
+                    if stale >= cfg.patience:
+                        break
                 if stale >= cfg.patience:
+                    log.info("stage %d stopped early at step %d", stage, step)
                     break
-            if stale >= cfg.patience:
-                log.info("stage %d stopped early at step %d", stage, step)
-                break
-        load_trained(scorer, best["state"])  # the next stage starts from the best so far
-    for p in scorer.parameters():
-        p.requires_grad_(False)
-    scorer.eval().to(home)
+            load_trained(scorer, best["state"])  # the next stage starts from the best so far
+    finally:
+        for p in scorer.parameters():
+            p.requires_grad_(False)
+        scorer.eval().to(home)
     seconds = time.perf_counter() - t0
     emit({"event": "done", "best_val_ndcg10": best["ndcg"], "seconds": seconds})
     return {
@@ -289,8 +291,7 @@ def save_reranker(scorer, directory, metrics: dict | None = None):
     extra = {"base": scorer.base_identity}
     if metrics is not None:
         extra["best_val_ndcg10"] = metrics.get("best_val_ndcg10")
-    tensors = {k: v.cpu() for k, v in trained_state(scorer).items()}
-    return save_checkpoint(directory, tensors, config, extra)
+    return save_checkpoint(directory, trained_state(scorer), config, extra)
 
 
 def load_reranker(directory):

@@ -67,3 +67,12 @@ def test_production_rows_show_the_gutted_saving():
         analytic_flops("nope")
     with pytest.raises(ValueError, match="multiple of 32"):
         analytic_flops("Qwen3-VL-2B", resolution=100)
+
+
+def test_sdpa_flops_count_grouped_query_keys_at_the_query_head_count():
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    from models.cost import _sdpa_flop
+
+    q, kv = (2, 4, 8, 32), (2, 2, 8, 32)  # 4 query heads share 2 key/value heads
+    assert _sdpa_flop(q, kv, kv) == sdpa_flop_count(q, q, q) == 2 * 2 * 4 * 8 * 8 * 32 * 2

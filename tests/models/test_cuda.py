@@ -43,6 +43,8 @@ def test_device_names_are_checked():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda'"):
         resolve_device("gpu0")
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")  # one past the last GPU
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
@@ -117,11 +119,30 @@ def test_full_vlm_trains_on_cuda():
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
-@needs_cuda
-def test_cost_timing_on_cuda_waits_for_the_kernels():
-    model = build_gutted(SMALL).cuda()
-    q, c = torch.randn(4, D, device="cuda"), torch.randn(4, 50, D, device="cuda")
-    assert ms_per_1k_candidates(model, q, c, repeats=3) > 0
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_cost_timing_waits_for_the_kernels(monkeypatch, device):
+    """The clock starts and stops after a synchronize on the features' device."""
+    import models.cost
+
+    seen = []
+    monkeypatch.setattr(models.cost, "synchronize", lambda d: seen.append(torch.device(d).type))
+    model = build_gutted(SMALL).to(device)
+    q, c = torch.randn(4, D, device=device), torch.randn(4, 50, D, device=device)
+    assert ms_per_1k_candidates(model, q, c, repeats=3, warmup=1) > 0
+    assert seen == [device] * 8  # before and after each of the 4 calls
+
+
+def test_a_failed_training_leaves_the_scorer_frozen_in_eval(monkeypatch):
+    model = build_gutted(SMALL)
+
+    def fail(event):
+        if event["event"] == "eval" and event["step"] > 0:
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        train_reranker(model, *_groups(), TrainConfig(stage1_epochs=1, stage2_epochs=0, device="cpu"),
+                       progress=fail)  # fmt: skip
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
 
 
 @needs_cuda

@@ -138,13 +138,19 @@ def test_split_subspaces_each_term_reads_its_own():
     assert torch.allclose(moved[0], base[0])  # InfoNCE always reads the whole embedding
 
 
-def test_pair_dims_trains_and_is_checked():
+def test_pair_dims_trains_and_is_checked(monkeypatch):
+    import models.train_encoder as te
+
     x, labels = _pixels(64)
     torch.manual_seed(0)
     model = ImageEncoder(encoder_config("tiny"))
     pairs = np.array([[0, 2], [1, 3], [4, 6]])
+    widths, original = [], te.contrastive_loss
+    monkeypatch.setattr(te, "contrastive_loss", lambda *a, **kw: widths.append(
+        (kw["z_label"].shape[1], kw["z_pair"].shape[1])) or original(*a, **kw))  # fmt: skip
     m = train_encoder(model, x, labels, pairs, _tiny_train(max_steps=8, lr=3e-3, pair_dims=8))
     assert np.mean(m["loss"][-2:]) < np.mean(m["loss"][:2])
+    assert widths == [(model.config.dim - 8, 8)] * 8
     with pytest.raises(ValueError, match="pair_dims must be in"):
         train_encoder(model, x, labels, pairs, _tiny_train(pair_dims=model.config.dim))
 
