@@ -60,7 +60,8 @@ def evaluation_inputs(log=print) -> dict:
             "query_labels": [labels[pos[q]] for q in queries], "header": header}
 
 
-def _order(ids: list[str], rows: np.ndarray, scores: np.ndarray) -> list[list[str]]:
+def ranked_ids(ids: list[str], rows: np.ndarray, scores: np.ndarray) -> list[list[str]]:
+    """Each query's candidate ids (rows into `ids`) in descending score order (stable)."""
     return [[ids[r[j]] for j in np.argsort(-s, kind="stable")] for r, s in zip(rows, scores, strict=True)]
 
 
@@ -85,7 +86,7 @@ def system_rankings(inputs: dict, seed: int = 0, cost_queries: int = 4, log=prin
     pixels = aligned_pixels(inputs["frame"])
     full = load_reranker(current_dir("full_vlm_reranker"))
     full_scores = score_candidates(full, pixels, q_rows, c_rows, progress=lambda d, n: log(f"full VLM: {d}/{n} queries"))
-    rankings["full_vlm"] = _order(ids, c_rows, full_scores)
+    rankings["full_vlm"] = ranked_ids(ids, c_rows, full_scores)
 
     gutted = load_reranker(current_dir("gutted_reranker"))
     sample = np.concatenate([q_rows[:cost_queries, None], c_rows[:cost_queries]], axis=1)
@@ -103,7 +104,7 @@ def system_rankings(inputs: dict, seed: int = 0, cost_queries: int = 4, log=prin
     if champ is not None and champ != chall:
         log(f"scoring the same candidates with champion {champ}")
         champion = load_reranker(version_dir("gutted_reranker", champ))
-        ranked = _order(ids, c_rows, score_candidates(champion, inputs["emb"], q_rows, c_rows))
+        ranked = ranked_ids(ids, c_rows, score_candidates(champion, inputs["emb"], q_rows, c_rows))
         from assets.eval_metrics import list_metrics
 
         extra["champion_ndcg"] = list_metrics(ranked, inputs["relevant"])["ndcg_at_10"]
