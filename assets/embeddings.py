@@ -103,7 +103,7 @@ class EmbedConfig(dg.Config):
     """Streaming batch size (bounds peak memory; does not change results) and device."""
 
     batch_size: int = 256
-    device: str = "auto"  # "auto": the GPU when torch sees one, else "cpu"; or "cuda:N"
+    device: str = TrainConfig.device  # "auto": the GPU when torch sees one, else "cpu"; or "cuda:N"
 
 
 @dg.asset(

@@ -78,7 +78,7 @@ class RerankerTrainConfig(dg.Config):
     max_train_groups: int = 1000
     max_val_groups: int = 300  # validation is scored at every evaluation: keep it cheap
     seed: int = 0
-    device: str = "auto"  # training device: "auto" (the GPU when torch sees one), "cpu", "cuda:N"
+    device: str = TrainConfig.device  # "auto" (the GPU when torch sees one), "cpu", "cuda:N"
 
 
 def _engagement_count() -> int:

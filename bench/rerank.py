@@ -163,12 +163,12 @@ def synthetic_run(args) -> tuple[dict, dict, dict, dict]:
     data = synthetic_catalog(n_items=args.items, seed=args.seed)
     emb, pix = data["embeddings"], data["pixels"]
     train, val = data["train_groups"][: args.train_groups], data["val_groups"][: args.val_groups]
-    tmp = tempfile.TemporaryDirectory()
-    base = args.base or str(write_tiny_checkpoint(Path(tmp.name) / "qwen3vl-tiny", seed=args.seed))
     dev, dtype = args.device, getattr(torch, args.dtype)
     # --cost-only: random init straight on the device (seconds, not minutes, at 2B+); else on
-    # the CPU, so that the seeded models are the same ones on every device
-    with torch.device(dev if args.cost_only else "cpu"):
+    # the CPU, so that the seeded models are the same ones on every device. The temporary tiny
+    # checkpoint is read only while the models are built.
+    with tempfile.TemporaryDirectory() as tmp, torch.device(dev if args.cost_only else "cpu"):
+        base = args.base or str(write_tiny_checkpoint(Path(tmp) / "qwen3vl-tiny", seed=args.seed))
         gutted = build_gutted(GuttedConfig(base=base, seed=args.seed)).to(dev, dtype)
         full = build_full_vlm(FullVLMConfig(base=base, resolution=args.resolution, seed=args.seed)).to(dev, dtype)
 
@@ -182,7 +182,6 @@ def synthetic_run(args) -> tuple[dict, dict, dict, dict]:
     n_data = {"source": "synthetic", "items": len(emb), "train_groups": len(train),
               "val_groups": len(val), "candidates_per_group": int(train.shape[1] - 1)}  # fmt: skip
     if args.cost_only:
-        tmp.cleanup()
         return cost, {}, n_data | {"base": base, "resolution": args.resolution, "dtype": args.dtype}, {}
 
     # quality: same groups, same budget
@@ -202,7 +201,6 @@ def synthetic_run(args) -> tuple[dict, dict, dict, dict]:
         }
         print(name, json.dumps(quality[name]), flush=True)
         print(name, "val curve", [round(c["val_ndcg10"], 3) for c in m["val_curve"]], flush=True)
-    tmp.cleanup()
     return cost, quality, n_data, {}
 
 
@@ -240,8 +238,8 @@ def lake_run(args) -> tuple[dict, dict, dict, dict]:
     try:
         report = latest_report()  # the held-out test queries of the last evaluation report
     except FileNotFoundError:
-        report = None
-    if report is not None:
+        pass
+    else:
         extra["report_ndcg_at_10"] = {k: round(v["ndcg_at_10"], 4) for k, v in report["systems"].items()}
         extra["report_cost_ratio"] = report["cost_ratio"]
         extra["report_run_id"] = report["run_id"]

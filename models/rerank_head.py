@@ -187,6 +187,7 @@ def run_lm(lm: nn.Module, block: Block, cache=None, past_mask=None) -> torch.Ten
     """Run the Qwen3-VL text model on a Block; returns the final hidden states (N, L, H)."""
     mask = block.mask if past_mask is None else torch.cat([past_mask, block.mask], dim=1)
     seen = 0 if cache is None else cache.get_seq_length()
+    cache_arg = _cache_kwarg(type(lm))
     out = lm(
         inputs_embeds=block.embeds,
         attention_mask=mask,
@@ -194,14 +195,14 @@ def run_lm(lm: nn.Module, block: Block, cache=None, past_mask=None) -> torch.Ten
         use_cache=cache is not None,
         visual_pos_masks=block.visual,
         deepstack_visual_embeds=block.deepstack,
-        **{_cache_kwarg(type(lm)): cache},
+        **{cache_arg: cache},
     )
     if cache is not None and cache.get_seq_length() != seen + block.embeds.shape[1]:
         import transformers
 
         raise RuntimeError(
             f"{type(lm).__name__} did not fill the KV cache passed as "
-            f"{_cache_kwarg(type(lm))!r} ({seen} -> {cache.get_seq_length()} positions after "
+            f"{cache_arg!r} ({seen} -> {cache.get_seq_length()} positions after "
             f"{block.embeds.shape[1]} tokens) under transformers {transformers.__version__}"
         )
     return out.last_hidden_state

@@ -172,6 +172,63 @@ def _stage_params(scorer, stage: int, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
+def _run_stages(scorer, feats, groups, val_groups, cfg: TrainConfig, gen, emit):
+    """Stage 1 then stage 2 with early stopping; the scorer ends at the best state seen.
+    Returns (untrained val NDCG@10, best {ndcg, stage, step, state}, loss curve, val curve, steps)."""
+    step, curve_loss, curve_val = 0, [], []
+    first = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
+    best = {"ndcg": first, "stage": 0, "step": 0, "state": trained_state(scorer)}
+    curve_val.append({"stage": 0, "step": 0, "val_ndcg10": first})
+    emit({"event": "eval", "stage": 0, "step": 0, "val_ndcg10": first})
+    log.info("untrained val NDCG@10 %.4f", first)
+    n_batches = max(1, -(-len(groups) // cfg.batch_groups))
+    eval_at = set(np.linspace(0, n_batches, cfg.evals_per_epoch + 1, dtype=int)[1:].tolist())
+
+    for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
+        if epochs <= 0:
+            continue
+        param_groups = _stage_params(scorer, stage, cfg)
+        params = [p for x in param_groups for p in x["params"]]
+        opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+        stale = 0
+        scorer.train()
+        for epoch in range(epochs):
+            order = torch.randperm(len(groups), generator=gen).numpy()
+            for bi in range(n_batches):
+                g = torch.as_tensor(
+                    groups[order[bi * cfg.batch_groups : (bi + 1) * cfg.batch_groups]]
+                )
+                loss = _train_step(scorer, feats, g, gen, opt, params, cfg.grad_clip)
+                step += 1
+                curve_loss.append({"stage": stage, "step": step, "loss": loss})
+                if bi + 1 not in eval_at:
+                    continue
+                val = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
+                mean_loss = float(np.mean([c["loss"] for c in curve_loss[-n_batches:]]))
+                curve_val.append({"stage": stage, "step": step, "val_ndcg10": val})
+                emit({"event": "eval", "stage": stage, "epoch": epoch, "step": step,
+                      "train_loss": mean_loss, "val_ndcg10": val})  # fmt: skip
+                log.info("stage %d epoch %d step %d loss %.4f val NDCG@10 %.4f",
+                         stage, epoch, step, mean_loss, val)  # fmt: skip
+                if val > best["ndcg"] + 1e-6:
+                    best = {
+                        "ndcg": val,
+                        "stage": stage,
+                        "step": step,
+                        "state": trained_state(scorer),
+                    }
+                    stale = 0
+                else:
+                    stale += 1
+                if stale >= cfg.patience:
+                    break
+            if stale >= cfg.patience:
+                log.info("stage %d stopped early at step %d", stage, step)
+                break
+        load_trained(scorer, best["state"])  # the next stage starts from the best so far
+    return first, best, curve_loss, curve_val, step
+
+
 def train_reranker(
     scorer,
     features,
@@ -200,58 +257,9 @@ def train_reranker(
         scorer.to(device)
         feats = _as_tensor(feats, scorer)  # moved (and tower-prepared) once, on the device
         log.info("training %s on %s", scorer.kind, device)
-
-        step, curve_loss, curve_val = 0, [], []
-        first = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
-        best = {"ndcg": first, "stage": 0, "step": 0, "state": trained_state(scorer)}
-        curve_val.append({"stage": 0, "step": 0, "val_ndcg10": first})
-        emit({"event": "eval", "stage": 0, "step": 0, "val_ndcg10": first})
-        log.info("untrained val NDCG@10 %.4f", first)
-        n_batches = max(1, -(-len(groups) // cfg.batch_groups))
-        eval_at = set(np.linspace(0, n_batches, cfg.evals_per_epoch + 1, dtype=int)[1:].tolist())
-
-        for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
-            if epochs <= 0:
-                continue
-            param_groups = _stage_params(scorer, stage, cfg)
-            params = [p for x in param_groups for p in x["params"]]
-            opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
-            stale = 0
-            scorer.train()
-            for epoch in range(epochs):
-                order = torch.randperm(len(groups), generator=gen).numpy()
-                for bi in range(n_batches):
-                    g = torch.as_tensor(
-                        groups[order[bi * cfg.batch_groups : (bi + 1) * cfg.batch_groups]]
-                    )
-                    loss = _train_step(scorer, feats, g, gen, opt, params, cfg.grad_clip)
-                    step += 1
-                    curve_loss.append({"stage": stage, "step": step, "loss": loss})
-                    if bi + 1 not in eval_at:
-                        continue
-                    val = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
-                    mean_loss = float(np.mean([c["loss"] for c in curve_loss[-n_batches:]]))
-                    curve_val.append({"stage": stage, "step": step, "val_ndcg10": val})
-                    emit({"event": "eval", "stage": stage, "epoch": epoch, "step": step,
-                          "train_loss": mean_loss, "val_ndcg10": val})  # fmt: skip
-                    log.info("stage %d epoch %d step %d loss %.4f val NDCG@10 %.4f",
-                             stage, epoch, step, mean_loss, val)  # fmt: skip
-                    if val > best["ndcg"] + 1e-6:
-                        best = {
-                            "ndcg": val,
-                            "stage": stage,
-                            "step": step,
-                            "state": trained_state(scorer),
-                        }
-                        stale = 0
-                    else:
-                        stale += 1
-                    if stale >= cfg.patience:
-                        break
-                if stale >= cfg.patience:
-                    log.info("stage %d stopped early at step %d", stage, step)
-                    break
-            load_trained(scorer, best["state"])  # the next stage starts from the best so far
+        first, best, curve_loss, curve_val, step = _run_stages(
+            scorer, feats, groups, val_groups, cfg, gen, emit
+        )
     finally:
         for p in scorer.parameters():
             p.requires_grad_(False)
