@@ -128,13 +128,15 @@ def evaluation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     systems = {name: {**summarise(m), **costs.get(name, dict.fromkeys(
         ("flops_per_candidate", "ms_per_1k_candidates", "tokens_per_candidate")))} for name, m in per_query.items()}
     champion = _champion_comparison(per_query["gutted"]["ndcg_at_10"], extra.get("champion_ndcg"))
+    vs_retrieval = paired_difference_ci(per_query["gutted"]["ndcg_at_10"], per_query["retrieval"]["ndcg_at_10"])
     report = {
         "run_id": context.run_id, "created_at": datetime.now(timezone.utc).isoformat(),
         **inputs["header"], "systems": systems,
         "cost_ratio": {"flops": systems["full_vlm"]["flops_per_candidate"] / systems["gutted"]["flops_per_candidate"],
                        "ms": systems["full_vlm"]["ms_per_1k_candidates"] / systems["gutted"]["ms_per_1k_candidates"]},
         "production_estimate": production_estimate(),
-        "challenger": {"version": pointers("gutted_reranker")["current"], **champion},
+        "challenger": {"version": pointers("gutted_reranker")["current"], **champion,
+                       "retrieval_ndcg_diff": vs_retrieval[0], "retrieval_ndcg_diff_ci": list(vs_retrieval[1:])},
     }
     by_label = _per_label(per_query, inputs["query_labels"])
     folder = write_report(report, {"Per-label NDCG@10": by_label,
@@ -146,6 +148,7 @@ def evaluation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult
         **{f"{name}_ndcg_at_10": s["ndcg_at_10"] for name, s in systems.items()},
         "cost_ratio_flops": report["cost_ratio"]["flops"], "cost_ratio_ms": report["cost_ratio"]["ms"],
         "queries": report["dataset"]["queries"],
+        "retrieval_ndcg_diff": vs_retrieval[0], "retrieval_ndcg_diff_ci_high": vs_retrieval[2],
         **({"champion_ndcg_diff": champion["ndcg_diff"], "champion_ndcg_diff_ci_high": champion["ndcg_diff_ci"][1]}
            if champion["ndcg_diff_ci"] else {}),
         "report": dg.MetadataValue.path(str(folder / "report.html")),
@@ -174,14 +177,16 @@ def _per_label(per_query: dict, labels: list[str | None]) -> list[dict]:
 
 
 @dg.asset_check(asset=evaluation_report, blocking=True,
-                description="The challenger's NDCG@10 is not worse than the champion's beyond the paired 95% CI.")
+                description="The challenger's NDCG@10 is not worse than the champion's, nor than retrieval's, "
+                            "beyond the paired 95% CI.")
 def challenger_not_worse(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    """Blocks promotion when the challenger is significantly worse than the current champion."""
+    """Blocks promotion when the challenger is significantly worse than the current champion or than retrieval."""
     report = latest_report()
     passed, why = promotion_decision(report)
     ch = report["challenger"]
     return dg.AssetCheckResult(passed=passed, description=why, metadata={
         "ndcg_diff": ch["ndcg_diff"], "ndcg_diff_ci": str(ch["ndcg_diff_ci"]),
+        "retrieval_ndcg_diff": ch.get("retrieval_ndcg_diff"), "retrieval_ndcg_diff_ci": str(ch.get("retrieval_ndcg_diff_ci")),
         "champion": str(ch["champion"]), "challenger": ch["version"]})
 
 

@@ -2,8 +2,10 @@
 
 A catalog `image_id` uses its stored embedding; a file path (or fsspec URL) is decoded with
 the ingestion decoder and embedded on the fly by the current encoder. The index returns
-`pool` candidates, the serving reranker (the champion, else the latest challenger) scores
-them, and the top `k` come back with their URIs.
+`pool` candidates, the champion reranker scores them, and the top `k` come back with their
+URIs. Only a champion serves: it passed `challenger_not_worse` (not worse than retrieval or
+the previous champion) or was promoted by hand. Before there is one, the candidates stay in
+retrieval order, because an unchecked challenger may rank worse than no reranker at all.
 """
 
 from __future__ import annotations
@@ -22,12 +24,9 @@ from models.encoder import ImageEncoder
 from models.train_reranker import load_reranker
 
 
-def serving_reranker():
-    """(reranker, version): the champion if one was promoted, else the current challenger."""
-    champion = pointers("reranker_champion")["current"]
-    if champion is not None:
-        return load_reranker(version_dir("gutted_reranker", champion)), champion
-    return load_reranker(current_dir("gutted_reranker")), pointers("gutted_reranker")["current"]
+def serving_version() -> str | None:
+    """The champion reranker's version, or None before one was promoted."""
+    return pointers("reranker_champion")["current"]
 
 
 def query_embedding(query: str, frame, emb: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -56,8 +55,9 @@ def recommend(query: str, k: int = 10, pool: int = 50, rerank: bool = True) -> l
     ids, uris = frame["image_id"].to_list(), frame["uri"].to_list()
     keep = [(float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0 and ids[r] != own_id][:pool]
     cand_rows = np.array([r for _, r in keep])
-    if rerank and len(cand_rows):
-        scorer, _ = serving_reranker()
+    champion = serving_version() if rerank else None
+    if champion is not None and len(cand_rows):
+        scorer = load_reranker(version_dir("gutted_reranker", champion))
         with torch.inference_mode():
             out = scorer.score(torch.as_tensor(vec[None]).float(), torch.as_tensor(emb[cand_rows][None]).float())[0].numpy()
         ranked = [(float(out[j]), int(cand_rows[j])) for j in np.argsort(-out, kind="stable")]

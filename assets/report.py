@@ -204,15 +204,27 @@ def write_report(report: dict, extra_tables: dict[str, list[dict]] | None = None
 
 
 def promotion_decision(report: dict) -> tuple[bool, str]:
-    """(promote?, why) for the report's challenger against the current champion.
+    """(promote?, why) for the report's challenger.
 
-    Promote unless the challenger is worse beyond the confidence interval: the paired
-    bootstrap 95% interval of (challenger − champion) NDCG@10 lies entirely below zero.
+    Promote unless the challenger is worse, beyond the confidence interval, than either bar:
+    the current champion, or retrieval alone (the cosine order of the very candidates it
+    reranks), so a reranker that ranks worse than no reranker never serves. "Worse beyond
+    the interval" means the paired bootstrap 95% interval of (challenger − bar) NDCG@10 on
+    the same held-out queries lies entirely below zero. A bar the report does not carry
+    (no champion yet; a report from before the retrieval bar) is skipped.
     """
     ch = report["challenger"]
-    if ch.get("ndcg_diff_ci") is None:
-        return True, "no champion to compare with (or the champion is the challenger)"
-    lo, hi = ch["ndcg_diff_ci"]
-    if hi < 0:
-        return False, f"challenger worse than champion {ch['champion']}: NDCG@10 diff {ch['ndcg_diff']:+.4f}, CI [{lo:+.4f}, {hi:+.4f}]"
-    return True, f"not worse than champion {ch['champion']}: NDCG@10 diff {ch['ndcg_diff']:+.4f}, CI [{lo:+.4f}, {hi:+.4f}]"
+    bars = [("retrieval", ch.get("retrieval_ndcg_diff"), ch.get("retrieval_ndcg_diff_ci")),
+            (f"champion {ch['champion']}", ch.get("ndcg_diff"), ch.get("ndcg_diff_ci"))]
+    verdicts = []
+    worse = False
+    for name, diff, ci in bars:
+        if ci is None:
+            continue
+        lo, hi = ci
+        worse |= hi < 0
+        verdicts.append(f"{'worse than' if hi < 0 else 'not worse than'} {name}: "
+                        f"NDCG@10 diff {diff:+.4f}, CI [{lo:+.4f}, {hi:+.4f}]")
+    if not verdicts:
+        return True, "no champion and no retrieval comparison in the report: nothing to compare with"
+    return not worse, ("challenger " if worse else "") + "; ".join(verdicts)

@@ -109,9 +109,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_recommend(args) -> int:
-    from assets.recommend import recommend
+    from assets.recommend import recommend, serving_version
 
     results = recommend(args.image, k=args.k, rerank=not args.no_rerank)
+    champion = serving_version()
+    if args.no_rerank:
+        order = "retrieval order (--no-rerank)"
+    elif champion is None:
+        order = "retrieval order: no champion reranker yet (one is promoted past the challenger_not_worse check, or by `lensless promote`)"
+    else:
+        order = f"reranked by champion {champion}"
+    print(order, file=sys.stderr)
     if args.json:
         print(json.dumps(results))
     else:

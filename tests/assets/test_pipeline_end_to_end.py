@@ -40,6 +40,12 @@ def test_report_matches_schema(pipeline):
     assert on_disk["encoder"]["dim"] == 32  # the tiny encoder
     assert on_disk["cost_ratio"]["flops"] > 1 and on_disk["cost_ratio"]["ms"] > 1, "gutted must be cheaper"
     assert set(on_disk["production_estimate"]) == {"Qwen3-VL-2B", "Qwen3-VL-4B", "Qwen3-VL-8B"}
+    ch = on_disk["challenger"]  # the promotion gate's bar: challenger − retrieval on the same queries
+    lo, hi = ch["retrieval_ndcg_diff_ci"]
+    assert lo <= ch["retrieval_ndcg_diff"] <= hi
+    per_system = on_disk["systems"]
+    assert ch["retrieval_ndcg_diff"] == pytest.approx(
+        per_system["gutted"]["ndcg_at_10"] - per_system["retrieval"]["ndcg_at_10"], abs=1e-9)
     page = (home / "reports" / "latest" / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 2 and "http://" not in page and "https://" not in page
 
@@ -60,11 +66,30 @@ def test_recommend_outside_image(pipeline, tmp_path, capsys):
     outside = tmp_path / "outside.jpg"
     Image.fromarray(load_sample_images().images[0]).save(outside)
     assert main(["recommend", str(outside), "-k", "5", "--json"]) == 0
-    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    results = json.loads(captured.out.strip().splitlines()[-1])
+    assert "reranked by champion" in captured.err
     assert len(results) == 5 and all({"image_id", "uri", "score"} <= set(r) for r in results)
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
     assert main(["recommend", "not-an-id-nor-a-file", "-k", "3"]) == 2
+
+
+def test_recommend_without_a_champion_keeps_retrieval_order(pipeline, monkeypatch, capsys):
+    """Only a champion serves: before one exists, `recommend` returns the index's order."""
+    import assets.recommend as rec
+    from orchestration.cli import main
+
+    def order(q, **kw):
+        return [r["image_id"] for r in rec.recommend(q, k=10, **kw)]
+
+    # a query whose champion order differs from retrieval's, so the fallback is visible
+    query, retrieval = next((q, order(q, rerank=False)) for q in rec.aligned_catalog()[0]["image_id"][:20]
+                            if order(q) != order(q, rerank=False))
+    monkeypatch.setattr(rec, "serving_version", lambda: None)
+    assert [r["image_id"] for r in rec.recommend(query, k=10)] == retrieval
+    assert main(["recommend", query, "-k", "3"]) == 0
+    assert "retrieval order: no champion reranker yet" in capsys.readouterr().err
 
 
 def test_sql_views_cover_the_tables(pipeline, capsys):
@@ -96,6 +121,17 @@ def test_promotion_decision_accepts_and_rejects():
     assert ok and "not worse" in why
     ok, why = promotion_decision({"challenger": {**base, "ndcg_diff": -0.1, "ndcg_diff_ci": [-0.15, -0.04]}})
     assert not ok and "worse than champion c1" in why
+    # retrieval is a bar too, with or without a champion
+    first = {"champion": None, "version": "c1", "ndcg_diff": None, "ndcg_diff_ci": None}
+    ok, why = promotion_decision({"challenger": {**first, "retrieval_ndcg_diff": -0.02,
+                                                 "retrieval_ndcg_diff_ci": [-0.03, -0.01]}})
+    assert not ok and "worse than retrieval" in why
+    ok, why = promotion_decision({"challenger": {**first, "retrieval_ndcg_diff": 0.004,
+                                                 "retrieval_ndcg_diff_ci": [-0.004, 0.012]}})
+    assert ok and "not worse than retrieval" in why
+    ok, why = promotion_decision({"challenger": {**base, "ndcg_diff": 0.01, "ndcg_diff_ci": [-0.01, 0.03],
+                                                 "retrieval_ndcg_diff": -0.02, "retrieval_ndcg_diff_ci": [-0.03, -0.01]}})
+    assert not ok and "worse than retrieval" in why and "not worse than champion c1" in why
 
 
 def test_gutted_reranker_from_a_local_checkpoint(pipeline, tmp_path):
