@@ -77,6 +77,8 @@ def _print_report(report: dict) -> None:
     cr = report["cost_ratio"]
     print(f"\ngutted vs full VLM: {cr['flops']:.1f}x fewer FLOPs, {cr['ms']:.1f}x less time per candidate "
           f"({report['dataset']['queries']} queries, {report['dataset']['images']} images)")
+    if "_promotion" in report:
+        print(report["_promotion"])
     print(f"report: {reports_dir() / report['run_id'] / 'report.html'}")
 
 

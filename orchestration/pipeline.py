@@ -75,10 +75,32 @@ def run_all(source: str, engagement: str | None = None, limit: int | None = None
     step(4, 5, "index, training pairs, gutted and full-VLM rerankers")
     materialize_assets(DOWNSTREAM[:4], run_config=_only(run_config, DOWNSTREAM[:4]))
     step(5, 5, "candidates, reranking, evaluation report, champion")
-    materialize_assets(DOWNSTREAM[4:], run_config=_only(run_config, DOWNSTREAM[4:]))
+    result = materialize_assets(DOWNSTREAM[4:], run_config=_only(run_config, DOWNSTREAM[4:]), raise_on_error=False)
     report = latest_report()
+    report["_promotion"] = _promotion_outcome(result, report)
+    print(report["_promotion"], file=sys.stderr)
     report["_seconds"] = time.perf_counter() - started
     return report
+
+
+def _promotion_outcome(result, report: dict) -> str:
+    """One line on the champion after step 5. A challenger the blocking `challenger_not_worse`
+    check stopped is an outcome, not an error: the report exists and the old champion (or
+    retrieval order) keeps serving. Any other failure raises."""
+    from assets.model_store import pointers
+    from assets.report import promotion_decision
+
+    champion = pointers("reranker_champion")["current"]
+    if result.success:
+        return f"champion: {champion}"
+    failed = set(result.get_failed_step_keys())
+    gate = [e for e in result.get_asset_check_evaluations()
+            if e.check_name == "challenger_not_worse" and not e.passed]
+    if not gate or not all(k.endswith("challenger_not_worse") for k in failed):  # the check's own step
+        raise RuntimeError(f"run {result.run_id} failed at steps {sorted(failed)}; see its logs in the Dagster UI")
+    serving = champion or "none (recommendations keep retrieval order)"
+    why = gate[0].description or promotion_decision(report)[1]
+    return f"challenger {report['challenger']['version']} NOT promoted: {why}; champion stays {serving}"
 
 
 def _only(run_config: dict | None, assets: list[str]) -> dict | None:

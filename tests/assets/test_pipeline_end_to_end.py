@@ -150,3 +150,26 @@ def test_gutted_reranker_from_a_local_checkpoint(pipeline, tmp_path):
     assert config["model"]["base"] == base and extra["base"]["source"] == "checkpoint"
     scorer = load_reranker(current_dir("gutted_reranker"))
     assert scorer.cfg.base == base
+
+
+def test_blocked_promotion_is_an_outcome_not_a_crash(pipeline, monkeypatch):
+    """A challenger stopped by the blocking gate leaves the report and the champion in place."""
+    import assets.evaluation as evaluation
+    from assets.model_store import pointers
+    from orchestration.pipeline import _promotion_outcome
+    from orchestration.runner import materialize_assets
+
+    champion = pointers("reranker_champion")["current"]
+    monkeypatch.setattr(evaluation, "promotion_decision", lambda report: (False, "worse than retrieval: forced"))
+    result = materialize_assets(["evaluation_report", "reranker_champion"], raise_on_error=False)
+    assert not result.success
+    from assets.report import latest_report
+
+    outcome = _promotion_outcome(result, latest_report())
+    assert "NOT promoted: worse than retrieval: forced" in outcome and f"champion stays {champion}" in outcome
+    assert pointers("reranker_champion")["current"] == champion
+    # any other failure is an error, not an outcome
+    monkeypatch.setattr(evaluation, "latest_report", lambda: (_ for _ in ()).throw(OSError("disk gone")))
+    broken = materialize_assets(["evaluation_report", "reranker_champion"], raise_on_error=False)
+    with pytest.raises(RuntimeError, match="failed at steps"):
+        _promotion_outcome(broken, latest_report())
