@@ -76,19 +76,19 @@ def run_all(source: str, engagement: str | None = None, limit: int | None = None
     materialize_assets(DOWNSTREAM[:4], run_config=_only(run_config, DOWNSTREAM[:4]))
     step(5, 5, "candidates, reranking, evaluation report, champion")
     result = materialize_assets(DOWNSTREAM[4:], run_config=_only(run_config, DOWNSTREAM[4:]), raise_on_error=False)
+    promotion = _promotion_outcome(result)
     report = latest_report()
-    report["_promotion"] = _promotion_outcome(result, report)
+    report["_promotion"] = promotion
     print(report["_promotion"], file=sys.stderr)
     report["_seconds"] = time.perf_counter() - started
     return report
 
 
-def _promotion_outcome(result, report: dict) -> str:
+def _promotion_outcome(result) -> str:
     """One line on the champion after step 5. A challenger the blocking `challenger_not_worse`
     check stopped is an outcome, not an error: the report exists and the old champion (or
-    retrieval order) keeps serving. Any other failure raises."""
+    retrieval order) keeps serving. Any other failure raises, with the failed step's error."""
     from assets.model_store import pointers
-    from assets.report import promotion_decision
 
     champion = pointers("reranker_champion")["current"]
     if result.success:
@@ -97,10 +97,12 @@ def _promotion_outcome(result, report: dict) -> str:
     gate = [e for e in result.get_asset_check_evaluations()
             if e.check_name == "challenger_not_worse" and not e.passed]
     if not gate or not all(k.endswith("challenger_not_worse") for k in failed):  # the check's own step
-        raise RuntimeError(f"run {result.run_id} failed at steps {sorted(failed)}; see its logs in the Dagster UI")
+        errors = [e.event_specific_data.error for e in result.get_step_failure_events()]
+        detail = "\n".join(err.to_string() for err in errors if err is not None)
+        raise RuntimeError(f"run {result.run_id} failed at steps {sorted(failed)}:\n{detail}")
     serving = champion or "none (recommendations keep retrieval order)"
-    why = gate[0].description or promotion_decision(report)[1]
-    return f"challenger {report['challenger']['version']} NOT promoted: {why}; champion stays {serving}"
+    challenger = pointers("gutted_reranker")["current"]
+    return f"challenger {challenger} NOT promoted: {gate[0].description}; champion stays {serving}"
 
 
 def _only(run_config: dict | None, assets: list[str]) -> dict | None:
