@@ -8,6 +8,9 @@ difference to retrieval alone (bootstrap 95% interval over queries); the last li
 with the spread across seeds. Seed 0 reproduces the pipeline's own model.
 
     python bench/rerank_seeds.py --lake .lensless --seeds 0,1,2,3,4   # ~45 s per seed, 2 cores
+
+`--train-groups`, `--stage1-epochs`, `--stage2-epochs` and `--evals-per-epoch` override the
+budget (default: the pipeline's), to see whether more data or more passes would pay.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--lake", required=True, help="a LENSLESS_HOME after `lensless demo`")
     ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated reranker seeds")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-groups", type=int, help="training groups (default: the pipeline's max_train_groups)")
+    ap.add_argument("--stage1-epochs", type=int, help="projector-only epochs (default: the pipeline's)")
+    ap.add_argument("--stage2-epochs", type=int, help="LoRA + projector epochs (default: the pipeline's)")
+    ap.add_argument("--evals-per-epoch", type=int, default=1, help="validation evaluations per epoch")
     args = ap.parse_args(argv)
     os.environ["LENSLESS_HOME"] = str(Path(args.lake).resolve())
     torch.set_num_threads(args.threads)
@@ -48,13 +55,19 @@ def main(argv=None) -> dict:
     ids, emb, q_rows, c_rows, rel = (inp[k] for k in ("ids", "emb", "query_rows", "cand_rows", "relevant"))
     retrieval = list_metrics([[ids[j] for j in r] for r in c_rows], rel)["ndcg_at_10"]
     budget = RerankerTrainConfig()
+    budget = budget.model_copy(update={k: v for k, v in (("max_train_groups", args.train_groups),
+                                                         ("stage1_epochs", args.stage1_epochs),
+                                                         ("stage2_epochs", args.stage2_epochs)) if v is not None})
     train, val = budget_groups(ids, budget.max_train_groups, budget.max_val_groups, budget.seed)
+    print("budget", json.dumps({"train_groups": len(train), "val_groups": len(val), "stage1_epochs": budget.stage1_epochs,
+                                "stage2_epochs": budget.stage2_epochs, "evals_per_epoch": args.evals_per_epoch}))
     print("retrieval", json.dumps({"test_ndcg10": round(float(retrieval.mean()), 4)}), flush=True)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         started = time.perf_counter()
         model = build_gutted(GuttedConfig(base=budget.base, embed_dim=emb.shape[1], num_tokens=budget.num_tokens, seed=seed))
-        cfg = TrainConfig(stage1_epochs=budget.stage1_epochs, stage2_epochs=budget.stage2_epochs, seed=seed, device="cpu")
+        cfg = TrainConfig(stage1_epochs=budget.stage1_epochs, stage2_epochs=budget.stage2_epochs, seed=seed, device="cpu",
+                          evals_per_epoch=args.evals_per_epoch)
         metrics = train_reranker(model, emb, train, val, cfg)
         gutted = list_metrics(ranked_ids(ids, c_rows, score_candidates(model, emb, q_rows, c_rows)), rel)["ndcg_at_10"]
         diff = bootstrap_ci(gutted - retrieval)
@@ -65,7 +78,8 @@ def main(argv=None) -> dict:
         print("gutted", json.dumps(rows[-1]), flush=True)
     test = np.array([r["test_ndcg10"] for r in rows])
     result = {
-        "lake": os.environ["LENSLESS_HOME"], "queries": len(q_rows), "seeds": len(rows),
+        "lake": os.environ["LENSLESS_HOME"], "queries": len(q_rows), "seeds": len(rows), "train_groups": len(train),
+        "stage_epochs": [budget.stage1_epochs, budget.stage2_epochs],
         "retrieval_test_ndcg10": round(float(retrieval.mean()), 4),
         "gutted_test_ndcg10": {"mean": round(float(test.mean()), 4), "min": float(test.min()), "max": float(test.max())},
         "seeds_above_retrieval": int((test > retrieval.mean()).sum()),

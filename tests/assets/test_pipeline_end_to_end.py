@@ -171,3 +171,24 @@ def test_blocked_promotion_is_an_outcome_not_a_crash(pipeline, monkeypatch):
     broken = materialize_assets(["evaluation_report", "reranker_champion"], raise_on_error=False)
     with pytest.raises(RuntimeError, match="failed at steps(.|\n)*disk gone"):
         _promotion_outcome(broken)
+
+
+def test_rerank_ceiling_bench_on_the_lake(pipeline):
+    """bench/rerank_ceiling.py reads the pipeline's own groups and held-out lists."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "rerank_ceiling.py"
+    spec = importlib.util.spec_from_file_location("rerank_ceiling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    home, report = pipeline
+    out = bench.main(["--lake", str(home), "--groups", "8,all", "--epochs", "2"])
+    held, val = out["heldout_ndcg10"], out["val_ndcg10"]
+    # the bench scores the report's own queries and candidates: retrieval agrees with the report
+    assert held["retrieval"] == pytest.approx(report["systems"]["retrieval"]["ndcg_at_10"], abs=1e-4)
+    assert out["heldout_queries"] == report["dataset"]["queries"]
+    assert len([k for k in held if k.startswith("mlp_")]) == 2 and "taste_oracle" in held  # a demo lake
+    assert all(0 <= x <= 1 for x in [*held.values(), *val.values()])
+    n = out["val_candidates"]  # one positive and PairConfig's 7 negatives
+    assert n == 8 and val["chance"] == pytest.approx(np.mean([1 / np.log2(r + 2) for r in range(n)]), abs=1e-4)

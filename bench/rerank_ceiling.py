@@ -1,0 +1,154 @@
+"""Benchmark: what a reranker of the lake's candidates could gain, and from which signal.
+
+On a `LENSLESS_HOME` after `lensless demo` (or `lensless run`), scores two sets with NDCG@10:
+- the validation groups `gutted_reranker` is selected on (one positive among 8), and
+- the evaluation report's held-out lists (each query's index candidates, relevance from test
+  users after the time cut-off),
+with these rankers of the same candidates:
+- `retrieval`: cosine order; `shuffled`: a random order (mean of 5), so the value of the
+  cosine order inside the candidate list shows; `popularity`: train-split engagement count;
+- `mlp_<N>`: a small pair MLP (features [q * c, |q - c|] of the two embeddings, one hidden
+  layer) trained with the rerankers' listwise loss on N stored training groups. A model this
+  direct is a reference for what the embeddings support at a data budget;
+- `taste_oracle` (demo catalog only, whose catalog file knows each image's taste cluster):
+  same-taste candidates first, then cosine order.
+
+    python bench/rerank_ceiling.py --lake .lensless --groups 1000,all   # ~20 s on the demo, 2 cores
+
+The last line is JSON with both sets' numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def val_ndcg(scores: torch.Tensor) -> float:
+    """NDCG@10 of groups whose column 0 is the only relevant candidate; ties count against it."""
+    rank = (scores[:, 1:] >= scores[:, :1]).sum(1)
+    return float((1 / torch.log2(rank.float() + 2)).mean())
+
+
+def pair_features(emb: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """(G, C, 2d) features of rows [query, candidates...]: [q * c, |q - c|] per candidate."""
+    q = emb[groups[:, 0]][:, None].expand(-1, groups.shape[1] - 1, -1)
+    c = emb[groups[:, 1:]]
+    return torch.cat([q * c, (q - c).abs()], -1)
+
+
+def fit_mlp(emb: torch.Tensor, train: torch.Tensor, val: torch.Tensor, epochs: int, seed: int):
+    """(best val NDCG@10 over the epochs, the net after the last) of a one-hidden-layer pair MLP
+    trained with listwise CE on groups [query, positive, negatives...]."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(2 * emb.shape[1], 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
+    x_val, best = pair_features(emb, val), 0.0
+    zeros = torch.zeros(len(train), dtype=torch.long)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(train)).split(64):
+            loss = F.cross_entropy(net(pair_features(emb, train[batch])).squeeze(-1), zeros[: len(batch)])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            best = max(best, val_ndcg(net(x_val).squeeze(-1)))
+    return best, net
+
+
+def taste_of(frame) -> np.ndarray | None:
+    """Each row's demo taste cluster, or None when the lake is not the demo catalog."""
+    import polars as pl
+
+    from assets.storage import lensless_home
+
+    found = sorted(Path(lensless_home().path, "sources", "demo").glob("*/catalog.parquet"))
+    if not found:
+        return None
+    demo = pl.read_parquet(found[-1]).select("uri", "taste")
+    joined = frame.select("uri").join(demo, on="uri", how="left", maintain_order="left")["taste"]
+    return None if joined.null_count() else joined.to_numpy()
+
+
+def ndcg_lists(ids, cand_rows: np.ndarray, relevant: list[set], scores: np.ndarray) -> float:
+    """Mean NDCG@10 of each query's candidates ordered by descending score (stable)."""
+    from assets.eval_metrics import list_metrics
+    from assets.evaluation_data import ranked_ids
+
+    return round(float(list_metrics(ranked_ids(ids, cand_rows, scores), relevant)["ndcg_at_10"].mean()), 4)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lake", required=True, help="a LENSLESS_HOME after `lensless demo`")
+    ap.add_argument("--groups", default="1000,all", help="comma-separated training group counts, or 'all'")
+    ap.add_argument("--epochs", type=int, default=10, help="MLP epochs (val: the best epoch counts)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    os.environ["LENSLESS_HOME"] = str(Path(args.lake).resolve())
+    torch.set_num_threads(args.threads)
+
+    from assets.evaluation_data import evaluation_inputs
+    from assets.pairs import popularity
+    from assets.rerank_data import budget_groups, load_groups
+    from assets.reranking import RerankerTrainConfig
+    from assets.storage import lake_path
+
+    inp = evaluation_inputs(log=lambda *_: None)
+    frame, ids, emb_np = inp["frame"], inp["ids"], inp["emb"]
+    q_rows, c_rows, relevant = inp["query_rows"], inp["cand_rows"], inp["relevant"]
+    emb = torch.as_tensor(emb_np)
+    budget = RerankerTrainConfig()
+    _, val_np = budget_groups(ids, budget.max_train_groups, budget.max_val_groups, budget.seed)
+    every = load_groups(ids, "train")
+    if len(every) == 0 or len(val_np) == 0:
+        raise SystemExit("the lake has no training or validation groups: run `lensless demo` first")
+    val = torch.as_tensor(val_np)
+    counts = dict(zip(*popularity(str(lake_path("engagement_events"))).select("image_id", "n"), strict=True))
+    pop = np.array([counts.get(i, 0) for i in ids], dtype=np.float64)
+    order = -np.arange(c_rows.shape[1], dtype=np.float64)[None].repeat(len(c_rows), 0)  # retrieval: cosine order
+    rng = np.random.default_rng(0)
+    v, t = {}, {}
+    v["chance"] = round(float(np.mean([1 / np.log2(r + 2) for r in range(val.shape[1] - 1)])), 4)
+    v["retrieval"] = round(val_ndcg((emb[val[:, :1]] * emb[val[:, 1:]]).sum(-1)), 4)
+    v["popularity"] = round(val_ndcg(torch.as_tensor(pop)[val[:, 1:]] + 1e-6 * torch.rand(val[:, 1:].shape)), 4)
+    t["retrieval"] = ndcg_lists(ids, c_rows, relevant, order)
+    t["shuffled"] = round(float(np.mean([ndcg_lists(ids, c_rows, relevant, rng.random(c_rows.shape)) for _ in range(5)])), 4)
+    t["popularity"] = ndcg_lists(ids, c_rows, relevant, pop[c_rows] + 1e-3 * order / order.shape[1])
+    print(f"val groups ({len(val)}): {v}\nheld-out lists ({len(q_rows)} queries): {t}", flush=True)
+    held_q, held_c = torch.as_tensor(q_rows), torch.as_tensor(c_rows)
+    for n in args.groups.split(","):
+        count = len(every) if n == "all" else min(int(n), len(every))
+        rows = np.sort(np.random.default_rng(0).choice(len(every), count, replace=False))
+        best, net = fit_mlp(emb, torch.as_tensor(every[rows]), val, args.epochs, seed=0)
+        with torch.no_grad():
+            held = net(pair_features(emb, torch.cat([held_q[:, None], held_c], 1))).squeeze(-1).numpy()
+        v[f"mlp_{count}"], t[f"mlp_{count}"] = round(best, 4), ndcg_lists(ids, c_rows, relevant, held)
+        print(f"pair MLP, {count} groups: val {v[f'mlp_{count}']}, held-out {t[f'mlp_{count}']}", flush=True)
+    taste = taste_of(frame)
+    if taste is not None:
+        tt = torch.as_tensor(taste)
+        same = (tt[val[:, 1:]] == tt[val[:, :1]]).float()
+        ties = torch.rand(same.shape, generator=torch.Generator().manual_seed(0))  # random order within ties
+        v["taste_oracle"] = round(val_ndcg(same + 1e-3 * ties), 4)
+        same_held = (taste[c_rows] == taste[q_rows][:, None]).astype(np.float64)
+        t["taste_oracle"] = ndcg_lists(ids, c_rows, relevant, same_held + 1e-3 * order / order.shape[1])
+        print(f"taste oracle: val {v['taste_oracle']}, held-out {t['taste_oracle']}", flush=True)
+    result = {"lake": os.environ["LENSLESS_HOME"], "val_groups": len(val), "val_candidates": val.shape[1] - 1,
+              "heldout_queries": len(q_rows),
+              "val_ndcg10": v, "heldout_ndcg10": t}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
