@@ -194,16 +194,22 @@ def challenger_not_worse(context: dg.AssetCheckExecutionContext) -> dg.AssetChec
 def reranker_champion(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The gutted reranker version that serves: the challenger, once it passed `challenger_not_worse`.
 
+    The asset applies the same rule itself (`promotion_decision`), so a run that selects it
+    without the check (automation, the UI) cannot promote a challenger the check would stop.
     History is kept in `models/reranker_champion/pointers.json`; `lensless promote` and
     `lensless rollback` move it by hand.
     """
     report = latest_report()
     challenger, current = report["challenger"]["version"], pointers("reranker_champion")["current"]
-    if challenger != current:
+    passed, why = promotion_decision(report)
+    promoted = passed and challenger != current
+    if promoted:
         set_current("reranker_champion", challenger, reason=f"promoted by run {context.run_id}",
                     versions_of="gutted_reranker")
+    else:
+        context.log.info(f"champion stays {current}: " + (why if not passed else "the challenger already serves"))
     state = pointers("reranker_champion")
-    return dg.MaterializeResult(data_version=dg.DataVersion(state["current"]), metadata={
-        "champion": state["current"], "promoted": challenger != current, "previous": current or "(none)",
-        "history_length": len(state["history"]),
+    return dg.MaterializeResult(data_version=dg.DataVersion(str(state["current"])), metadata={
+        "champion": str(state["current"]), "promoted": promoted, "previous": current or "(none)",
+        "decision": why, "history_length": len(state["history"]),
     })

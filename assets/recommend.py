@@ -3,9 +3,10 @@
 A catalog `image_id` uses its stored embedding; a file path (or fsspec URL) is decoded with
 the ingestion decoder and embedded on the fly by the current encoder. The index returns
 `pool` candidates, the champion reranker scores them, and the top `k` come back with their
-URIs. Only a champion serves: it passed `challenger_not_worse` (not worse than retrieval or
-the previous champion) or was promoted by hand. Before there is one, the candidates stay in
-retrieval order, because an unchecked challenger may rank worse than no reranker at all.
+URIs. Only a champion serves: a challenger that passed `challenger_not_worse` when it was
+promoted (not worse than retrieval or the champion before it), or one promoted by hand.
+Before there is one, the candidates stay in retrieval order, because an unchecked
+challenger may rank worse than no reranker at all.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ def query_embedding(query: str, frame, emb: np.ndarray) -> tuple[np.ndarray, str
     return embed_pixels(encoder, pixels[None])[0], None
 
 
-def recommend(query: str, k: int = 10, pool: int = 50, rerank: bool = True) -> list[dict]:
-    """Top-k recommendations: [{"image_id", "uri", "score"}], best first."""
+def recommend(query: str, k: int = 10, pool: int = 50, rerank: bool = True, version: str | None = None) -> list[dict]:
+    """Top-k recommendations: [{"image_id", "uri", "score"}], best first.
+
+    With `rerank`, the reranker `version` scores the candidates (default: the champion; none
+    yet: retrieval order)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     frame, emb = aligned_catalog()
@@ -55,9 +59,9 @@ def recommend(query: str, k: int = 10, pool: int = 50, rerank: bool = True) -> l
     ids, uris = frame["image_id"].to_list(), frame["uri"].to_list()
     keep = [(float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0 and ids[r] != own_id][:pool]
     cand_rows = np.array([r for _, r in keep])
-    champion = serving_version() if rerank else None
-    if champion is not None and len(cand_rows):
-        scorer = load_reranker(version_dir("gutted_reranker", champion))
+    version = (version or serving_version()) if rerank else None
+    if version is not None and len(cand_rows):
+        scorer = load_reranker(version_dir("gutted_reranker", version))
         with torch.inference_mode():
             out = scorer.score(torch.as_tensor(vec[None]).float(), torch.as_tensor(emb[cand_rows][None]).float())[0].numpy()
         ranked = [(float(out[j]), int(cand_rows[j])) for j in np.argsort(-out, kind="stable")]

@@ -21,6 +21,7 @@ The last line is JSON with both sets' numbers.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def val_ndcg(scores: torch.Tensor) -> float:
     """NDCG@10 of groups whose column 0 is the only relevant candidate; ties count against it."""
     rank = (scores[:, 1:] >= scores[:, :1]).sum(1)
-    return float((1 / torch.log2(rank.float() + 2)).mean())
+    return float(torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), 0.0).mean())
 
 
 def pair_features(emb: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -47,12 +48,13 @@ def pair_features(emb: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 
 
 def fit_mlp(emb: torch.Tensor, train: torch.Tensor, val: torch.Tensor, epochs: int, seed: int):
-    """(best val NDCG@10 over the epochs, the net after the last) of a one-hidden-layer pair MLP
-    trained with listwise CE on groups [query, positive, negatives...]."""
+    """(best val NDCG@10 over the epochs, the net of that epoch) of a one-hidden-layer pair MLP
+    trained with listwise CE on groups [query, positive, negatives...]: selected on validation,
+    as the rerankers' early stopping selects theirs."""
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(2 * emb.shape[1], 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
-    x_val, best = pair_features(emb, val), 0.0
+    x_val, best, state = pair_features(emb, val), -1.0, None
     zeros = torch.zeros(len(train), dtype=torch.long)
     for _ in range(epochs):
         for batch in torch.randperm(len(train)).split(64):
@@ -61,7 +63,10 @@ def fit_mlp(emb: torch.Tensor, train: torch.Tensor, val: torch.Tensor, epochs: i
             loss.backward()
             opt.step()
         with torch.no_grad():
-            best = max(best, val_ndcg(net(x_val).squeeze(-1)))
+            score = val_ndcg(net(x_val).squeeze(-1))
+        if score > best:
+            best, state = score, copy.deepcopy(net.state_dict())
+    net.load_state_dict(state)
     return best, net
 
 
@@ -91,7 +96,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lake", required=True, help="a LENSLESS_HOME after `lensless demo`")
     ap.add_argument("--groups", default="1000,all", help="comma-separated training group counts, or 'all'")
-    ap.add_argument("--epochs", type=int, default=10, help="MLP epochs (val: the best epoch counts)")
+    ap.add_argument("--epochs", type=int, default=10, help="MLP epochs (the best on validation is kept)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     os.environ["LENSLESS_HOME"] = str(Path(args.lake).resolve())
@@ -109,8 +114,8 @@ def main(argv=None) -> dict:
     emb = torch.as_tensor(emb_np)
     budget = RerankerTrainConfig()
     _, val_np = budget_groups(ids, budget.max_train_groups, budget.max_val_groups, budget.seed)
-    every = load_groups(ids, "train")
-    if len(every) == 0 or len(val_np) == 0:
+    every = len(load_groups(ids, "train"))
+    if every == 0 or len(val_np) == 0:
         raise SystemExit("the lake has no training or validation groups: run `lensless demo` first")
     val = torch.as_tensor(val_np)
     counts = dict(zip(*popularity(str(lake_path("engagement_events"))).select("image_id", "n"), strict=True))
@@ -127,9 +132,9 @@ def main(argv=None) -> dict:
     print(f"val groups ({len(val)}): {v}\nheld-out lists ({len(q_rows)} queries): {t}", flush=True)
     held_q, held_c = torch.as_tensor(q_rows), torch.as_tensor(c_rows)
     for n in args.groups.split(","):
-        count = len(every) if n == "all" else min(int(n), len(every))
-        rows = np.sort(np.random.default_rng(0).choice(len(every), count, replace=False))
-        best, net = fit_mlp(emb, torch.as_tensor(every[rows]), val, args.epochs, seed=0)
+        count = every if n == "all" else min(int(n), every)
+        train, _ = budget_groups(ids, count, budget.max_val_groups, budget.seed)  # the pipeline's pick at its budget
+        best, net = fit_mlp(emb, torch.as_tensor(train), val, args.epochs, seed=0)
         with torch.no_grad():
             held = net(pair_features(emb, torch.cat([held_q[:, None], held_c], 1))).squeeze(-1).numpy()
         v[f"mlp_{count}"], t[f"mlp_{count}"] = round(best, 4), ndcg_lists(ids, c_rows, relevant, held)

@@ -113,8 +113,8 @@ def cmd_report(args) -> int:
 def cmd_recommend(args) -> int:
     from assets.recommend import recommend, serving_version
 
-    results = recommend(args.image, k=args.k, rerank=not args.no_rerank)
     champion = serving_version()
+    results = recommend(args.image, k=args.k, rerank=not args.no_rerank, version=champion)
     if args.no_rerank:
         order = "retrieval order (--no-rerank)"
     elif champion is None:

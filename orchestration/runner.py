@@ -15,7 +15,7 @@ LOG_LEVEL = os.environ.get("LENSLESS_LOG_LEVEL", "INFO")  # Dagster's console lo
 
 
 def materialize_assets(selection: list[str], partition_key: str | None = None, run_config: dict | None = None,
-                       tags: dict | None = None, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+                       tags: dict | None = None) -> dg.ExecuteInProcessResult:
     """Materialise `selection` (asset key strings) and their checks, on the persistent instance."""
     from orchestration.definitions import defs
 
@@ -32,5 +32,4 @@ def materialize_assets(selection: list[str], partition_key: str | None = None, r
         instance=get_instance(),
         tags={"lensless/launched_by": "cli", **(tags or {})},
         resources=defs.resources,
-        raise_on_error=raise_on_error,
     )
