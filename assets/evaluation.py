@@ -202,6 +202,9 @@ def reranker_champion(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     report = latest_report()
     challenger, current = report["challenger"]["version"], pointers("reranker_champion")["current"]
     passed, why = promotion_decision(report)
+    if passed and report["challenger"].get("champion") != current:  # moved by hand since the report
+        passed, why = False, (f"the report compared the challenger with champion {report['challenger'].get('champion')}, "
+                              f"but the champion is now {current}; rematerialise evaluation_report")
     promoted = passed and challenger != current
     if promoted:
         set_current("reranker_champion", challenger, reason=f"promoted by run {context.run_id}",

@@ -99,6 +99,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=10, help="MLP epochs (the best on validation is kept)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.epochs < 1:
+        ap.error(f"--epochs must be at least 1, got {args.epochs}")
     os.environ["LENSLESS_HOME"] = str(Path(args.lake).resolve())
     torch.set_num_threads(args.threads)
 

@@ -114,7 +114,7 @@ def cmd_recommend(args) -> int:
     from assets.recommend import recommend, serving_version
 
     champion = serving_version()
-    results = recommend(args.image, k=args.k, rerank=not args.no_rerank, version=champion)
+    results = recommend(args.image, k=args.k, rerank=not args.no_rerank and champion is not None, version=champion)
     if args.no_rerank:
         order = "retrieval order (--no-rerank)"
     elif champion is None:

@@ -170,7 +170,11 @@ def test_blocked_promotion_is_an_outcome_not_a_crash(pipeline, monkeypatch):
         event = get_instance().get_latest_materialization_event(dg.AssetKey("reranker_champion"))
         return event.run_id
 
+    # a fresh challenger (another seed), so that promoting it would move the pointer
+    cfg = {**TINY["ops"]["gutted_reranker"]["config"], "seed": 7}
+    materialize_assets(["gutted_reranker"], run_config={"ops": {"gutted_reranker": {"config": cfg}}})
     champion, before = pointers("reranker_champion")["current"], last_champion_run()
+    assert pointers("gutted_reranker")["current"] != champion
     blocked = lambda report: (False, "worse than retrieval: forced")  # noqa: E731
     monkeypatch.setattr(evaluation, "promotion_decision", blocked)
     monkeypatch.setattr(report_lib, "promotion_decision", blocked)
@@ -180,6 +184,12 @@ def test_blocked_promotion_is_an_outcome_not_a_crash(pipeline, monkeypatch):
     # selected alone (as automation may), the champion asset still refuses
     materialize_assets(["reranker_champion"])
     assert last_champion_run() != before and pointers("reranker_champion")["current"] == champion
+    # a report that compared the challenger with another champion than the one serving now
+    monkeypatch.setattr(evaluation, "promotion_decision", lambda report: (True, "not worse: forced"))
+    monkeypatch.setattr(evaluation, "latest_report", lambda: {
+        **report_lib.latest_report(), "challenger": {**report_lib.latest_report()["challenger"], "champion": "someone-else"}})
+    materialize_assets(["reranker_champion"])
+    assert pointers("reranker_champion")["current"] == champion
     # any other failure propagates as raised
     monkeypatch.setattr(evaluation, "latest_report", lambda: (_ for _ in ()).throw(OSError("disk gone")))
     with pytest.raises(Exception, match="disk gone"):
