@@ -33,11 +33,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.ranking_metrics import ndcg_at_k, positive_first_relevance  # noqa: E402
+
 
 def val_ndcg(scores: torch.Tensor) -> float:
-    """NDCG@10 of groups whose column 0 is the only relevant candidate; ties count against it."""
-    rank = (scores[:, 1:] >= scores[:, :1]).sum(1)
-    return float(torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), 0.0).mean())
+    """Mean NDCG@10 of groups whose column 0 is the positive, as the rerankers' validation
+    computes it (ties count against the positive)."""
+    scores = scores.detach().numpy()
+    return float(ndcg_at_k(scores, positive_first_relevance(*scores.shape)).mean())
 
 
 def pair_features(emb: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -127,10 +130,14 @@ def main(argv=None) -> dict:
     v, t = {}, {}
     v["chance"] = round(float(np.mean([1 / np.log2(r + 2) for r in range(val.shape[1] - 1)])), 4)
     v["retrieval"] = round(val_ndcg((emb[val[:, :1]] * emb[val[:, 1:]]).sum(-1)), 4)
-    v["popularity"] = round(val_ndcg(torch.as_tensor(pop)[val[:, 1:]] + 1e-6 * torch.rand(val[:, 1:].shape)), 4)
+    ties = torch.rand(val[:, 1:].shape, generator=torch.Generator().manual_seed(0))  # random order within ties
+    v["popularity"] = round(val_ndcg(torch.as_tensor(pop)[val[:, 1:]] + 1e-6 * ties), 4)
     t["retrieval"] = ndcg_lists(ids, c_rows, relevant, order)
     t["shuffled"] = round(float(np.mean([ndcg_lists(ids, c_rows, relevant, rng.random(c_rows.shape)) for _ in range(5)])), 4)
-    t["popularity"] = ndcg_lists(ids, c_rows, relevant, pop[c_rows] + 1e-3 * order / order.shape[1])
+    def then_retrieval(primary: np.ndarray) -> np.ndarray:  # cosine order breaks ties of `primary`
+        return primary + 1e-3 * order / order.shape[1]
+
+    t["popularity"] = ndcg_lists(ids, c_rows, relevant, then_retrieval(pop[c_rows]))
     print(f"val groups ({len(val)}): {v}\nheld-out lists ({len(q_rows)} queries): {t}", flush=True)
     held_q, held_c = torch.as_tensor(q_rows), torch.as_tensor(c_rows)
     for n in args.groups.split(","):
@@ -145,10 +152,9 @@ def main(argv=None) -> dict:
     if taste is not None:
         tt = torch.as_tensor(taste)
         same = (tt[val[:, 1:]] == tt[val[:, :1]]).float()
-        ties = torch.rand(same.shape, generator=torch.Generator().manual_seed(0))  # random order within ties
         v["taste_oracle"] = round(val_ndcg(same + 1e-3 * ties), 4)
         same_held = (taste[c_rows] == taste[q_rows][:, None]).astype(np.float64)
-        t["taste_oracle"] = ndcg_lists(ids, c_rows, relevant, same_held + 1e-3 * order / order.shape[1])
+        t["taste_oracle"] = ndcg_lists(ids, c_rows, relevant, then_retrieval(same_held))
         print(f"taste oracle: val {v['taste_oracle']}, held-out {t['taste_oracle']}", flush=True)
     result = {"lake": os.environ["LENSLESS_HOME"], "val_groups": len(val), "val_candidates": val.shape[1] - 1,
               "heldout_queries": len(q_rows),

@@ -105,11 +105,11 @@ def evaluate_and_promote(run_config: dict | None = None) -> str:
 
 def promotion_outcome(report: dict) -> str:
     """`champion: X` when the report's challenger passed the gate, else why it did not."""
-    from assets import report as report_lib
     from assets.model_store import pointers
+    from assets.report import promotion_decision
 
     champion = pointers("reranker_champion")["current"]
-    passed, why = report_lib.promotion_decision(report)
+    passed, why = promotion_decision(report)
     if passed:
         return f"champion: {champion}"
     challenger = report["challenger"]["version"]
