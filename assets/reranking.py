@@ -35,14 +35,15 @@ class PairsConfig(dg.Config):
     group_name="reranker",
     kinds={"duckdb", "parquet"},
     deps=[engagement_events, faiss_index],
-    code_version="training_pairs-v1",
+    code_version="training_pairs-v2",
 )
 def training_pairs(context: dg.AssetExecutionContext, config: PairsConfig) -> dg.MaterializeResult:
     """Groups of one query, one positive and n hard negatives, split by user and time.
 
     Positives are co-engaged images (counted in DuckDB over the Parquet event log), or
     same-label images when there is no engagement; hard negatives are the query's nearest
-    index neighbours that are not positives. Writes `lake/training_pairs.parquet` (train and
+    index neighbours that are not positives. Each group stores its strength (users behind the
+    query-positive pair), so a training budget takes the strongest groups first. Writes `lake/training_pairs.parquet` (train and
     val groups) and `lake/evaluation_queries.parquet` (held-out queries and their relevant
     images, from later engagement of held-out users). The data version is the encoder's: the
     rerankers' inputs live in its embedding space, so a new encoder retrains them.

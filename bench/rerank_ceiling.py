@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
     emb = torch.as_tensor(emb_np)
     budget = RerankerTrainConfig()
     _, val_np = budget_groups(ids, budget.max_train_groups, budget.max_val_groups, budget.seed)
-    every = len(load_groups(ids, "train"))
+    every = len(load_groups(ids, "train")[0])
     if every == 0 or len(val_np) == 0:
         raise SystemExit("the lake has no training or validation groups: run `lensless demo` first")
     val = torch.as_tensor(val_np)
