@@ -32,6 +32,7 @@ class EncoderTrainConfig(dg.Config):
     pair_weight: float = TrainConfig.pair_weight
     pair_fraction: float = TrainConfig.pair_fraction
     pair_dims: int = TrainConfig.pair_dims
+    max_pairs: int = 5000  # the strongest train-split co-engagement pairs the pair term uses (0 = all)
     seed: int = 0
     device: str = TrainConfig.device  # "auto": the GPU when torch sees one, else "cpu"
 
@@ -42,7 +43,7 @@ class EncoderTrainConfig(dg.Config):
     deps=[raw_images, engagement_events],
     pool=TRAIN_POOL,
     op_tags=GPU_STEP_TAGS,
-    code_version="image_encoder-v1",
+    code_version="image_encoder-v2",
 )
 def image_encoder(context: dg.AssetExecutionContext, config: EncoderTrainConfig) -> dg.MaterializeResult:
     """The in-house image encoder, trained contrastively on every ingested batch.
@@ -61,7 +62,7 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderTrainConfig)
         train_rows = np.sort(np.random.default_rng(config.seed).choice(train_rows, config.max_images, replace=False))
     pixels = load_pixels(frame)
     labels = frame["label_code"].to_numpy()
-    pairs = train_pairs_rows(frame["image_id"].to_list(), train_rows)
+    pairs = train_pairs_rows(frame["image_id"].to_list(), train_rows, config.max_pairs, config.seed)
     context.log.info(f"training on {len(train_rows)} images ({held.sum()} held out), {len(pairs)} co-engagement pairs")
 
     import torch

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import polars as pl
 
 from assets.pairs import coengagement
 from assets.storage import lake_path
@@ -42,11 +43,22 @@ def engagement_pairs(split: str) -> object | None:
     return coengagement(str(path))[split]
 
 
-def train_pairs_rows(image_ids: list[str], train_rows: np.ndarray) -> np.ndarray:
-    """Train-split co-engagement pairs as (P, 2) indices into the training subset."""
+def train_pairs_rows(image_ids: list[str], train_rows: np.ndarray, max_pairs: int = 0, seed: int = 0) -> np.ndarray:
+    """Train-split co-engagement pairs as (P, 2) indices into the training subset.
+
+    With `max_pairs` > 0, only the strongest that many (most users behind the pair; equal
+    strengths in a seeded random order): on the demo catalog a pair shared by one user links
+    two images of the same taste about half the time, one shared by five or more nearly always,
+    and the encoder meets only a few thousand pairs in its whole budget.
+    """
     pairs = engagement_pairs("train")
     if pairs is None or pairs.height == 0:
         return np.zeros((0, 2), np.int64)
+    trained = [image_ids[int(r)] for r in train_rows]
+    pairs = pairs.filter(pl.col("a").is_in(trained) & pl.col("b").is_in(trained) & (pl.col("a") < pl.col("b")))
+    if 0 < max_pairs < pairs.height:
+        ties = np.random.default_rng(seed).random(pairs.height)
+        pairs = pairs.with_columns(tie=pl.Series(ties)).sort(["n", "tie"], descending=[True, False]).head(max_pairs)
     return _pairs_as_rows(pairs, image_ids, train_rows)
 
 

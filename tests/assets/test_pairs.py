@@ -138,3 +138,25 @@ def test_budget_of_a_lake_without_strength_draws_at_random(lensless_home):
     ids = _store_groups([("train", f"q{i}", f"p{i}", None) for i in range(6)] + [("val", "v", "w", None)])
     picks = {tuple(budget_groups(ids, max_train=2, max_val=1, seed=s)[0][:, 0].tolist()) for s in range(8)}
     assert len(picks) > 1 and all(len(p) == 2 for p in picks)
+
+
+def test_encoder_takes_the_strongest_train_pairs(monkeypatch):
+    """The encoder's pair term gets the max_pairs strongest pairs among training images, each once."""
+    import assets.encoder_eval as ee
+
+    both = [("a", "b", 1), ("a", "c", 7), ("b", "c", 2), ("c", "d", 3), ("a", "h", 9), ("b", "d", 1)]
+    frame = pl.DataFrame([(x, y, n) for a, b, n in both for x, y in ((a, b), (b, a))], schema=["a", "b", "n"],
+                         orient="row")
+    monkeypatch.setattr(ee, "engagement_pairs", lambda split: frame if split == "train" else None)
+    ids = ["a", "b", "c", "d", "h"]
+    train_rows = np.array([0, 1, 2, 3])  # h is held out: its pair (a, h, 9) is never used
+
+    def as_ids(rows):
+        return {tuple(sorted(ids[:4][j] for j in r)) for r in rows.tolist()}
+
+    assert as_ids(ee.train_pairs_rows(ids, train_rows, max_pairs=2)) == {("a", "c"), ("c", "d")}
+    every = ee.train_pairs_rows(ids, train_rows)
+    assert len(every) == 5 and as_ids(every) == {("a", "b"), ("a", "c"), ("b", "c"), ("c", "d"), ("b", "d")}
+    assert every.min() >= 0 and every.max() < len(train_rows)  # rows of the training subset
+    ties = {frozenset(as_ids(ee.train_pairs_rows(ids, train_rows, max_pairs=4, seed=s))) for s in range(8)}
+    assert all({("a", "c"), ("c", "d"), ("b", "c")} < t for t in ties) and len(ties) == 2  # the n=1 tie, by seed
