@@ -43,7 +43,7 @@ class EncoderTrainConfig(dg.Config):
     deps=[raw_images, engagement_events],
     pool=TRAIN_POOL,
     op_tags=GPU_STEP_TAGS,
-    code_version="image_encoder-v2",
+    code_version="image_encoder-v3",
 )
 def image_encoder(context: dg.AssetExecutionContext, config: EncoderTrainConfig) -> dg.MaterializeResult:
     """The in-house image encoder, trained contrastively on every ingested batch.

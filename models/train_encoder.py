@@ -44,12 +44,17 @@ class TrainConfig:
     weight_decay: float = 0.05
     temperature: float = 0.1  # softmax temperature of both contrastive terms
     sup_weight: float = 4.0  # weight of the multi-positive term over same-label images
-    pair_weight: float = 0.5  # weight of the multi-positive term over co-engaged images
-    pair_fraction: float = 0.25  # share of each batch drawn from co-engagement pairs
+    pair_weight: float = 1.0  # weight of the multi-positive term over co-engaged images
+    pair_fraction: float = 0.5  # share of each batch drawn from co-engagement pairs
     # Dimensions at the end of the embedding that the co-engagement term shapes on its own
-    # (0 = all of them, with the label term). Splitting keeps label similarity and engagement
-    # similarity in separate subspaces, instead of one term overwriting the other.
-    pair_dims: int = 0
+    # (0 = all of them, with the label term; -1 = a quarter of the embedding, 32 of 128;
+    # without pairs, none).
+    # Splitting keeps label similarity and engagement similarity in separate subspaces,
+    # instead of one term overwriting the other. Demo catalog, `lensless demo` (5,000 strongest
+    # pairs): shared dims at weight 0.5 and a quarter of each batch gave retrieval held-out
+    # NDCG@10 0.044 (label kNN@10 0.757); these defaults give 0.061 (label kNN@10 0.634),
+    # because the taste that co-engagement follows now shapes the neighbours.
+    pair_dims: int = -1
     seed: int = 0  # drives batch order and augmentations (initialise the model yourself)
     log_every: int = 10  # steps between log lines and progress callbacks
     device: str = "auto"  # "auto": cuda when available, else cpu
@@ -175,8 +180,8 @@ def train_encoder(
     n = len(pixels)
     assert n >= 2, f"need at least 2 images to train, got {n}"
     assert cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}"
-    if not 0 <= cfg.pair_dims < model.config.dim:
-        raise ValueError(f"pair_dims must be in [0, dim={model.config.dim}), got {cfg.pair_dims}")
+    if not -1 <= cfg.pair_dims < model.config.dim:
+        raise ValueError(f"pair_dims must be -1 or in [0, dim={model.config.dim}), got {cfg.pair_dims}")
     lab = None
     if labels is not None:
         labels = np.asarray(labels)
@@ -191,6 +196,8 @@ def train_encoder(
     else:
         positive_pairs = None
 
+    # without pairs nothing would shape an engagement subspace: the label term keeps every dim
+    pair_dims = 0 if positive_pairs is None else (model.config.dim // 4 if cfg.pair_dims == -1 else cfg.pair_dims)
     device = resolve_device(cfg.device)
     model.to(device)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -249,9 +256,9 @@ def train_encoder(
             raw = model.head(model.features(views)).float()  # (2B, d)
         z = F.normalize(raw, dim=-1)
         split = {}
-        if cfg.pair_dims:
-            split = {"z_label": F.normalize(raw[:, : -cfg.pair_dims], dim=-1),
-                     "z_pair": F.normalize(raw[:, -cfg.pair_dims :], dim=-1)}  # fmt: skip
+        if pair_dims:
+            split = {"z_label": F.normalize(raw[:, :-pair_dims], dim=-1),
+                     "z_pair": F.normalize(raw[:, -pair_dims:], dim=-1)}  # fmt: skip
         nce, sup, pair = contrastive_loss(
             z,
             idx.to(device),

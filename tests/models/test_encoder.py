@@ -151,8 +151,16 @@ def test_pair_dims_trains_and_is_checked(monkeypatch):
     m = train_encoder(model, x, labels, pairs, _tiny_train(max_steps=8, lr=3e-3, pair_dims=8))
     assert np.mean(m["loss"][-2:]) < np.mean(m["loss"][:2])
     assert widths == [(model.config.dim - 8, 8)] * 8
-    with pytest.raises(ValueError, match="pair_dims must be in"):
-        train_encoder(model, x, labels, pairs, _tiny_train(pair_dims=model.config.dim))
+    widths.clear()
+    train_encoder(model, x, labels, pairs, _tiny_train(max_steps=2, pair_dims=-1))
+    assert widths == [(model.config.dim * 3 // 4, model.config.dim // 4)] * 2  # -1: a quarter
+    calls = []
+    monkeypatch.setattr(te, "contrastive_loss", lambda *a, **kw: calls.append(sorted(kw)) or original(*a, **kw))
+    train_encoder(model, x, labels, None, _tiny_train(max_steps=2, pair_dims=-1))
+    assert calls == [[]] * 2  # no pairs: no engagement subspace, the label term keeps every dim
+    for bad in (model.config.dim, -2):
+        with pytest.raises(ValueError, match="pair_dims must be -1 or in"):
+            train_encoder(model, x, labels, pairs, _tiny_train(pair_dims=bad))
 
 
 def test_training_rejects_bad_pairs():
