@@ -8,8 +8,10 @@ with these rankers of the same candidates:
 - `retrieval`: cosine order; `shuffled`: a random order (mean of 5), so the value of the
   cosine order inside the candidate list shows; `popularity`: train-split engagement count;
 - `mlp_<N>`: a small pair MLP (features [q * c, |q - c|] of the two embeddings, one hidden
-  layer) trained with the rerankers' listwise loss on N stored training groups. A model this
-  direct is a reference for what the embeddings support at a data budget;
+  layer) trained with the rerankers' listwise loss on the N strongest stored training groups
+  (as the pipeline picks them). A model this direct is a reference for what the embeddings
+  support at a data budget; `mlp_<N>_prior` adds one input, the candidate's standardised
+  log(1 + train-split engagement count): what a behavioural prior adds to the embeddings;
 - `taste_oracle` (demo catalog only, whose catalog file knows each image's taste cluster):
   same-taste candidates first, then cosine order.
 
@@ -43,25 +45,29 @@ def val_ndcg(scores: torch.Tensor) -> float:
     return float(ndcg_at_k(scores, positive_first_relevance(*scores.shape)).mean())
 
 
-def pair_features(emb: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """(G, C, 2d) features of rows [query, candidates...]: [q * c, |q - c|] per candidate."""
+def pair_features(emb: torch.Tensor, groups: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """(G, C, 2d [+1]) features of rows [query, candidates...]: [q * c, |q - c|] per candidate,
+    and the candidate's `prior[c]` when given."""
     q = emb[groups[:, 0]][:, None].expand(-1, groups.shape[1] - 1, -1)
     c = emb[groups[:, 1:]]
-    return torch.cat([q * c, (q - c).abs()], -1)
+    extra = [] if prior is None else [prior[groups[:, 1:]][..., None]]
+    return torch.cat([q * c, (q - c).abs(), *extra], -1)
 
 
-def fit_mlp(emb: torch.Tensor, train: torch.Tensor, val: torch.Tensor, epochs: int, seed: int):
+def fit_mlp(emb: torch.Tensor, train: torch.Tensor, val: torch.Tensor, epochs: int, seed: int,
+            prior: torch.Tensor | None = None):
     """(best val NDCG@10 over the epochs, the net of that epoch) of a one-hidden-layer pair MLP
     trained with listwise CE on groups [query, positive, negatives...]: selected on validation,
     as the rerankers' early stopping selects theirs."""
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(2 * emb.shape[1], 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
+    width = 2 * emb.shape[1] + (prior is not None)
+    net = torch.nn.Sequential(torch.nn.Linear(width, 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
-    x_val, best, state = pair_features(emb, val), -1.0, None
+    x_val, best, state = pair_features(emb, val, prior), -1.0, None
     zeros = torch.zeros(len(train), dtype=torch.long)
     for _ in range(epochs):
         for batch in torch.randperm(len(train)).split(64):
-            loss = F.cross_entropy(net(pair_features(emb, train[batch])).squeeze(-1), zeros[: len(batch)])
+            loss = F.cross_entropy(net(pair_features(emb, train[batch], prior)).squeeze(-1), zeros[: len(batch)])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -140,14 +146,18 @@ def main(argv=None) -> dict:
     t["popularity"] = ndcg_lists(ids, c_rows, relevant, then_retrieval(pop[c_rows]))
     print(f"val groups ({len(val)}): {v}\nheld-out lists ({len(q_rows)} queries): {t}", flush=True)
     held_q, held_c = torch.as_tensor(q_rows), torch.as_tensor(c_rows)
+    log_pop = torch.as_tensor(np.log1p(pop), dtype=torch.float32)
+    prior = (log_pop - log_pop.mean()) / log_pop.std().clamp_min(1e-6)
     for n in args.groups.split(","):
         count = every if n == "all" else min(int(n), every)
         train, _ = budget_groups(ids, count, budget.max_val_groups, budget.seed)  # the pipeline's pick at its budget
-        best, net = fit_mlp(emb, torch.as_tensor(train), val, args.epochs, seed=0)
-        with torch.no_grad():
-            held = net(pair_features(emb, torch.cat([held_q[:, None], held_c], 1))).squeeze(-1).numpy()
-        v[f"mlp_{count}"], t[f"mlp_{count}"] = round(best, 4), ndcg_lists(ids, c_rows, relevant, held)
-        print(f"pair MLP, {count} groups: val {v[f'mlp_{count}']}, held-out {t[f'mlp_{count}']}", flush=True)
+        for name, p in ((f"mlp_{count}", None), (f"mlp_{count}_prior", prior)):
+            best, net = fit_mlp(emb, torch.as_tensor(train), val, args.epochs, seed=0, prior=p)
+            with torch.no_grad():
+                held = net(pair_features(emb, torch.cat([held_q[:, None], held_c], 1), p)).squeeze(-1).numpy()
+            v[name], t[name] = round(best, 4), ndcg_lists(ids, c_rows, relevant, held)
+            print(f"pair MLP{' + prior' if p is not None else ''}, {count} groups: val {v[name]}, held-out {t[name]}",
+                  flush=True)
     taste = taste_of(frame)
     if taste is not None:
         tt = torch.as_tensor(taste)

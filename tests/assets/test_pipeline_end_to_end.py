@@ -211,7 +211,9 @@ def test_rerank_ceiling_bench_on_the_lake(pipeline):
     # the bench scores the report's own queries and candidates: retrieval agrees with the report
     assert held["retrieval"] == pytest.approx(report["systems"]["retrieval"]["ndcg_at_10"], abs=1e-4)
     assert out["heldout_queries"] == report["dataset"]["queries"]
-    assert len([k for k in held if k.startswith("mlp_")]) == 2 and "taste_oracle" in held  # a demo lake
+    mlps = sorted(k for k in held if k.startswith("mlp_"))
+    assert len(mlps) == 4 and sum(k.endswith("_prior") for k in mlps) == 2  # with and without the prior
+    assert "taste_oracle" in held  # a demo lake
     assert all(0 <= x <= 1 for x in [*held.values(), *val.values()])
     n = out["val_candidates"]  # one positive and PairConfig's 7 negatives
     assert n == 8 and val["chance"] == pytest.approx(0.4942, abs=1e-4)  # positive at a uniform rank of 8
