@@ -28,7 +28,7 @@ class EncoderTrainConfig(dg.Config):
     max_images: int = 20_000  # sample cap for training (deterministic sample)
     holdout_fraction: float = 0.2  # images kept out of training for the quality metrics
     # co-engagement term: weight, share of each batch, and the trailing dims it shapes alone
-    # (0 = the whole embedding, shared with the label term); see models.train_encoder
+    # (0 = the whole embedding, shared with the label term; -1 = a quarter); see models.train_encoder
     pair_weight: float = TrainConfig.pair_weight
     pair_fraction: float = TrainConfig.pair_fraction
     pair_dims: int = TrainConfig.pair_dims

@@ -37,7 +37,7 @@ class PairConfig:
     time_quantile: float = 0.75  # cut-off T as a quantile of event time
     min_count: int = 1  # users needed for a co-engagement pair to count
     negatives: int = 7  # hard negatives per group, drawn from the neighbours
-    max_groups_per_query: int = 4  # positives sampled per query image
+    max_groups_per_query: int = 4  # strongest positives kept per query image
     neighbours: int = 50  # index neighbours groups are drawn from (= the candidates' k)
     seed: int = 0
     memory_limit: str = "2GB"  # DuckDB spills past this
@@ -101,7 +101,6 @@ def relevance_counts(pairs: pl.DataFrame, image_ids: list[str]) -> dict[int, dic
         if a in index and b in index:
             rel.setdefault(index[a], {})[index[b]] = int(n)
     return rel
-
 
 
 def label_relevance(labels: list[str | None], queries: np.ndarray) -> dict[int, set[int]]:

@@ -97,13 +97,14 @@ def load_groups(ids: list[str], split: str) -> tuple[np.ndarray, np.ndarray]:
     groups = read_parquet(lake_path("training_pairs")).filter(pl.col("split") == split)
     if "strength" not in groups.columns:  # written before groups carried it: all equal
         groups = groups.with_columns(strength=pl.lit(1, pl.Int32))
+    groups = groups.with_columns(pl.col("strength").fill_null(1))
+    width = 2 + (len(groups["negatives"][0]) if groups.height else 0)
     pos = {k: i for i, k in enumerate(ids)}
     keep = [q in pos and p in pos and all(n in pos for n in negs)
             for q, p, negs in zip(groups["query"], groups["positive"], groups["negatives"], strict=True)]
     groups = groups.filter(pl.Series(keep, dtype=pl.Boolean)) if groups.height else groups
     out = [[pos[q], pos[p], *[pos[n] for n in negs]]
            for q, p, negs in zip(groups["query"], groups["positive"], groups["negatives"], strict=True)]
-    width = 2 + (len(groups["negatives"][0]) if groups.height else 0)
     return np.asarray(out, dtype=np.int64).reshape(-1, width), groups["strength"].to_numpy().astype(np.int64)
 
 
@@ -113,8 +114,8 @@ def budget_groups(ids: list[str], max_train: int, max_val: int, seed: int) -> tu
     Past a budget, groups are kept strongest first (most users behind the query-positive
     pair), equal strengths in a seeded random order, and returned in stored order. On the demo
     catalog the 1,000 strongest train groups have positives of the query's taste in 100% of
-    groups, against 53% for a random 1,000, and a pair MLP trained on them scores held-out
-    NDCG@10 0.047 instead of 0.041 (`bench/rerank_ceiling.py`). The reranker assets and the
+    groups, against 53% for a random 1,000; with the encoder of commit 70002da a pair MLP
+    trained on them scored held-out NDCG@10 0.047 instead of 0.041. The reranker assets and the
     benchmarks all call this, so a benchmark scores the exact groups the pipeline's models were
     trained and selected on.
     """

@@ -123,7 +123,7 @@ def _train(context, kind: str, scorer, features, ids: list[str], config: Reranke
     deps=[training_pairs],
     pool=TRAIN_POOL,
     op_tags=GPU_STEP_TAGS,
-    code_version="gutted_reranker-v1",
+    code_version="gutted_reranker-v2",
 )
 def gutted_reranker(context: dg.AssetExecutionContext, config: RerankerTrainConfig) -> dg.MaterializeResult:
     """Qwen3-VL without its vision tower, reading our embeddings as k soft tokens.
@@ -144,7 +144,7 @@ def gutted_reranker(context: dg.AssetExecutionContext, config: RerankerTrainConf
     deps=[training_pairs],
     pool=TRAIN_POOL,
     op_tags=GPU_STEP_TAGS,
-    code_version="full_vlm_reranker-v1",
+    code_version="full_vlm_reranker-v2",
 )
 def full_vlm_reranker(context: dg.AssetExecutionContext, config: RerankerTrainConfig) -> dg.MaterializeResult:
     """The baseline: the same Qwen3-VL with its vision tower, reading pixels (224 px, 49 tokens).

@@ -15,7 +15,7 @@ with these rankers of the same candidates:
 - `taste_oracle` (demo catalog only, whose catalog file knows each image's taste cluster):
   same-taste candidates first, then cosine order.
 
-    python bench/rerank_ceiling.py --lake .lensless --groups 1000,all   # ~20 s on the demo, 2 cores
+    python bench/rerank_ceiling.py --lake .lensless --groups 1000,all   # ~1 min on the demo, 2 cores
 
 The last line is JSON with both sets' numbers.
 """

@@ -5,7 +5,8 @@ On a `LENSLESS_HOME` after `lensless demo` (or `lensless run`), retrains the gut
 validation groups) once per seed, then scores the evaluation report's held-out queries and
 candidates. Prints, per seed, validation NDCG@10 and held-out NDCG@10, with the paired
 difference to retrieval alone (bootstrap 95% interval over queries); the last line is JSON
-with the spread across seeds. Seed 0 reproduces the pipeline's own model.
+with the spread across seeds. Seed 0 reproduces the pipeline's own model when the pipeline
+trained on the CPU (the bench always does).
 
     python bench/rerank_seeds.py --lake .lensless --seeds 0,1,2,3,4   # ~45 s per seed, 2 cores
     python bench/rerank_seeds.py --lake .lensless --model full_vlm --seeds 0,1,2   # ~5 min per seed

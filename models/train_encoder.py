@@ -48,7 +48,8 @@ class TrainConfig:
     pair_fraction: float = 0.5  # share of each batch drawn from co-engagement pairs
     # Dimensions at the end of the embedding that the co-engagement term shapes on its own
     # (0 = all of them, with the label term; -1 = a quarter of the embedding, 32 of 128;
-    # without pairs, none).
+    # without pairs or with pair_weight 0, none). The pipeline passes only the 5,000 strongest
+    # pairs (`max_pairs` of the image_encoder asset, applied in assets/encoder_eval.py).
     # Splitting keeps label similarity and engagement similarity in separate subspaces,
     # instead of one term overwriting the other. Demo catalog, `lensless demo` (5,000 strongest
     # pairs): shared dims at weight 0.5 and a quarter of each batch gave retrieval held-out
@@ -196,8 +197,8 @@ def train_encoder(
     else:
         positive_pairs = None
 
-    # without pairs nothing would shape an engagement subspace: the label term keeps every dim
-    pair_dims = 0 if positive_pairs is None else (model.config.dim // 4 if cfg.pair_dims == -1 else cfg.pair_dims)
+    # without pairs (or their term) nothing would shape an engagement subspace: the label term keeps every dim
+    pair_dims = 0 if positive_pairs is None or cfg.pair_weight == 0 else (model.config.dim // 4 if cfg.pair_dims == -1 else cfg.pair_dims)
     device = resolve_device(cfg.device)
     model.to(device)
     g = torch.Generator().manual_seed(cfg.seed)

@@ -158,6 +158,8 @@ def test_pair_dims_trains_and_is_checked(monkeypatch):
     monkeypatch.setattr(te, "contrastive_loss", lambda *a, **kw: calls.append(sorted(kw)) or original(*a, **kw))
     train_encoder(model, x, labels, None, _tiny_train(max_steps=2, pair_dims=-1))
     assert calls == [[]] * 2  # no pairs: no engagement subspace, the label term keeps every dim
+    train_encoder(model, x, labels, pairs, _tiny_train(max_steps=2, pair_dims=-1, pair_weight=0.0))
+    assert calls == [[]] * 4  # nor with the pair term switched off
     for bad in (model.config.dim, -2):
         with pytest.raises(ValueError, match="pair_dims must be -1 or in"):
             train_encoder(model, x, labels, pairs, _tiny_train(pair_dims=bad))
