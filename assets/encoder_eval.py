@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from assets.pairs import coengagement
+from assets.pairs import coengagement, strongest_first
 from assets.storage import lake_path
 from models.embed import embed_pixels
 from models.embedding_eval import coengagement_recall_at_k, knn_label_precision, pixel_baseline
@@ -57,8 +57,7 @@ def train_pairs_rows(image_ids: list[str], train_rows: np.ndarray, max_pairs: in
     trained = [image_ids[int(r)] for r in train_rows]
     pairs = pairs.filter(pl.col("a").is_in(trained) & pl.col("b").is_in(trained) & (pl.col("a") < pl.col("b")))
     if 0 < max_pairs < pairs.height:
-        ties = np.random.default_rng(seed).random(pairs.height)
-        pairs = pairs.with_columns(tie=pl.Series(ties)).sort(["n", "tie"], descending=[True, False]).head(max_pairs)
+        pairs = pairs[strongest_first(pairs["n"].to_numpy(), np.random.default_rng(seed))[:max_pairs]]
     return _pairs_as_rows(pairs, image_ids, train_rows)
 
 

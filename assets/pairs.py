@@ -92,6 +92,12 @@ def popularity(events_path: str, config: PairConfig = PairConfig()) -> pl.DataFr
         GROUP BY 1 ORDER BY n DESC, image_id""").pl()
 
 
+def strongest_first(strength, rng: np.random.Generator) -> np.ndarray:
+    """Indices ordering `strength` from strongest down, equal strengths in an order drawn from
+    `rng`: how groups, budgets and the encoder's pairs all spend a budget on evidence."""
+    return np.lexsort((rng.random(len(strength)), -np.asarray(strength)))
+
+
 def relevance_counts(pairs: pl.DataFrame, image_ids: list[str]) -> dict[int, dict[int, int]]:
     """{query row: {relevant row: users who co-engaged both}} from co-engagement pairs, in
     catalog row indices."""
@@ -144,8 +150,7 @@ def mine_groups(relevant: dict[int, dict[int, int]], neighbours: np.ndarray, con
                                         len(neighbours), labels, rng)
             if len(negatives) < config.negatives:
                 continue
-        ties = rng.random(len(positives))
-        for p in np.lexsort((ties, [-relevant[q][j] for j in positives]))[: config.max_groups_per_query]:
+        for p in strongest_first([relevant[q][j] for j in positives], rng)[: config.max_groups_per_query]:
             chosen = np.sort(rng.choice(len(negatives), size=config.negatives, replace=False))
             groups.append([q, positives[p], *(negatives[i] for i in chosen)])
             strength.append(relevant[q][positives[p]])

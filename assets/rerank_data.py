@@ -16,7 +16,14 @@ import polars as pl
 
 from assets.index_ops import load_index
 from assets.lake import catalog, load_pixels
-from assets.pairs import PairConfig, coengagement, label_relevance, mine_groups, relevance_counts
+from assets.pairs import (
+    PairConfig,
+    coengagement,
+    label_relevance,
+    mine_groups,
+    relevance_counts,
+    strongest_first,
+)
 from assets.storage import lake_path, read_parquet
 from index.search import search
 from models.cost import flops_per_candidate, ms_per_1k_candidates, tokens_per_candidate
@@ -95,17 +102,18 @@ def build_pairs(config: PairConfig = PairConfig()) -> tuple[pl.DataFrame, pl.Dat
 def load_groups(ids: list[str], split: str) -> tuple[np.ndarray, np.ndarray]:
     """Stored groups of `split` as ((G, 2+n) int rows into the aligned catalog, strength (G,))."""
     groups = read_parquet(lake_path("training_pairs")).filter(pl.col("split") == split)
-    if "strength" not in groups.columns:  # written before groups carried it: all equal
-        groups = groups.with_columns(strength=pl.lit(1, pl.Int32))
-    groups = groups.with_columns(pl.col("strength").fill_null(1))
     width = 2 + (len(groups["negatives"][0]) if groups.height else 0)
+    if "strength" in groups.columns:
+        strength = groups["strength"].fill_null(1).to_numpy().astype(np.int64)
+    else:  # written before groups carried it: all equal
+        strength = np.ones(groups.height, np.int64)
     pos = {k: i for i, k in enumerate(ids)}
-    keep = [q in pos and p in pos and all(n in pos for n in negs)
-            for q, p, negs in zip(groups["query"], groups["positive"], groups["negatives"], strict=True)]
-    groups = groups.filter(pl.Series(keep, dtype=pl.Boolean)) if groups.height else groups
-    out = [[pos[q], pos[p], *[pos[n] for n in negs]]
-           for q, p, negs in zip(groups["query"], groups["positive"], groups["negatives"], strict=True)]
-    return np.asarray(out, dtype=np.int64).reshape(-1, width), groups["strength"].to_numpy().astype(np.int64)
+    out, kept = [], []
+    for i, (q, p, negs) in enumerate(zip(groups["query"], groups["positive"], groups["negatives"], strict=True)):
+        if q in pos and p in pos and all(n in pos for n in negs):
+            out.append([pos[q], pos[p], *[pos[n] for n in negs]])
+            kept.append(i)
+    return np.asarray(out, dtype=np.int64).reshape(-1, width), strength[kept]
 
 
 def budget_groups(ids: list[str], max_train: int, max_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +132,7 @@ def budget_groups(ids: list[str], max_train: int, max_val: int, seed: int) -> tu
     for split, cap in (("train", max_train), ("val", max_val)):
         groups, strength = load_groups(ids, split)
         if len(groups) > cap:
-            groups = groups[np.sort(np.lexsort((rng.random(len(groups)), -strength))[:cap])]
+            groups = groups[np.sort(strongest_first(strength, rng)[:cap])]
         out.append(groups)
     return out[0], out[1]
 
