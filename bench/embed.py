@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.embed import embed_pixels  # noqa: E402
 from models.embedding_eval import digits_pixels, knn_label_precision, pixel_baseline  # noqa: E402
 from models.encoder import ImageEncoder, encoder_config  # noqa: E402
-from models.train_encoder import TrainConfig, train_encoder  # noqa: E402
+from models.train_encoder import EncoderTrainConfig, train_encoder  # noqa: E402
 
 
 def qwen_patches(images: np.ndarray, patch: int = 16, t_patch: int = 2, merge: int = 2):
@@ -172,7 +172,7 @@ def load_quality_data(args) -> tuple[np.ndarray, np.ndarray, dict]:
         return pixels, labels, aug
     from PIL import Image
 
-    from assets.demo_catalog import DemoCatalogConfig, write_demo_catalog
+    from assets.demo.catalog import DemoCatalogConfig, write_demo_catalog
 
     dest = Path(args.demo_dir)
     frame = write_demo_catalog(dest, DemoCatalogConfig(n_images=args.n, size=args.size))
@@ -197,7 +197,7 @@ def bench_quality(args) -> dict:
     torch.manual_seed(args.seed)
     model = ImageEncoder(encoder_config(args.encoder))
     random_emb = embed_pixels(model, pixels[test])
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, augment=AugmentConfig(**aug))
+    cfg = EncoderTrainConfig(epochs=args.epochs, seed=args.seed, augment=AugmentConfig(**aug))
     train_labels = labels[train] if args.labels else None
     metrics = train_encoder(model, pixels[train], train_labels, config=cfg)
     ours = embed_pixels(model, pixels[test])
@@ -244,7 +244,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--prod-px", type=int, default=448)
     ap.add_argument("--quality", choices=["digits", "wild", "demo"])
     ap.add_argument("--demo-dir", default="/tmp/lensless_demo_catalog")
-    ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--epochs", type=int, default=EncoderTrainConfig.epochs)
     ap.add_argument("--no-labels", dest="labels", action="store_false", help="self-supervised only")
     ap.add_argument("--test-fraction", type=float, default=1 / 3)
     ap.add_argument("--k", type=int, default=10)

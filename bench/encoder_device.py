@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.encoder import ImageEncoder, encoder_config
-from models.train_encoder import TrainConfig, train_encoder
+from models.train_encoder import EncoderTrainConfig, train_encoder
 
 
 def main(argv=None) -> dict:
@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     for device in devices:
         torch.manual_seed(0)
         model = ImageEncoder(encoder_config(args.config))
-        cfg = TrainConfig(epochs=1000, max_steps=args.steps, batch_size=args.batch, device=device,
+        cfg = EncoderTrainConfig(epochs=1000, max_steps=args.steps, batch_size=args.batch, device=device,
                           log_every=args.steps)  # fmt: skip
         m = train_encoder(model, pixels, labels, config=cfg)
         rows[device] = {"images_per_second": round(m["images_per_second"], 1),

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image  # noqa: E402
 
-from assets.batch_ingest import ingest_batch  # noqa: E402
-from assets.decode import DecodePolicy  # noqa: E402
-from assets.demo_catalog import DemoCatalogConfig, write_demo_catalog  # noqa: E402
-from assets.sources import list_source  # noqa: E402
+from assets.demo.catalog import DemoCatalogConfig, write_demo_catalog  # noqa: E402
+from assets.ingestion.batch import ingest_batch  # noqa: E402
+from assets.ingestion.decode import DecodePolicy  # noqa: E402
+from assets.ingestion.sources import list_source  # noqa: E402
 
 
 def bare_pil(uris: list[str]) -> float:

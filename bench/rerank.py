@@ -11,7 +11,7 @@ Two data sources:
 - `--lake HOME`: a `LENSLESS_HOME` after `lensless demo` (or `lensless run`). The pipeline's
   own trained rerankers (the current `gutted_reranker` and `full_vlm_reranker` versions, at
   the default config) are loaded and scored on the exact validation groups they were selected
-  on (`assets.rerank_data.budget_groups`), with retrieval alone = cosine order of the same
+  on (`assets.reranker.pairs.budget_groups`), with retrieval alone = cosine order of the same
   groups. Costs are measured on those groups' real embeddings and pixels. The evaluation
   report's held-out NDCG@10 per system is added alongside. No training here.
 - default: a seeded synthetic catalog, both models trained here with the same budget. Each
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -50,7 +49,8 @@ from models.device import resolve_device
 from models.full_vlm import FullVLMConfig, build_full_vlm, write_tiny_checkpoint
 from models.gutted_vlm import GuttedConfig, build_gutted
 from models.ranking_metrics import bootstrap_ci, ndcg_at_k, positive_first_relevance
-from models.train_reranker import TrainConfig, evaluate, feature_tensor, train_reranker
+from models.scoring import feature_tensor
+from models.train_reranker import RerankerTrainConfig, evaluate, train_reranker
 
 STYLE_RGB = np.array([[220, 40, 40], [40, 170, 60], [50, 80, 220], [230, 200, 40]], np.float32)
 
@@ -185,7 +185,7 @@ def synthetic_run(args) -> tuple[dict, dict, dict, dict]:
         return cost, {}, n_data | {"base": base, "resolution": args.resolution, "dtype": args.dtype}, {}
 
     # quality: same groups, same budget
-    tc = TrainConfig(
+    tc = RerankerTrainConfig(
         stage1_epochs=args.epochs, stage2_epochs=args.epochs, lr=args.lr, evals_per_epoch=1,
         seed=args.seed, device=str(dev),
     )  # fmt: skip
@@ -206,20 +206,23 @@ def synthetic_run(args) -> tuple[dict, dict, dict, dict]:
 
 def lake_run(args) -> tuple[dict, dict, dict, dict]:
     """The pipeline's trained models on its own validation groups: (cost, quality, data, extra)."""
-    os.environ["LENSLESS_HOME"] = str(Path(args.lake).resolve())
-    from assets.model_store import current_dir, pointers
-    from assets.report import latest_report
-    from assets.rerank_data import aligned_catalog, aligned_pixels, budget_groups
-    from assets.reranking import RerankerTrainConfig
+    from assets.evaluation.report import latest_report
+    from assets.reranker.aligned import aligned_catalog, aligned_pixels
+    from assets.reranker.assets import RerankerRunConfig
+    from assets.reranker.pairs import budget_groups
+    from assets.store.files import Home
+    from assets.store.models import current_dir, pointers
+
+    home = Home.at(Path(args.lake).resolve())
     from models.train_reranker import load_reranker
 
-    budget = RerankerTrainConfig()
-    frame, emb = aligned_catalog()
-    _, val = budget_groups(frame["image_id"].to_list(), budget.max_train_groups, budget.max_val_groups, budget.seed)
+    budget = RerankerRunConfig()
+    frame, emb = aligned_catalog(home)
+    _, val = budget_groups(home, frame["image_id"].to_list(), budget.max_train_groups, budget.max_val_groups, budget.seed)
     rows = np.unique(val)  # read and encode only the images the groups use
-    emb, pix, val = emb[rows], aligned_pixels(frame[rows]), np.searchsorted(rows, val)
+    emb, pix, val = emb[rows], aligned_pixels(home, frame[rows]), np.searchsorted(rows, val)
     dev = args.device
-    models = {name: load_reranker(current_dir(f"{name}_reranker")).to(dev) for name in ("gutted", "full_vlm")}
+    models = {name: load_reranker(current_dir(home, f"{name}_reranker")).to(dev) for name in ("gutted", "full_vlm")}
     q = min(args.cost_queries, len(val))
     cost = measure_costs({
         "gutted": (models["gutted"], _on(emb[val[:q, 0]], dev), _on(emb[val[:q, 1:]], dev)),
@@ -230,20 +233,20 @@ def lake_run(args) -> tuple[dict, dict, dict, dict]:
         started = time.perf_counter()
         ev = evaluate(models[name], feats, val)
         quality[name] = bootstrap_ci(ev["per_group"]) | {
-            "version": pointers(f"{name}_reranker")["current"],
+            "version": pointers(home, f"{name}_reranker")["current"],
             "score_seconds": round(time.perf_counter() - started, 1),
         }
         print(name, json.dumps(quality[name]), flush=True)
     extra = {}
     try:
-        report = latest_report()  # the held-out test queries of the last evaluation report
+        report = latest_report(home)  # the held-out test queries of the last evaluation report
     except FileNotFoundError:
         pass
     else:
         extra["report_ndcg_at_10"] = {k: round(v["ndcg_at_10"], 4) for k, v in report["systems"].items()}
         extra["report_cost_ratio"] = report["cost_ratio"]
         extra["report_run_id"] = report["run_id"]
-    n_data = {"source": f"lake:{os.environ['LENSLESS_HOME']}", "items": frame.height, "val_groups": len(val),
+    n_data = {"source": f"lake:{home.root}", "items": frame.height, "val_groups": len(val),
               "candidates_per_group": int(val.shape[1] - 1)}  # fmt: skip
     return cost, quality, n_data, extra
 

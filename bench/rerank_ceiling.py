@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -79,13 +78,11 @@ def fit_mlp(emb: torch.Tensor, train: torch.Tensor, val: torch.Tensor, epochs: i
     return best, net
 
 
-def taste_of(frame) -> np.ndarray | None:
+def taste_of(home, frame) -> np.ndarray | None:
     """Each row's demo taste cluster, or None when the lake is not the demo catalog."""
     import polars as pl
 
-    from assets.storage import lensless_home
-
-    found = sorted(Path(lensless_home().path, "sources", "demo").glob("*/catalog.parquet"))
+    found = sorted(home.local_dir("sources", "demo").glob("*/catalog.parquet"))
     if not found:
         return None
     demo = pl.read_parquet(found[-1]).select("uri", "taste")
@@ -95,8 +92,8 @@ def taste_of(frame) -> np.ndarray | None:
 
 def ndcg_lists(ids, cand_rows: np.ndarray, relevant: list[set], scores: np.ndarray) -> float:
     """Mean NDCG@10 of each query's candidates ordered by descending score (stable)."""
-    from assets.eval_metrics import list_metrics
-    from assets.evaluation_data import ranked_ids
+    from assets.evaluation.metrics import list_metrics
+    from assets.evaluation.systems import ranked_ids
 
     return round(float(list_metrics(ranked_ids(ids, cand_rows, scores), relevant)["ndcg_at_10"].mean()), 4)
 
@@ -110,26 +107,26 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.epochs < 1:
         ap.error(f"--epochs must be at least 1, got {args.epochs}")
-    os.environ["LENSLESS_HOME"] = str(Path(args.lake).resolve())
     torch.set_num_threads(args.threads)
 
-    from assets.evaluation_data import evaluation_inputs
-    from assets.pairs import popularity
-    from assets.rerank_data import budget_groups, load_groups
-    from assets.reranking import RerankerTrainConfig
-    from assets.storage import lake_path
+    from assets.evaluation.systems import evaluation_inputs
+    from assets.ingestion.coengagement import popularity
+    from assets.reranker.assets import RerankerRunConfig
+    from assets.reranker.pairs import budget_groups, load_groups
+    from assets.store.files import Home
 
-    inp = evaluation_inputs(log=lambda *_: None)
+    home = Home.at(Path(args.lake).resolve())
+    inp = evaluation_inputs(home, log=lambda *_: None)
     frame, ids, emb_np = inp["frame"], inp["ids"], inp["emb"]
     q_rows, c_rows, relevant = inp["query_rows"], inp["cand_rows"], inp["relevant"]
     emb = torch.as_tensor(emb_np)
-    budget = RerankerTrainConfig()
-    _, val_np = budget_groups(ids, budget.max_train_groups, budget.max_val_groups, budget.seed)
-    every = len(load_groups(ids, "train")[0])
+    budget = RerankerRunConfig()
+    _, val_np = budget_groups(home, ids, budget.max_train_groups, budget.max_val_groups, budget.seed)
+    every = len(load_groups(home, ids, "train")[0])
     if every == 0 or len(val_np) == 0:
         raise SystemExit("the lake has no training or validation groups: run `lensless demo` first")
     val = torch.as_tensor(val_np)
-    counts = dict(zip(*popularity(str(lake_path("engagement_events"))).select("image_id", "n"), strict=True))
+    counts = dict(zip(*popularity(home).select("image_id", "n"), strict=True))
     pop = np.array([counts.get(i, 0) for i in ids], dtype=np.float64)
     order = -np.arange(c_rows.shape[1], dtype=np.float64)[None].repeat(len(c_rows), 0)  # retrieval: cosine order
     rng = np.random.default_rng(0)
@@ -150,7 +147,7 @@ def main(argv=None) -> dict:
     prior = (log_pop - log_pop.mean()) / log_pop.std().clamp_min(1e-6)
     for n in args.groups.split(","):
         count = every if n == "all" else min(int(n), every)
-        train, _ = budget_groups(ids, count, budget.max_val_groups, budget.seed)  # the pipeline's pick at its budget
+        train, _ = budget_groups(home, ids, count, budget.max_val_groups, budget.seed)  # the pipeline's pick at its budget
         for name, p in ((f"mlp_{count}", None), (f"mlp_{count}_prior", prior)):
             best, net = fit_mlp(emb, torch.as_tensor(train), val, args.epochs, seed=0, prior=p)
             with torch.no_grad():
@@ -158,7 +155,7 @@ def main(argv=None) -> dict:
             v[name], t[name] = round(best, 4), ndcg_lists(ids, c_rows, relevant, held)
             print(f"pair MLP{' + prior' if p is not None else ''}, {count} groups: val {v[name]}, held-out {t[name]}",
                   flush=True)
-    taste = taste_of(frame)
+    taste = taste_of(home, frame)
     if taste is not None:
         tt = torch.as_tensor(taste)
         same = (tt[val[:, 1:]] == tt[val[:, :1]]).float()
@@ -166,7 +163,7 @@ def main(argv=None) -> dict:
         same_held = (taste[c_rows] == taste[q_rows][:, None]).astype(np.float64)
         t["taste_oracle"] = ndcg_lists(ids, c_rows, relevant, then_retrieval(same_held))
         print(f"taste oracle: val {v['taste_oracle']}, held-out {t['taste_oracle']}", flush=True)
-    result = {"lake": os.environ["LENSLESS_HOME"], "val_groups": len(val), "val_candidates": val.shape[1] - 1,
+    result = {"lake": str(home.root), "val_groups": len(val), "val_candidates": val.shape[1] - 1,
               "heldout_queries": len(q_rows),
               "val_ndcg10": v, "heldout_ndcg10": t}
     print(json.dumps(result))

@@ -1,7 +1,7 @@
 """Benchmark: how much of a reranker's quality on a lake is seed noise.
 
 On a `LENSLESS_HOME` after `lensless demo` (or `lensless run`), retrains the gutted reranker
-(or, with `--model full_vlm`, the full-VLM baseline on pixels) at the pipeline's budget (`assets.reranking.RerankerTrainConfig`, the same train and
+(or, with `--model full_vlm`, the full-VLM baseline on pixels) at the pipeline's budget (`assets.reranker.assets.RerankerRunConfig`, the same train and
 validation groups) once per seed, then scores the evaluation report's held-out queries and
 candidates. Prints, per seed, validation NDCG@10 and held-out NDCG@10, with the paired
 difference to retrieval alone (bootstrap 95% interval over queries); the last line is JSON
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,31 +42,35 @@ def main(argv=None) -> dict:
     ap.add_argument("--stage2-epochs", type=int, help="LoRA + projector epochs (default: the pipeline's)")
     ap.add_argument("--evals-per-epoch", type=int, default=1, help="validation evaluations per epoch")
     args = ap.parse_args(argv)
-    os.environ["LENSLESS_HOME"] = str(Path(args.lake).resolve())
     torch.set_num_threads(args.threads)
     logging.getLogger("models.train_reranker").setLevel(logging.WARNING)
 
-    from assets.eval_metrics import list_metrics
-    from assets.evaluation_data import evaluation_inputs, ranked_ids
-    from assets.rerank_data import aligned_pixels, budget_groups, score_candidates
-    from assets.reranking import RerankerTrainConfig
+    from assets.evaluation.metrics import list_metrics
+    from assets.evaluation.systems import evaluation_inputs, ranked_ids
+    from assets.reranker.aligned import aligned_pixels
+    from assets.reranker.assets import RerankerRunConfig
+    from assets.reranker.pairs import budget_groups
+    from assets.store.files import Home
     from models.full_vlm import FullVLMConfig, build_full_vlm
     from models.gutted_vlm import GuttedConfig, build_gutted
     from models.ranking_metrics import bootstrap_ci
-    from models.train_reranker import TrainConfig, train_reranker
+    from models.scoring import score_candidates
+    from models.train_reranker import RerankerTrainConfig, train_reranker
 
-    inp = evaluation_inputs(log=lambda *_: None)
+    home = Home.at(Path(args.lake).resolve())
+
+    inp = evaluation_inputs(home, log=lambda *_: None)
     ids, emb, q_rows, c_rows, rel = (inp[k] for k in ("ids", "emb", "query_rows", "cand_rows", "relevant"))
     retrieval = list_metrics([[ids[j] for j in r] for r in c_rows], rel)["ndcg_at_10"]
-    budget = RerankerTrainConfig()
+    budget = RerankerRunConfig()
     budget = budget.model_copy(update={k: v for k, v in (("max_train_groups", args.train_groups),
                                                          ("stage1_epochs", args.stage1_epochs),
                                                          ("stage2_epochs", args.stage2_epochs)) if v is not None})
-    train, val = budget_groups(ids, budget.max_train_groups, budget.max_val_groups, budget.seed)
+    train, val = budget_groups(home, ids, budget.max_train_groups, budget.max_val_groups, budget.seed)
     print("budget", json.dumps({"train_groups": len(train), "val_groups": len(val), "stage1_epochs": budget.stage1_epochs,
                                 "stage2_epochs": budget.stage2_epochs, "evals_per_epoch": args.evals_per_epoch}))
     print("retrieval", json.dumps({"test_ndcg10": round(float(retrieval.mean()), 4)}), flush=True)
-    features = emb if args.model == "gutted" else aligned_pixels(inp["frame"])
+    features = emb if args.model == "gutted" else aligned_pixels(home, inp["frame"])
 
     def build(seed: int):
         if args.model == "gutted":
@@ -79,7 +82,7 @@ def main(argv=None) -> dict:
     for seed in [int(s) for s in args.seeds.split(",")]:
         started = time.perf_counter()
         model = build(seed)
-        cfg = TrainConfig(stage1_epochs=budget.stage1_epochs, stage2_epochs=budget.stage2_epochs, seed=seed, device="cpu",
+        cfg = RerankerTrainConfig(stage1_epochs=budget.stage1_epochs, stage2_epochs=budget.stage2_epochs, seed=seed, device="cpu",
                           evals_per_epoch=args.evals_per_epoch)
         metrics = train_reranker(model, features, train, val, cfg)
         ndcg = list_metrics(ranked_ids(ids, c_rows, score_candidates(model, features, q_rows, c_rows)), rel)["ndcg_at_10"]
@@ -91,7 +94,7 @@ def main(argv=None) -> dict:
         print(args.model, json.dumps(rows[-1]), flush=True)
     test = np.array([r["test_ndcg10"] for r in rows])
     result = {
-        "lake": os.environ["LENSLESS_HOME"], "model": args.model, "queries": len(q_rows), "seeds": len(rows), "train_groups": len(train),
+        "lake": str(home.root), "model": args.model, "queries": len(q_rows), "seeds": len(rows), "train_groups": len(train),
         "stage_epochs": [budget.stage1_epochs, budget.stage2_epochs],
         "retrieval_test_ndcg10": round(float(retrieval.mean()), 4),
         "test_ndcg10": {"mean": round(float(test.mean()), 4), "min": float(test.min()), "max": float(test.max())},

@@ -6,6 +6,8 @@ Measured (any scorer, gutted or full VLM, either KV-cache mode):
   counts the full Lq × Lk rectangle, so it sits a little above the causal analytic count.
 - `ms_per_1k_candidates`: best-of-N wall time of that scoring call, per 1,000 candidates.
 - `tokens_per_candidate`: LLM tokens per image and per scored candidate.
+- `measure_cost`: the three above on real inputs (rows of a feature table: raw pixels for the
+  full VLM, so its vision tower is part of the cost).
 
 Analytic (`analytic_flops`, `cost_rows`), forward FLOPs = 2 × multiply-accumulates:
 - LLM, per token at absolute index t (0-based), summed over L layers:
@@ -18,20 +20,23 @@ Analytic (`analytic_flops`, `cost_rows`), forward FLOPs = 2 × multiply-accumula
   patch embed 2·N·(3·tp·p^2)·Hv; per block 2·N·4·Hv^2 + 4·N·Hv·Iv + 4·N^2·Hv; each of the
   1 + n_deepstack mergers 2·T_img·((m^2·Hv)^2 + m^2·Hv·H). The query image's tower runs once
   per query: a candidate pays its own image plus 1 / C of the query's.
-- Gutted: T_img = k soft tokens from a projector MLP, 2·(d·h_p + h_p·k·H) per image. The
-  in-house encoder is not counted: its embeddings are computed once at ingestion and reused
-  by every query, like an index.
+- Gutted: T_img = k soft tokens from a projector MLP, 2·(d·h_p + h_p·k·H) per image, with k,
+  d and h_p from the trained model's `GuttedConfig`. The in-house encoder is not counted: its
+  embeddings are computed once at ingestion and reused by every query, like an index.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from models.device import synchronize
+from models.gutted_vlm import GuttedConfig
 from models.qwen3vl_configs import config_dims
+from models.scoring import CANDIDATES, feature_tensor
 
 
 # SDPA FLOPs, counted the same way for every backend (the full Lq × Lk rectangle, causal
@@ -89,7 +94,7 @@ def ms_per_1k_candidates(
     return min(times) * 1000.0 * 1000.0 / n
 
 
-def tokens_per_candidate(scorer, candidates_per_query: int = 50) -> dict:
+def tokens_per_candidate(scorer, candidates_per_query: int = CANDIDATES) -> dict:
     """LLM tokens: per image, per prompt, and per candidate with and without the KV cache."""
     t_img = scorer.tokens_per_image()
     prefix, suffix = t_img + 2, t_img + 2 + len(scorer.question_ids)
@@ -98,6 +103,19 @@ def tokens_per_candidate(scorer, candidates_per_query: int = 50) -> dict:
         "prompt_tokens": prefix + suffix,
         "per_candidate_nocache": prefix + suffix,
         "per_candidate_cache": suffix + prefix / candidates_per_query,
+    }
+
+
+def measure_cost(scorer, features, query_rows, cand_rows, repeats: int = 3) -> dict:
+    """FLOPs, measured ms per 1,000 candidates and LLM tokens per candidate of scoring the
+    candidates `cand_rows` (Q, K) of `query_rows` (Q,) of `features` in one call."""
+    feats = feature_tensor(features[np.asarray(query_rows)])
+    cands = feature_tensor(features[np.asarray(cand_rows)])
+    scorer.eval()
+    return {
+        "flops_per_candidate": flops_per_candidate(scorer, feats, cands),
+        "ms_per_1k_candidates": ms_per_1k_candidates(scorer, feats, cands, repeats=repeats),
+        "tokens_per_candidate": float(tokens_per_candidate(scorer, cands.shape[1])["per_candidate_cache"]),
     }
 
 
@@ -135,14 +153,16 @@ def _vision_flops(vision: dict, out_hidden: int, resolution: int) -> tuple[float
 def analytic_flops(
     name: str,
     resolution: int = 448,
-    num_tokens: int = 4,
-    embed_dim: int = 128,
-    proj_hidden: int = 512,
+    gutted: GuttedConfig | None = None,
     question_tokens: int = 12,
-    candidates_per_query: int = 50,
+    candidates_per_query: int = CANDIDATES,
     use_cache: bool = True,
 ) -> dict:
-    """Forward FLOPs per scored candidate for a named Qwen3-VL: full VLM vs gutted (see module doc)."""
+    """Forward FLOPs per scored candidate for a named Qwen3-VL: full VLM vs a gutted model of
+    `gutted`'s k, d and projector width (default: `GuttedConfig()`), see the module doc.
+    `question_tokens` is the question's length in Qwen's tokenizer."""
+    gutted = gutted or GuttedConfig()
+    num_tokens, embed_dim, proj_hidden = gutted.num_tokens, gutted.embed_dim, gutted.proj_hidden
     if num_tokens < 1:
         raise ValueError(f"num_tokens (k) must be >= 1, got {num_tokens}")
     dims = config_dims(name)

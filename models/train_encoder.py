@@ -31,8 +31,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
-    # Budget: 8 epochs of 5,000 images = 320 steps, ~170 s on 2 idle CPU cores (242 images/s).
+class EncoderTrainConfig:
     epochs: int = 8  # passes over the images
     min_steps: int = 200  # small sets get at least this many steps (more epochs)
     max_steps: int | None = None  # cap on optimizer steps, applied last (None: no cap)
@@ -48,13 +47,8 @@ class TrainConfig:
     pair_fraction: float = 0.5  # share of each batch drawn from co-engagement pairs
     # Dimensions at the end of the embedding that the co-engagement term shapes on its own
     # (0 = all of them, with the label term; -1 = a quarter of the embedding, 32 of 128;
-    # without pairs or with pair_weight 0, none). The pipeline passes only the 5,000 strongest
-    # pairs (`max_pairs` of the image_encoder asset, applied in assets/encoder_eval.py).
-    # Splitting keeps label similarity and engagement similarity in separate subspaces,
-    # instead of one term overwriting the other. Demo catalog, `lensless demo` (5,000 strongest
-    # pairs): shared dims at weight 0.5 and a quarter of each batch gave retrieval held-out
-    # NDCG@10 0.044 (label kNN@10 0.757); these defaults give 0.061 (label kNN@10 0.634),
-    # because the taste that co-engagement follows now shapes the neighbours.
+    # without pairs or with pair_weight 0, none). Separate subspaces keep label similarity
+    # and engagement similarity from overwriting each other.
     pair_dims: int = -1
     seed: int = 0  # drives batch order and augmentations (initialise the model yourself)
     log_every: int = 10  # steps between log lines and progress callbacks
@@ -165,7 +159,7 @@ def train_encoder(
     pixels: np.ndarray,
     labels: np.ndarray | None = None,
     positive_pairs: np.ndarray | None = None,
-    config: TrainConfig | None = None,
+    config: EncoderTrainConfig | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train `model` in place on uint8 pixels (N, S, S, 3); returns metrics.
@@ -174,7 +168,7 @@ def train_encoder(
     Metrics: loss, infonce, label_term, pair_term (per step), seconds, steps, epochs, params,
     images_per_second (views per second / 2).
     """
-    cfg = config or TrainConfig()
+    cfg = config or EncoderTrainConfig()
     assert pixels.ndim == 4 and pixels.shape[-1] == 3 and pixels.dtype == np.uint8, (
         f"pixels must be uint8 (N, S, S, 3), got {pixels.dtype} {pixels.shape}"
     )

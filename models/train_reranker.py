@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,13 +29,16 @@ import torch.nn.functional as F
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.device import resolve_device
+from models.full_vlm import FullVLMConfig, build_full_vlm
+from models.gutted_vlm import GuttedConfig, base_identity, build_gutted
 from models.ranking_metrics import ndcg_at_k, positive_first_relevance
+from models.scoring import device_of, feature_tensor, score_candidates
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class RerankerTrainConfig:
     stage1_epochs: int = 4  # epochs of projector-only training
     stage2_epochs: int = 4  # epochs of LoRA + projector training (0 = no LoRA)
     batch_groups: int = 8  # groups (query + candidates) per optimizer step
@@ -55,29 +57,13 @@ class TrainConfig:
     device: str = "auto"  # where training runs: "auto" (cuda when available), "cpu", "cuda:N"
 
 
-def feature_tensor(features) -> torch.Tensor:
-    """Reranker input as a tensor: uint8 pixels stay uint8, embeddings become float32."""
-    if torch.is_tensor(features):
-        t = features
-    else:
-        with warnings.catch_warnings():
-            # read-only memmaps (the lake's pixels) are shared, not copied; nothing writes to them
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            t = torch.as_tensor(np.ascontiguousarray(features))
-    return t if t.dtype == torch.uint8 else t.float()
-
-
-def _device_of(scorer) -> torch.device:
-    return next(scorer.parameters()).device
-
-
 def _as_tensor(features, scorer=None) -> torch.Tensor:
     """Features as a tensor on the scorer's device; a scorer with `prepare_features` (frozen
     tower) converts them once."""
     t = feature_tensor(features)
     if scorer is None:
         return t
-    t = t.to(_device_of(scorer))
+    t = t.to(device_of(scorer))
     prepare = getattr(scorer, "prepare_features", None)
     return t if prepare is None else prepare(t)
 
@@ -112,7 +98,7 @@ def _has_lora(scorer) -> bool:
     return any("lora_" in n for n, _ in scorer.lm.named_parameters())
 
 
-def add_lora(scorer, cfg: TrainConfig) -> None:
+def add_lora(scorer, cfg: RerankerTrainConfig) -> None:
     """Inject LoRA adapters (peft) into the scorer's language model, seeded."""
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -127,19 +113,10 @@ def add_lora(scorer, cfg: TrainConfig) -> None:
         inject_adapter_in_model(lcfg, scorer.lm)
 
 
-@torch.no_grad()
 def evaluate(scorer, features, groups, batch: int = 16, k: int = 10) -> dict:
     """Score groups (positive in column 1) and return mean NDCG@k plus the raw scores."""
-    feats = _as_tensor(features, scorer)
     groups = np.asarray(groups)
-    was_training = scorer.training
-    scorer.eval()
-    out = []
-    for i in range(0, len(groups), batch):
-        g = torch.as_tensor(groups[i : i + batch])
-        out.append(scorer.score(feats[g[:, 0]], feats[g[:, 1:]]).float().cpu().numpy())
-    scorer.train(was_training)
-    scores = np.concatenate(out)  # (G, C)
+    scores = score_candidates(scorer, _as_tensor(features, scorer), groups[:, 0], groups[:, 1:], batch)  # (G, C)
     ndcg = ndcg_at_k(scores, positive_first_relevance(*scores.shape), k)
     return {"ndcg": float(ndcg.mean()), "per_group": ndcg, "scores": scores}
 
@@ -158,7 +135,7 @@ def _train_step(scorer, feats, g: torch.Tensor, gen, opt, params, clip: float) -
     return loss.item()
 
 
-def _stage_params(scorer, stage: int, cfg: TrainConfig) -> list[dict]:
+def _stage_params(scorer, stage: int, cfg: RerankerTrainConfig) -> list[dict]:
     """Optimizer groups of a stage: 1 = projector, 2 = projector + LoRA; all else frozen."""
     for p in scorer.parameters():
         p.requires_grad_(False)
@@ -172,7 +149,7 @@ def _stage_params(scorer, stage: int, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def _run_stages(scorer, feats, groups, val_groups, cfg: TrainConfig, gen, emit):
+def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen, emit):
     """Stage 1 then stage 2 with early stopping; the scorer ends at the best state seen.
     Returns (untrained val NDCG@10, best {ndcg, stage, step, state}, loss curve, val curve, steps)."""
     step, curve_loss, curve_val = 0, [], []
@@ -234,12 +211,12 @@ def train_reranker(
     features,
     groups,
     val_groups,
-    cfg: TrainConfig | None = None,
+    cfg: RerankerTrainConfig | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train `scorer` in place (stage 1 projector, stage 2 LoRA + projector); return metrics:
     best and untrained val NDCG@10, loss and val curves, trained parameter count, seconds."""
-    cfg = cfg or TrainConfig()
+    cfg = cfg or RerankerTrainConfig()
     if cfg.batch_groups < 1:
         raise ValueError(f"batch_groups must be >= 1, got {cfg.batch_groups}")
     feats = _as_tensor(features)
@@ -248,7 +225,7 @@ def train_reranker(
     val_groups = _check_groups(val_groups, len(feats), "val_groups")
     emit = progress or (lambda _m: None)
     t0 = time.perf_counter()
-    home = _device_of(scorer)
+    home = device_of(scorer)
     device = resolve_device(cfg.device)
     gen = torch.Generator().manual_seed(cfg.seed)  # on the CPU: same batches on any device
     if cfg.stage2_epochs > 0 and not _has_lora(scorer):
@@ -302,18 +279,18 @@ def save_reranker(scorer, directory, metrics: dict | None = None):
     return save_checkpoint(directory, trained_state(scorer), config, extra)
 
 
+# Every reranker kind: its config dataclass and builder (`scorer.kind` names it in checkpoints).
+RERANKERS = {"gutted": (GuttedConfig, build_gutted), "full_vlm": (FullVLMConfig, build_full_vlm)}
+
+
 def load_reranker(directory):
     """Rebuild a reranker saved by `save_reranker`: frozen base + trained tensors."""
-    from models.full_vlm import FullVLMConfig, build_full_vlm
-    from models.gutted_vlm import GuttedConfig, base_identity, build_gutted
-
     tensors, config, extra = load_checkpoint(directory)
-    builders = {"gutted": (GuttedConfig, build_gutted), "full_vlm": (FullVLMConfig, build_full_vlm)}
-    if config.get("kind") not in builders:
+    if config.get("kind") not in RERANKERS:
         raise ValueError(
-            f"checkpoint {directory} has kind {config.get('kind')!r}; valid: {', '.join(builders)}"
+            f"checkpoint {directory} has kind {config.get('kind')!r}; valid: {', '.join(RERANKERS)}"
         )
-    cfg_cls, build = builders[config["kind"]]
+    cfg_cls, build = RERANKERS[config["kind"]]
     cfg = cfg_cls(**config["model"])
     want = extra.get("base")
     have = base_identity(cfg.base, cfg.seed)
@@ -324,7 +301,7 @@ def load_reranker(directory):
     scorer = build(cfg)
     if config.get("lora"):
         lc = config["lora"]
-        lcfg = TrainConfig(lora_r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
+        lcfg = RerankerTrainConfig(lora_r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
                            lora_targets=tuple(lc["targets"]))  # fmt: skip
         add_lora(scorer, lcfg)  # adapter shapes only: the values come from the checkpoint
     expected = _trainable_names(scorer)

@@ -38,21 +38,28 @@ def _progress_bar(desc: str):
     return update
 
 
+def _home():
+    from assets.store.files import Home
+
+    return Home.from_env()
+
+
 def ensure_demo(n_images: int, size: int = 224, seed: int = 0) -> str:
     """Render the demo catalog (idempotent: unchanged files are kept) and register its engagement.
 
     Each (images, size, seed) gets its own folder, so a smaller demo never picks up the
     files of a larger one. Returns the folder, which is then ingested like any other source.
     """
-    from assets.demo_catalog import DemoCatalogConfig, write_demo_catalog
-    from assets.engagement import register_source
-    from assets.sources import demo_root
+    from assets.demo.catalog import DemoCatalogConfig, write_demo_catalog
+    from assets.ingestion.engagement import register_source
+    from assets.ingestion.sources import demo_root
 
+    home = _home()
     config = DemoCatalogConfig(n_images=n_images, size=size, seed=seed)
-    dest = demo_root() / f"n{n_images}-s{size}-seed{seed}"
+    dest = demo_root(home) / f"n{n_images}-s{size}-seed{seed}"
     print(f"demo catalog: {n_images} images at {size} px → {dest}", file=sys.stderr)
     write_demo_catalog(str(dest), config, progress=_progress_bar("render demo"))
-    register_source(str(dest / "engagement.parquet"))
+    register_source(home, str(dest / "engagement.parquet"))
     return str(dest)
 
 
@@ -60,7 +67,7 @@ def cmd_ingest(args) -> int:
     from orchestration.pipeline import ingest
 
     source = ensure_demo(args.images) if args.source == "demo" else args.source
-    summary = ingest(source, args.engagement, args.label_depth)
+    summary = ingest(_home(), source, args.engagement, args.label_depth)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -70,8 +77,8 @@ def cmd_ingest(args) -> int:
 
 
 def _print_report(report: dict) -> None:
+    from assets.evaluation.report import reports_dir, summary_rows
     from assets.plots import md_table
-    from assets.report import reports_dir, summary_rows
 
     print(md_table(summary_rows(report)))
     cr = report["cost_ratio"]
@@ -79,13 +86,13 @@ def _print_report(report: dict) -> None:
           f"({report['dataset']['queries']} queries, {report['dataset']['images']} images)")
     if "_promotion" in report:
         print(report["_promotion"])
-    print(f"report: {reports_dir() / report['run_id'] / 'report.html'}")
+    print(f"report: {reports_dir(_home()) / report['run_id'] / 'report.html'}")
 
 
 def cmd_demo(args) -> int:
     from orchestration.pipeline import run_all
 
-    report = run_all(ensure_demo(args.images))
+    report = run_all(_home(), ensure_demo(args.images))
     _print_report(report)
     print(f"demo finished in {report['_seconds'] / 60:.1f} min")
     return 0
@@ -94,15 +101,15 @@ def cmd_demo(args) -> int:
 def cmd_run(args) -> int:
     from orchestration.pipeline import run_all
 
-    report = run_all(args.source, args.engagement, args.limit)
+    report = run_all(_home(), args.source, args.engagement, args.limit)
     _print_report(report)
     return 0
 
 
 def cmd_report(args) -> int:
-    from assets.report import latest_report
+    from assets.evaluation.report import latest_report
 
-    report = latest_report()
+    report = latest_report(_home())
     if args.json:
         print(json.dumps(report))
     else:
@@ -111,10 +118,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_recommend(args) -> int:
-    from assets.recommend import recommend, serving_version
+    from assets.serving.recommend import recommend, serving_version
 
-    champion = serving_version()
-    results = recommend(args.image, k=args.k, rerank=not args.no_rerank and champion is not None, version=champion)
+    home = _home()
+    champion = serving_version(home)
+    results = recommend(home, args.image, k=args.k, rerank=not args.no_rerank and champion is not None,
+                        version=champion)
     if args.no_rerank:
         order = "retrieval order (--no-rerank)"
     elif champion is None:
@@ -130,26 +139,36 @@ def cmd_recommend(args) -> int:
     return 0
 
 
-def cmd_promote(args) -> int:
-    from assets.model_store import pointers, set_current
+def _record_champion(reason: str) -> None:
+    """Record a move of the champion made outside a run as an observation of `reranker_champion`,
+    so the UI's asset page shows who serves and why."""
+    import dagster as dg
 
-    version = args.version or pointers("gutted_reranker")["current"]
-    if version is None:
-        raise ValueError("no gutted reranker trained yet: nothing to promote")
-    set_current("reranker_champion", version, reason="manual promote", versions_of="gutted_reranker")
+    from assets.evaluation.promotion import CHAMPION
+    from assets.store.models import pointers
+    from orchestration.instance import get_instance
+
+    state = pointers(_home(), CHAMPION)
+    get_instance().report_runless_asset_event(dg.AssetObservation(
+        asset_key=CHAMPION, metadata={"champion": state["current"], "decision": reason,
+                                      "history_length": len(state["history"])}))
+
+
+def cmd_promote(args) -> int:
+    from assets.evaluation.promotion import promote
+
+    version = promote(_home(), args.version)
+    _record_champion(f"promoted {version} by hand (lensless promote)")
     print(f"champion is now {version}")
     return 0
 
 
 def cmd_rollback(args) -> int:
-    from assets.model_store import pointers, set_current
+    from assets.evaluation.promotion import rollback
 
-    state = pointers("reranker_champion")
-    previous = [h["version"] for h in state["history"] if h["version"] != state["current"]]
-    if not previous:
-        raise ValueError(f"no earlier champion to roll back to (history: {[h['version'] for h in state['history']]})")
-    set_current("reranker_champion", previous[-1], reason=f"rollback from {state['current']}", versions_of="gutted_reranker")
-    print(f"champion rolled back {state['current']} → {previous[-1]}")
+    old, new = rollback(_home())
+    _record_champion(f"rolled back from {old} to {new} by hand (lensless rollback)")
+    print(f"champion rolled back {old} → {new}")
     return 0
 
 
@@ -170,9 +189,9 @@ def cmd_dev(args) -> int:
 def cmd_sql(args) -> int:
     import duckdb
 
-    from assets.query import connect
+    from assets.store.query import connect
 
-    con = connect()
+    con = connect(_home())
     try:
         result = con.sql(args.query)
     except duckdb.Error as e:
@@ -246,9 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    from orchestration.runner import StepFailed
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, StepFailed) as e:
         print(f"lensless {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -2,7 +2,12 @@
 
 import dagster as dg
 
-from assets import embeddings, evaluation, ingestion, reranking, retrieval
+from assets.embeddings import assets as embeddings
+from assets.evaluation import assets as evaluation
+from assets.ingestion import assets as ingestion
+from assets.reranker import assets as reranker
+from assets.retrieval import assets as retrieval
+from assets.store.resource import LenslessHome
 from orchestration.automation import automation_sensor, with_automation
 from orchestration.executors import executor
 from orchestration.failures import run_failure_logger
@@ -14,14 +19,15 @@ from orchestration.sensors import new_images_sensor
 
 ensure_dagster_home()
 
-ASSET_MODULES = [ingestion, embeddings, retrieval, reranking, evaluation]
+STAGES = [ingestion, embeddings, retrieval, reranker, evaluation]  # one assets.py per Dagster group
 
 defs = dg.Definitions(
-    assets=with_automation(dg.load_assets_from_modules(ASSET_MODULES)),
-    asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
+    assets=with_automation(dg.load_assets_from_modules(STAGES)),
+    asset_checks=dg.load_asset_checks_from_modules(STAGES),
     jobs=[ingest_job, retrain_job, reranker_retrain_job, evaluation_job],
     schedules=[nightly_evaluation, weekly_retrain],
     executor=executor(),
     sensors=[new_images_sensor, automation_sensor, run_failure_logger, encoder_retrain_sensor,
              reranker_retrain_sensor],
+    resources={"lensless_home": LenslessHome()},
 )

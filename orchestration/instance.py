@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from assets.storage import lensless_home
+from assets.store.files import Home
 
 MAX_CONCURRENT_RUNS = int(os.environ.get("LENSLESS_MAX_CONCURRENT_RUNS", "2"))
 POOL_LIMITS = {"train": 1}  # training saturates the machine; never two at once
@@ -48,10 +48,10 @@ telemetry:
 
 def dagster_home() -> Path:
     """`$LENSLESS_HOME/dagster` (always local: Dagster's instance lives on this machine)."""
-    home = lensless_home()
-    if home.protocol not in ("", "file", "local"):
+    home = Home.from_env()
+    if not home.local:
         return Path(os.path.abspath(".lensless-dagster"))
-    return Path(home.path) / "dagster"
+    return home.local_dir("dagster")
 
 
 def ensure_dagster_home() -> Path:

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.ingestion import image_batches
+from assets.ingestion.assets import image_batches
 
 ingest_job = dg.define_asset_job(
     "ingest_job",

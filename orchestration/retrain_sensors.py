@@ -17,8 +17,10 @@ import os
 import dagster as dg
 import numpy as np
 
-from assets.lake import read_table, table_partitions
-from assets.storage import lake_path, read_parquet
+from assets.ingestion.engagement import engagement_count
+from assets.store.files import Home
+from assets.store.lake import read_table, table_partitions
+from assets.store.resource import LenslessHome
 
 
 def _env(name: str, default: float) -> float:
@@ -32,11 +34,11 @@ def _latest_metadata(instance, key: str) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
-def embedding_drift(trained_batches: set[str]) -> float | None:
+def embedding_drift(home: Home, trained_batches: set[str]) -> float | None:
     """1 − cos(mean embedding of batches after training, mean of the batches trained on)."""
     old, new = [], []
-    for key in table_partitions("image_embeddings"):
-        emb = read_parquet(lake_path("image_embeddings", key))["embedding"].to_numpy()
+    for key in table_partitions(home, "image_embeddings"):
+        emb = read_table(home, "image_embeddings", [key])["embedding"].to_numpy()
         (old if key in trained_batches else new).append(emb)
     if not old or not new:
         return None
@@ -45,19 +47,22 @@ def embedding_drift(trained_batches: set[str]) -> float | None:
 
 
 @dg.sensor(name="encoder_retrain_sensor", asset_selection=["image_encoder"], minimum_interval_seconds=300,
-           default_status=dg.DefaultSensorStatus.STOPPED)
-def encoder_retrain_sensor(context: dg.SensorEvaluationContext):
+           default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Retrains image_encoder when the catalog grew past LENSLESS_ENCODER_RETRAIN_FRACTION "
+                       "or new batches' embeddings drifted past LENSLESS_EMBEDDING_DRIFT.")
+def encoder_retrain_sensor(context: dg.SensorEvaluationContext, lensless_home: LenslessHome):
     """Retrain the encoder when the catalog grew past a fraction, or embeddings drifted."""
     meta = _latest_metadata(context.instance, "image_encoder")
     if "catalog_images" not in meta:
         return dg.SkipReason("no encoder trained yet: automation trains the first one")
-    now = read_table("raw_images").height
+    home = lensless_home.get()
+    now = read_table(home, "raw_images").height
     grown = (now - meta["catalog_images"]) / max(1, meta["catalog_images"])
     fraction = _env("LENSLESS_ENCODER_RETRAIN_FRACTION", 0.25)
     if grown > fraction:
         return dg.RunRequest(run_key=f"encoder-growth-{now}",
                              tags={"lensless/reason": "new_images", "lensless/new_images_fraction": f"{grown:.3f}"})
-    drift = embedding_drift(set(str(meta.get("trained_batches", "")).split(",")))
+    drift = embedding_drift(home, set(str(meta.get("trained_batches", "")).split(",")))
     threshold = _env("LENSLESS_EMBEDDING_DRIFT", 0.15)
     if drift is not None and drift > threshold:
         return dg.RunRequest(run_key=f"encoder-drift-{now}",
@@ -66,14 +71,15 @@ def encoder_retrain_sensor(context: dg.SensorEvaluationContext):
 
 
 @dg.sensor(name="reranker_retrain_sensor", asset_selection=["gutted_reranker", "full_vlm_reranker"],
-           minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
-def reranker_retrain_sensor(context: dg.SensorEvaluationContext):
+           minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Retrains both rerankers when engagement grew past LENSLESS_RERANKER_RETRAIN_FRACTION "
+                       "or the latest report shows the challenger significantly worse than the champion.")
+def reranker_retrain_sensor(context: dg.SensorEvaluationContext, lensless_home: LenslessHome):
     """Retrain the rerankers on new engagement past a fraction, or when evaluation regressed."""
     meta = _latest_metadata(context.instance, "gutted_reranker")
     if "engagement_events" not in meta:
         return dg.SkipReason("no gutted reranker trained yet: automation trains the first one")
-    path = lake_path("engagement_events")
-    events = read_parquet(path).height if path.exists() else 0
+    events = engagement_count(lensless_home.get())
     grown = (events - meta["engagement_events"]) / max(1, meta["engagement_events"])
     fraction = _env("LENSLESS_RERANKER_RETRAIN_FRACTION", 0.25)
     if grown > fraction:

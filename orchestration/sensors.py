@@ -7,8 +7,8 @@ import time
 
 import dagster as dg
 
-from assets.ingestion import image_batches, raw_images
-from assets.sources import (
+from assets.ingestion.assets import image_batches, raw_images
+from assets.ingestion.sources import (
     cut_batches,
     known_batches,
     list_source,
@@ -16,6 +16,7 @@ from assets.sources import (
     register_batch,
     watched_sources,
 )
+from assets.store.resource import LenslessHome
 
 
 def sensor_batch_size() -> int:
@@ -31,23 +32,25 @@ def sensor_batch_size() -> int:
     description="Lists watched sources (no decoding), cuts new files into batches of at most "
     "LENSLESS_SENSOR_BATCH_SIZE, adds an image_batches partition per batch and requests its ingestion.",
 )
-def new_images_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+def new_images_sensor(context: dg.SensorEvaluationContext,
+                      lensless_home: LenslessHome) -> dg.SensorResult | dg.SkipReason:
     """New files → new `image_batches` partitions → `raw_images` runs, in one tick."""
-    sources = watched_sources()
+    home = lensless_home.get()
+    sources = watched_sources(home)
     if not sources:
         return dg.SkipReason("no watched sources: set LENSLESS_WATCH or run `lensless ingest SOURCE` once")
     started = time.perf_counter()
     # A batch whose file list was frozen but whose partition was never added (a crash between
     # the two) is added now, so no file is stranded.
     existing = set(context.instance.get_dynamic_partitions(image_batches.name))
-    keys = [b for b in known_batches() if b not in existing]
+    keys = [b for b in known_batches(home) if b not in existing]
     listed = 0
     for source in sources:
         listing = list_source(source)
         listed += listing.files.height + listing.skipped.height
-        fresh = new_entries(listing)
+        fresh = new_entries(home, listing)
         for chunk in cut_batches(fresh, sensor_batch_size()) if fresh.height else []:
-            keys.append(register_batch(chunk))
+            keys.append(register_batch(home, chunk))
     cursor = json.dumps({"listed": listed, "batches": len(existing) + len(keys),
                          "last_batch": keys[-1] if keys else (json.loads(context.cursor)["last_batch"] if context.cursor else None),
                          "list_seconds": round(time.perf_counter() - started, 3)})

@@ -38,7 +38,7 @@ def test_counted_flops_match_analytic_formula(models, use_cache):
     gutted, full = models
     (q, c), (qp, cp) = _inputs()
     a = analytic_flops(
-        "tiny", resolution=RES, question_tokens=len(gutted.question_ids),
+        "tiny", resolution=RES, gutted=gutted.cfg, question_tokens=len(gutted.question_ids),
         candidates_per_query=c.shape[1], use_cache=use_cache,
     )  # fmt: skip
     g = flops_per_candidate(gutted, q, c, use_cache=use_cache)
@@ -67,6 +67,14 @@ def test_production_rows_show_the_gutted_saving():
         analytic_flops("nope")
     with pytest.raises(ValueError, match="multiple of 32"):
         analytic_flops("Qwen3-VL-2B", resolution=100)
+
+
+def test_production_estimate_follows_the_trained_gutted_config():
+    from models.gutted_vlm import GuttedConfig
+
+    k4, k8 = (analytic_flops("Qwen3-VL-2B", gutted=GuttedConfig(num_tokens=k)) for k in (4, 8))
+    assert (k4["image_tokens_gutted"], k8["image_tokens_gutted"]) == (4, 8)
+    assert k8["gutted_gflops"] > k4["gutted_gflops"] and k8["full_gflops"] == k4["full_gflops"]
 
 
 def test_sdpa_flops_count_grouped_query_keys_at_the_query_head_count():

@@ -17,10 +17,9 @@ from models.device import resolve_device
 from models.encoder import ImageEncoder, encoder_config
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, build_gutted
-from models.train_encoder import TrainConfig as EncoderTrainConfig
-from models.train_encoder import train_encoder
+from models.train_encoder import EncoderTrainConfig, train_encoder
 from models.train_reranker import (
-    TrainConfig,
+    RerankerTrainConfig,
     evaluate,
     load_reranker,
     save_reranker,
@@ -49,7 +48,7 @@ def test_device_names_are_checked():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
         with pytest.raises(ValueError, match="no CUDA GPU"):
-            train_reranker(build_gutted(SMALL), *_groups(), TrainConfig(device="cuda"))
+            train_reranker(build_gutted(SMALL), *_groups(), RerankerTrainConfig(device="cuda"))
 
 
 def _groups(n=48, seed=0):
@@ -91,7 +90,7 @@ def test_full_vlm_scores_on_cuda_equal_cpu():
 def test_reranker_trains_on_cuda_and_comes_back_to_cpu(tmp_path):
     emb, train, val = _groups()
     model = build_gutted(SMALL)
-    cfg = TrainConfig(stage1_epochs=3, stage2_epochs=1, batch_groups=4, lr=5e-3, patience=5)
+    cfg = RerankerTrainConfig(stage1_epochs=3, stage2_epochs=1, batch_groups=4, lr=5e-3, patience=5)
     m = train_reranker(model, emb, train, val, dataclasses.replace(cfg, device="cuda"))
     assert m["device"].startswith("cuda")
     losses = [c["loss"] for c in m["loss_curve"]]
@@ -113,7 +112,7 @@ def test_full_vlm_trains_on_cuda():
     pixels = rng.integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
     groups = np.array([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]])
     model = build_full_vlm(FullVLMConfig(resolution=32))
-    cfg = TrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=2, device="cuda")
+    cfg = RerankerTrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=2, device="cuda")
     m = train_reranker(model, pixels, groups, groups, cfg)
     assert m["device"].startswith("cuda") and np.isfinite([c["loss"] for c in m["loss_curve"]]).all()
     assert all(p.device.type == "cpu" for p in model.parameters())
@@ -140,7 +139,7 @@ def test_a_failed_training_leaves_the_scorer_frozen_in_eval(monkeypatch):
             raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError, match="stop"):
-        train_reranker(model, *_groups(), TrainConfig(stage1_epochs=1, stage2_epochs=0, device="cpu"),
+        train_reranker(model, *_groups(), RerankerTrainConfig(stage1_epochs=1, stage2_epochs=0, device="cpu"),
                        progress=fail)  # fmt: skip
     assert not model.training and not any(p.requires_grad for p in model.parameters())
 

@@ -10,7 +10,7 @@ from models.augment import AugmentConfig, augment
 from models.embed import embed_pixels, iter_embeddings
 from models.embedding_eval import coengagement_recall_at_k, knn_label_precision, pixel_baseline
 from models.encoder import ImageEncoder, encoder_config, encoder_names
-from models.train_encoder import TrainConfig, contrastive_loss, train_encoder
+from models.train_encoder import EncoderTrainConfig, contrastive_loss, train_encoder
 
 
 def _pixels(n: int = 64, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -25,8 +25,8 @@ def _pixels(n: int = 64, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.
     return x, labels
 
 
-def _tiny_train(**kw) -> TrainConfig:
-    return TrainConfig(
+def _tiny_train(**kw) -> EncoderTrainConfig:
+    return EncoderTrainConfig(
         **{"epochs": 100, "max_steps": 3, "batch_size": 32, "warmup_steps": 1, "device": "cpu", **kw}
     )
 

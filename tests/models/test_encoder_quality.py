@@ -15,7 +15,7 @@ from models.augment import AugmentConfig
 from models.embed import embed_pixels
 from models.embedding_eval import digits_pixels, knn_label_precision, pixel_baseline
 from models.encoder import ImageEncoder, encoder_config
-from models.train_encoder import TrainConfig, train_encoder
+from models.train_encoder import EncoderTrainConfig, train_encoder
 
 # Digits are orientation-sensitive (no flips); the tint of a wild digit is pure nuisance.
 DIGIT_AUG = AugmentConfig(flip_p=0.0, jitter_p=0.8, hue=0.5)
@@ -48,7 +48,7 @@ def one_thread():
 
 def test_wild_digits_beat_pixels_and_random_init(one_thread):
     pixels, labels = digits_pixels(32, wild=True)
-    cfg = TrainConfig(max_steps=120, batch_size=64, augment=DIGIT_AUG)  # ~15 s on one core
+    cfg = EncoderTrainConfig(max_steps=120, batch_size=64, augment=DIGIT_AUG)  # ~15 s on one core
     res = _quality(pixels, labels, encoder_config("small", input_size=32), cfg)
     assert res["ours"] >= 1.1 * res["pixel"], res
     assert res["ours"] >= res["random"] + 0.03, res  # measured 0.168 vs 0.111 (pixel 0.115)
@@ -61,6 +61,6 @@ def test_digits_default_config(wild):
     random 0.598; wild 0.461 vs 0.114 vs 0.103 (bench/embed.py --quality digits|wild)."""
     pixels, labels = digits_pixels(64, wild=wild)
     aug = DIGIT_AUG if wild else AugmentConfig(flip_p=0.0)
-    res = _quality(pixels, labels, encoder_config("small"), TrainConfig(augment=aug))
+    res = _quality(pixels, labels, encoder_config("small"), EncoderTrainConfig(augment=aug))
     assert res["ours"] >= 1.1 * res["pixel"], res
     assert res["ours"] > res["random"] + 0.1, res

@@ -10,7 +10,7 @@ import torch
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, build_gutted
 from models.train_reranker import (
-    TrainConfig,
+    RerankerTrainConfig,
     evaluate,
     load_reranker,
     save_reranker,
@@ -36,7 +36,7 @@ def _data(n=48, n_groups=24, n_train=16, n_neg=3, seed=0):
     return emb, groups[:n_train], groups[n_train:]
 
 
-FAST = TrainConfig(stage1_epochs=2, stage2_epochs=1, batch_groups=4, lr=5e-3, patience=5)
+FAST = RerankerTrainConfig(stage1_epochs=2, stage2_epochs=1, batch_groups=4, lr=5e-3, patience=5)
 
 
 def test_training_lowers_loss_and_reports_metrics():
@@ -53,7 +53,7 @@ def test_training_lowers_loss_and_reports_metrics():
 
 def test_training_is_deterministic():
     emb, train, val = _data(n_groups=12, n_train=8)
-    cfg = TrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=4, device="cpu")
+    cfg = RerankerTrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=4, device="cpu")
     runs = []
     for _ in range(2):
         model = build_gutted(SMALL)
@@ -68,7 +68,7 @@ def test_checkpoint_holds_only_trained_tensors_and_round_trips(tmp_path):
 
     emb, train, val = _data(n_groups=12, n_train=8)
     model = build_gutted(SMALL)
-    cfg = TrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=8, lr=5e-3)
+    cfg = RerankerTrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=8, lr=5e-3)
     train_reranker(model, emb, train, val, cfg)
     save_reranker(model, tmp_path / "ckpt")
     with safe_open(str(tmp_path / "ckpt" / "weights.safetensors"), "pt") as f:
@@ -106,7 +106,7 @@ def test_full_vlm_trains_with_the_same_loop(tmp_path):
     groups = np.array([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]])
     model = build_full_vlm(FullVLMConfig(resolution=32))
     m = train_reranker(
-        model, pixels, groups, groups, TrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=2)
+        model, pixels, groups, groups, RerankerTrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=2)
     )
     assert m["steps"] == 4 and np.isfinite([c["loss"] for c in m["loss_curve"]]).all()
     assert m["trained_params"] == sum(p.numel() for p in model.stage1_parameters()) + sum(
@@ -133,7 +133,7 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match=f"dimension {D}"):
         train_reranker(model, np.zeros((48, D + 1), np.float32), train, val)
     with pytest.raises(ValueError, match="batch_groups"):
-        train_reranker(model, emb, train, val, TrainConfig(batch_groups=0))
+        train_reranker(model, emb, train, val, RerankerTrainConfig(batch_groups=0))
 
 
 def test_scores_do_not_depend_on_candidate_order():

@@ -20,6 +20,6 @@ def test_instance_yaml_has_queue_and_train_pool(lensless_home):
     from orchestration.instance import get_instance
 
     instance = get_instance()
-    text = (lensless_home / "dagster" / "dagster.yaml").read_text()
+    text = (lensless_home.local_dir("dagster") / "dagster.yaml").read_text()
     assert "sqlite" in text and "max_concurrent_runs" in text
     assert instance.event_log_storage.get_concurrency_info("train").slot_count == 1

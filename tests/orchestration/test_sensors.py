@@ -6,7 +6,8 @@ import dagster as dg
 import numpy as np
 from PIL import Image
 
-from assets.sources import read_batch
+from assets.ingestion.sources import read_batch
+from assets.store.resource import LenslessHome
 from orchestration.sensors import new_images_sensor
 
 
@@ -16,64 +17,67 @@ def write_images(folder, names):
         Image.fromarray(np.full((40, 40, 3), 10 * i, np.uint8)).save(folder / name)
 
 
-def tick(instance, cursor=None):
-    result = new_images_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+def tick(home, instance, cursor=None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                      resources={"lensless_home": LenslessHome(path=str(home.root))})
+    result = new_images_sensor(context)
     if isinstance(result, dg.SensorResult):
         for req in result.dynamic_partitions_requests or []:
             instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
     return result
 
 
-def test_sensor_only_new_files_and_cursor_advances(lensless_home, tmp_path, monkeypatch):
+def test_sensor_only_new_files_and_cursor_advances(home, tmp_path, monkeypatch):
     src = tmp_path / "watched"
     write_images(src / "shoes", ["a.png", "b.png", "c.png"])
     (src / "readme.txt").write_text("skipped and counted")
     monkeypatch.setenv("LENSLESS_WATCH", str(src))
     instance = dg.DagsterInstance.ephemeral()
 
-    first = tick(instance)
+    first = tick(home, instance)
     assert len(first.run_requests) == 1
     batch = first.run_requests[0].partition_key
     assert first.run_requests[0].tags["lensless/reason"] == "new_images"
-    files = read_batch(batch)
+    files = read_batch(home, batch)
     assert files.height == 4 and files["skipped_reason"].null_count() == 3
     cursor1 = json.loads(first.cursor)
     assert cursor1["last_batch"] == batch and cursor1["listed"] == 4
 
-    second = tick(instance, first.cursor)
+    second = tick(home, instance, first.cursor)
     assert not second.run_requests and second.skip_reason is not None
 
     write_images(src / "bags", ["d.png", "e.png"])
-    third = tick(instance, second.cursor)
+    third = tick(home, instance, second.cursor)
     assert len(third.run_requests) == 1
-    new_files = read_batch(third.run_requests[0].partition_key)
+    new_files = read_batch(home, third.run_requests[0].partition_key)
     assert sorted(u.split("/")[-1] for u in new_files["uri"]) == ["d.png", "e.png"]
     assert json.loads(third.cursor)["last_batch"] != cursor1["last_batch"]
     assert set(instance.get_dynamic_partitions("image_batches")) == {batch, third.run_requests[0].partition_key}
 
 
-def test_sensor_cuts_batches_of_at_most_b(lensless_home, tmp_path, monkeypatch):
+def test_sensor_cuts_batches_of_at_most_b(home, tmp_path, monkeypatch):
     src = tmp_path / "watched"
     write_images(src, [f"{i}.png" for i in range(5)])
     monkeypatch.setenv("LENSLESS_WATCH", str(src))
     monkeypatch.setenv("LENSLESS_SENSOR_BATCH_SIZE", "2")
-    result = tick(dg.DagsterInstance.ephemeral())
-    sizes = [read_batch(r.partition_key).height for r in result.run_requests]
+    result = tick(home, dg.DagsterInstance.ephemeral())
+    sizes = [read_batch(home, r.partition_key).height for r in result.run_requests]
     assert sizes == [2, 2, 1]
 
 
-def test_sensor_recovers_stranded_batch(lensless_home, tmp_path, monkeypatch):
+def test_sensor_recovers_stranded_batch(home, tmp_path, monkeypatch):
     """A batch frozen on disk whose partition was never added (crash mid-tick) is added next tick."""
-    from assets.sources import list_source, new_entries, register_batch
+    from assets.ingestion.sources import list_source, new_entries, register_batch
 
     src = tmp_path / "watched"
     write_images(src, ["x.png"])
     monkeypatch.setenv("LENSLESS_WATCH", str(src))
-    stranded = register_batch(new_entries(list_source(str(src))))
-    result = tick(dg.DagsterInstance.ephemeral())
+    stranded = register_batch(home, new_entries(home, list_source(str(src))))
+    result = tick(home, dg.DagsterInstance.ephemeral())
     assert [r.partition_key for r in result.run_requests] == [stranded]
 
 
-def test_sensor_skips_without_sources(lensless_home):
-    result = new_images_sensor(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()))
+def test_sensor_skips_without_sources(home, monkeypatch):
+    monkeypatch.delenv("LENSLESS_WATCH", raising=False)
+    result = tick(home, dg.DagsterInstance.ephemeral())
     assert isinstance(result, dg.SkipReason) and "LENSLESS_WATCH" in result.skip_message

@@ -83,7 +83,8 @@ def test_ui_materialise_and_asset_graph(dagster_dev, tmp_path):
     from dagster import DagsterInstance
     from dagster_graphql import DagsterGraphQLClient
 
-    from assets.sources import list_source, new_entries, register_batch
+    from assets.ingestion.sources import list_source, new_entries, register_batch
+    from assets.store.files import Home
     from orchestration.definitions import defs
 
     port = dagster_dev
@@ -91,7 +92,8 @@ def test_ui_materialise_and_asset_graph(dagster_dev, tmp_path):
     src.mkdir(parents=True)
     for i in range(4):
         Image.fromarray(np.full((48, 48, 3), 50 * i, np.uint8)).save(src / f"{i}.png")
-    batch = register_batch(new_entries(list_source(str(tmp_path / "src"))))
+    home = Home.from_env()  # the fixture's, which the webserver was started with
+    batch = register_batch(home, new_entries(home, list_source(str(tmp_path / "src"))))
     DagsterInstance.get().add_dynamic_partitions("image_batches", [batch])
 
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)

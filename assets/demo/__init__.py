@@ -1,0 +1,1 @@
+"""The built-in demo catalog: rendered objects and simulated engagement (no assets)."""

@@ -1,0 +1,211 @@
+"""Evaluation assets: `candidates`, `reranked_candidates`, `evaluation_report`, `reranker_champion`."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from assets.embeddings.assets import image_encoder
+from assets.evaluation.metrics import list_metrics, paired_difference_ci, summarise
+from assets.evaluation.promotion import CHALLENGER, CHAMPION, promotion_decision
+from assets.evaluation.report import latest_report, quality_cost_plot, summary_rows, write_report
+from assets.evaluation.systems import (
+    candidate_grid,
+    candidate_lists,
+    evaluation_inputs,
+    production_estimate,
+    system_rankings,
+)
+from assets.plots import md_image, md_table
+from assets.reranker.aligned import aligned_catalog, rows_of
+from assets.reranker.assets import full_vlm_reranker, gutted_reranker, training_pairs
+from assets.retrieval.assets import faiss_index
+from assets.retrieval.index_store import load_index
+from assets.store.lake import CANDIDATE_SCHEMA, read_table, write_table
+from assets.store.models import current_dir, pointers, set_current
+from assets.store.resource import LenslessHome
+from index.search import search
+from models.scoring import CANDIDATES, score_candidates
+from models.train_reranker import load_reranker
+
+
+class CandidatesRunConfig(dg.Config):
+    """How many candidates per query, and how many held-out queries to evaluate."""
+
+    k: int = CANDIDATES
+    max_queries: int = 400
+    seed: int = 0
+
+
+@dg.asset(group_name="evaluation", kinds={"faiss", "parquet"}, deps=[training_pairs, faiss_index],
+          code_version="candidates-v1")
+def candidates(context: dg.AssetExecutionContext, config: CandidatesRunConfig,
+               lensless_home: LenslessHome) -> dg.MaterializeResult:
+    """The top-K images from `faiss_index` for every held-out evaluation query (itself excluded).
+
+    Writes the `candidates` table (query, rank, image_id, score = cosine similarity).
+    """
+    home = lensless_home.get()
+    queries = read_table(home, "evaluation_queries")
+    if queries.height == 0:
+        raise ValueError("no evaluation queries: training_pairs found no held-out relevance")
+    if queries.height > config.max_queries:
+        queries = queries.sample(config.max_queries, seed=config.seed).sort("query")
+    frame, emb = aligned_catalog(home)
+    ids = frame["image_id"].to_numpy()
+    pos = rows_of(frame)
+    rows = np.array([pos[q] for q in queries["query"]])
+    index, _, _ = load_index(home)
+    scores, found = search(index, emb[rows], config.k + 1)
+    records = []
+    for q, row, srow, frow in zip(queries["query"], rows, scores, found, strict=True):
+        keep = [(s, i) for s, i in zip(srow, frow, strict=True) if i >= 0 and i != row][: config.k]
+        records += [{"query": q, "rank": r + 1, "image_id": ids[i], "score": float(s)} for r, (s, i) in enumerate(keep)]
+    table = pl.DataFrame(records, schema=CANDIDATE_SCHEMA)
+    write_table(home, "candidates", table)
+    return dg.MaterializeResult(metadata={"queries": queries.height, "k": config.k, "dagster/row_count": table.height})
+
+
+@dg.asset(group_name="evaluation", kinds={"pytorch", "parquet"}, deps=[candidates, gutted_reranker],
+          code_version="reranked_candidates-v1")
+def reranked_candidates(context: dg.AssetExecutionContext, lensless_home: LenslessHome) -> dg.MaterializeResult:
+    """The candidates re-scored by the challenger gutted reranker (the product's output).
+
+    Writes the `reranked_candidates` table (query, image_id, retrieval_rank, score, rank).
+    """
+    home = lensless_home.get()
+    cands = read_table(home, "candidates")
+    frame, emb = aligned_catalog(home)
+    queries, q_rows, c_rows = candidate_grid(cands, frame)
+    scorer = load_reranker(current_dir(home, CHALLENGER))
+    scores = score_candidates(scorer, emb, q_rows, c_rows,
+                              progress=lambda d, n: context.log.info(f"gutted reranker: {d}/{n} queries"))
+    table = _ranked_table(candidate_lists(cands), queries, scores)
+    write_table(home, "reranked_candidates", table)
+    return dg.MaterializeResult(metadata={"queries": len(queries), "candidates": table.height,
+                                         "reranker_version": pointers(home, CHALLENGER)["current"],
+                                         "dagster/row_count": table.height})
+
+
+def _ranked_table(lists: dict[str, list[str]], queries: list[str], scores: np.ndarray) -> pl.DataFrame:
+    """The long reranked table: every candidate with its retrieval rank, score and new rank."""
+    rows = []
+    for q, s in zip(queries, scores, strict=True):
+        items = lists[q][: len(s)]
+        order = np.argsort(-s, kind="stable")
+        rank = np.empty(len(s), int)
+        rank[order] = np.arange(1, len(s) + 1)
+        rows += [{"query": q, "image_id": items[j], "retrieval_rank": j + 1, "score": float(s[j]), "rank": int(rank[j])}
+                 for j in range(len(s))]
+    return pl.DataFrame(rows)
+
+
+@dg.asset(group_name="evaluation", kinds={"duckdb", "html"},
+          deps=[reranked_candidates, full_vlm_reranker, image_encoder], code_version="evaluation_report-v1")
+def evaluation_report(context: dg.AssetExecutionContext, lensless_home: LenslessHome) -> dg.MaterializeResult:
+    """Quality and cost side by side: random, popularity, retrieval, gutted and full-VLM rerankers.
+
+    NDCG@10 (bootstrap 95% CI), Recall@10/50 and MRR against held-out relevance, a per-label
+    breakdown, measured cost per candidate and the analytic production estimate; the
+    challenger is compared with the current champion on the same queries. Written to
+    `reports/<run_id>/` (report.json, report.html with plots); `reports/latest` points to it.
+    """
+    home = lensless_home.get()
+    inputs = evaluation_inputs(home, log=context.log.info)
+    rankings, costs, extra = system_rankings(home, inputs, log=context.log.info)
+    relevant = inputs["relevant"]
+    per_query = {name: list_metrics(ranked, relevant) for name, ranked in rankings.items()}
+    systems = {name: {**summarise(m), **costs.get(name, dict.fromkeys(
+        ("flops_per_candidate", "ms_per_1k_candidates", "tokens_per_candidate")))} for name, m in per_query.items()}
+    champion = _champion_comparison(pointers(home, CHAMPION)["current"], per_query["gutted"]["ndcg_at_10"],
+                                    extra.get("champion_ndcg"))
+    vs_retrieval = paired_difference_ci(per_query["gutted"]["ndcg_at_10"], per_query["retrieval"]["ndcg_at_10"])
+    report = {
+        "run_id": context.run_id, "created_at": datetime.now(timezone.utc).isoformat(),
+        **inputs["header"], "systems": systems,
+        "cost_ratio": {"flops": systems["full_vlm"]["flops_per_candidate"] / systems["gutted"]["flops_per_candidate"],
+                       "ms": systems["full_vlm"]["ms_per_1k_candidates"] / systems["gutted"]["ms_per_1k_candidates"]},
+        "production_estimate": production_estimate(extra["gutted_config"]),
+        "challenger": {"version": pointers(home, CHALLENGER)["current"], **champion,
+                       "retrieval_ndcg_diff": vs_retrieval[0], "retrieval_ndcg_diff_ci": list(vs_retrieval[1:])},
+    }
+    by_label = _per_label(per_query, inputs["query_labels"])
+    folder = write_report(home, report, {"Per-label NDCG@10": by_label,
+                                   "Production estimate (analytic, 448 px)": [
+                                       {"model": k, **{kk: f"{vv:.3g}" for kk, vv in v.items()}}
+                                       for k, v in report["production_estimate"].items()]})
+    context.log.info(f"report written to {folder}/report.html")
+    return dg.MaterializeResult(metadata={
+        **{f"{name}_ndcg_at_10": s["ndcg_at_10"] for name, s in systems.items()},
+        "cost_ratio_flops": report["cost_ratio"]["flops"], "cost_ratio_ms": report["cost_ratio"]["ms"],
+        "queries": report["dataset"]["queries"],
+        "retrieval_ndcg_diff": vs_retrieval[0], "retrieval_ndcg_diff_ci_high": vs_retrieval[2],
+        **({"champion_ndcg_diff": champion["ndcg_diff"], "champion_ndcg_diff_ci_high": champion["ndcg_diff_ci"][1]}
+           if champion["ndcg_diff_ci"] else {}),
+        "report": dg.MetadataValue.path(str(folder / "report.html")),
+        "systems": dg.MetadataValue.md(md_table(summary_rows(report))),
+        "per_label": dg.MetadataValue.md(md_table(by_label)),
+        "quality_vs_cost": dg.MetadataValue.md(md_image(quality_cost_plot(report))),
+    })
+
+
+def _champion_comparison(version: str | None, challenger: np.ndarray, champion: np.ndarray | None) -> dict:
+    """Paired comparison with champion `version` on the same queries (no scores: no champion
+    yet, or the champion is the challenger)."""
+    if champion is None:
+        return {"champion": version, "ndcg_diff": None, "ndcg_diff_ci": None}
+    mean, lo, hi = paired_difference_ci(challenger, champion)
+    return {"champion": version, "ndcg_diff": mean, "ndcg_diff_ci": [lo, hi]}
+
+
+def _per_label(per_query: dict, labels: list[str | None]) -> list[dict]:
+    rows = []
+    labs = np.array([lab or "(none)" for lab in labels])
+    for lab in sorted(set(labs)):
+        mask = labs == lab
+        rows.append({"label": lab, "queries": int(mask.sum()),
+                     **{name: round(float(m["ndcg_at_10"][mask].mean()), 3) for name, m in per_query.items()}})
+    return rows
+
+
+@dg.asset_check(asset=evaluation_report, blocking=True,
+                description="The challenger's NDCG@10 is not worse than the champion's, nor than retrieval's, "
+                            "beyond the paired 95% CI.")
+def challenger_not_worse(context: dg.AssetCheckExecutionContext, lensless_home: LenslessHome) -> dg.AssetCheckResult:
+    """Blocks promotion when the challenger is significantly worse than the current champion or than retrieval."""
+    report = latest_report(lensless_home.get())
+    passed, why = promotion_decision(report)
+    ch = report["challenger"]
+    return dg.AssetCheckResult(passed=passed, description=why, metadata={
+        "ndcg_diff": ch["ndcg_diff"], "ndcg_diff_ci": str(ch["ndcg_diff_ci"]),
+        "retrieval_ndcg_diff": ch["retrieval_ndcg_diff"], "retrieval_ndcg_diff_ci": str(ch["retrieval_ndcg_diff_ci"]),
+        "champion": str(ch["champion"]), "challenger": ch["version"]})
+
+
+@dg.asset(group_name="evaluation", kinds={"safetensors"}, deps=[evaluation_report], code_version="reranker_champion-v1")
+def reranker_champion(context: dg.AssetExecutionContext, lensless_home: LenslessHome) -> dg.MaterializeResult:
+    """The gutted reranker version that serves: the challenger, once it passed `challenger_not_worse`.
+
+    The asset applies the same rule itself (`promotion_decision`), so a run that selects it
+    without the check (automation, the UI) cannot promote a challenger the check would stop.
+    History is kept in `models/reranker_champion/pointers.json`; `lensless promote` and
+    `lensless rollback` move it by hand.
+    """
+    home = lensless_home.get()
+    report = latest_report(home)
+    challenger, current = report["challenger"]["version"], pointers(home, CHAMPION)["current"]
+    passed, why = promotion_decision(report)
+    if passed and report["challenger"]["champion"] != current:  # moved by hand since the report
+        passed, why = False, (f"the report compared the challenger with champion {report['challenger']['champion']}, "
+                              f"but the champion is now {current}; rematerialise evaluation_report")
+    promoted = passed and challenger != current
+    if promoted:
+        set_current(home, CHAMPION, challenger, reason=f"promoted by run {context.run_id}", versions_of=CHALLENGER)
+    else:
+        context.log.info(f"champion stays {current}: " + (why if not passed else "the challenger already serves"))
+    state = pointers(home, CHAMPION)
+    return dg.MaterializeResult(data_version=dg.DataVersion(str(state["current"])), metadata={
+        "champion": str(state["current"]), "promoted": promoted, "previous": current or "(none)",
+        "decision": why, "history_length": len(state["history"]),
+    })

@@ -1,0 +1,199 @@
+"""The evaluation report: report.json, a self-contained report.html, and its history. No Dagster.
+
+`write_report(home, report)` writes `reports/<run_id>/report.json` and `report.html` (plots
+embedded as data URIs: quality against cost per system, and NDCG@10 of every system over
+the earlier reports), then points `reports/latest` at it (a symlink swapped atomically).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+from assets.store.files import Home, read_json, write_bytes, write_json
+
+SYSTEMS = ("random", "popularity", "retrieval", "gutted", "full_vlm")
+REQUIRED = {
+    "run_id": str, "created_at": str, "dataset": dict, "encoder": dict, "index": dict, "systems": dict,
+    "cost_ratio": dict, "production_estimate": dict,
+}
+SYSTEM_FIELDS = ("ndcg_at_10", "ndcg_at_10_ci", "recall_at_10", "recall_at_50", "mrr",
+                 "flops_per_candidate", "ms_per_1k_candidates", "tokens_per_candidate")
+
+
+def reports_dir(home: Home) -> Path:
+    """`<home>/reports`."""
+    return home.local_dir("reports")
+
+
+def validate_report(report: dict) -> None:
+    """Raise ValueError naming the first field that does not match the documented shape."""
+    for key, typ in REQUIRED.items():
+        if not isinstance(report.get(key), typ):
+            raise ValueError(f"report field {key!r} must be {typ.__name__}, got {type(report.get(key)).__name__}")
+    for key in ("source", "images", "quarantined", "labels", "queries"):
+        if key not in report["dataset"]:
+            raise ValueError(f"report.dataset lacks {key!r}")
+    for key in ("dim", "knn_precision_at_10", "pixel_baseline_knn_precision_at_10"):
+        if key not in report["encoder"]:
+            raise ValueError(f"report.encoder lacks {key!r}")
+    for key in ("factory", "recall_at_10", "qps", "exact_qps"):
+        if key not in report["index"]:
+            raise ValueError(f"report.index lacks {key!r}")
+    if set(report["systems"]) != set(SYSTEMS):
+        raise ValueError(f"report.systems must be exactly {SYSTEMS}, got {sorted(report['systems'])}")
+    for name, sys_ in report["systems"].items():
+        missing = [f for f in SYSTEM_FIELDS if f not in sys_]
+        if missing:
+            raise ValueError(f"report.systems.{name} lacks {missing}")
+        ci = sys_["ndcg_at_10_ci"]
+        if not (isinstance(ci, list) and len(ci) == 2 and ci[0] <= sys_["ndcg_at_10"] + 1e-9 and sys_["ndcg_at_10"] <= ci[1] + 1e-9):
+            raise ValueError(f"report.systems.{name}.ndcg_at_10_ci {ci} does not bracket {sys_['ndcg_at_10']}")
+    for key in ("flops", "ms"):
+        if not isinstance(report["cost_ratio"].get(key), (int, float)):
+            raise ValueError(f"report.cost_ratio.{key} must be a number")
+    for model, row in report["production_estimate"].items():
+        for key in ("full_flops_per_candidate", "gutted_flops_per_candidate", "ratio"):
+            if not isinstance(row.get(key), (int, float)):
+                raise ValueError(f"report.production_estimate.{model}.{key} must be a number")
+
+
+def latest_report(home: Home) -> dict:
+    """The newest report.json (`reports/latest`); FileNotFoundError when there is none yet."""
+    path = reports_dir(home) / "latest" / "report.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no report at {path}: materialise evaluation_report first")
+    return read_json(path)
+
+
+def history(home: Home) -> list[dict]:
+    """Earlier reports (oldest first), as loaded report.json dicts."""
+    root = reports_dir(home)
+    if not root.exists():
+        return []
+    out = []
+    for d in root.iterdir():
+        f = d / "report.json"
+        if d.is_dir() and not d.is_symlink() and f.exists():
+            out.append(read_json(f))
+    return sorted(out, key=lambda r: r["created_at"])
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def quality_cost_plot(report: dict) -> bytes:
+    """NDCG@10 (with its CI) against ms per 1k candidates, one point per system that has a cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, s in report["systems"].items():
+        if s["ms_per_1k_candidates"] is None:
+            ax.axhline(s["ndcg_at_10"], ls=":", lw=1, color="grey")
+            ax.text(ax.get_xlim()[0], s["ndcg_at_10"], f" {name}", va="bottom", fontsize=8, color="grey")
+            continue
+        lo, hi = s["ndcg_at_10_ci"]
+        ax.errorbar(s["ms_per_1k_candidates"], s["ndcg_at_10"], yerr=[[s["ndcg_at_10"] - lo], [hi - s["ndcg_at_10"]]],
+                    fmt="o", capsize=4, label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="measured ms per 1,000 candidates (log)", ylabel="NDCG@10", title="quality against cost")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = _png(fig)
+    plt.close(fig)
+    return png
+
+
+def history_plot(reports: list[dict]) -> bytes:
+    """NDCG@10 per system across reports (oldest to newest)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for name in SYSTEMS:
+        ys = [r["systems"][name]["ndcg_at_10"] for r in reports if name in r.get("systems", {})]
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=name)
+    ax.set(xlabel="report (oldest → newest)", ylabel="NDCG@10", title="metric history")
+    n = max(len(reports), 1)  # reports are counted: integer ticks only
+    ax.xaxis.set_major_locator(FixedLocator(range(1, n + 1)) if n <= 20 else MaxNLocator(integer=True))
+    ax.set_xlim(0.5, n + 0.5)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = _png(fig)
+    plt.close(fig)
+    return png
+
+
+def summary_rows(report: dict) -> list[dict]:
+    """One row per system for tables (markdown, HTML, the command line)."""
+    rows = []
+    for name in [n for n in SYSTEMS if n in report["systems"]]:
+        s = report["systems"][name]
+        lo, hi = s["ndcg_at_10_ci"]
+        rows.append({"system": name, "NDCG@10": f"{s['ndcg_at_10']:.3f} [{lo:.3f}, {hi:.3f}]",
+                     "R@10": round(s["recall_at_10"], 3), "R@50": round(s["recall_at_50"], 3), "MRR": round(s["mrr"], 3),
+                     "GFLOPs/cand": "-" if s["flops_per_candidate"] is None else f"{s['flops_per_candidate'] / 1e9:.4f}",
+                     "ms/1k cand": "-" if s["ms_per_1k_candidates"] is None else f"{s['ms_per_1k_candidates']:.1f}",
+                     "tokens/cand": "-" if s["tokens_per_candidate"] is None else s["tokens_per_candidate"]})
+    return rows
+
+
+def _html_table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: dict, plots: dict[str, bytes], extra_tables: dict[str, list[dict]]) -> str:
+    """A self-contained HTML page: headline, tables, embedded plots."""
+    import base64
+
+    imgs = "".join(f'<h2>{html.escape(t)}</h2><img alt="{html.escape(t)}" src="data:image/png;base64,{base64.b64encode(p).decode()}">'
+                   for t, p in plots.items())
+    tables = "".join(f"<h2>{html.escape(t)}</h2>{_html_table(rows)}" for t, rows in extra_tables.items())
+    cr = report["cost_ratio"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>lensless report {html.escape(report['run_id'])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:right}}
+th{{background:#f3f3f3}}</style></head><body>
+<h1>lensless evaluation report</h1>
+<p>run <code>{html.escape(report['run_id'])}</code>, {html.escape(report['created_at'])};
+source {html.escape(str(report['dataset']['source']))}: {report['dataset']['images']} images,
+{report['dataset']['queries']} evaluation queries.</p>
+<p><b>Gutted vs full VLM:</b> {cr['flops']:.1f}× fewer FLOPs and {cr['ms']:.1f}× less measured time per candidate.</p>
+<h2>Systems</h2>{_html_table(summary_rows(report))}{tables}{imgs}
+<h2>report.json</h2><pre>{html.escape(json.dumps(report, indent=2))}</pre></body></html>"""
+
+
+def write_report(home: Home, report: dict, extra_tables: dict[str, list[dict]] | None = None) -> Path:
+    """Validate and write report.json + report.html under reports/<run_id>/; update `latest`."""
+    validate_report(report)
+    folder = reports_dir(home) / report["run_id"]
+    past = [r for r in history(home) if r["run_id"] != report["run_id"]] + [report]
+    plots = {"Quality against cost": quality_cost_plot(report), "Metric history": history_plot(past)}
+    for name, png in plots.items():
+        write_bytes(png, folder / (name.lower().replace(" ", "_") + ".png"))
+    write_json(report, folder / "report.json")
+    write_bytes(render_html(report, plots, extra_tables or {}).encode(), folder / "report.html")
+    latest, tmp_link = reports_dir(home) / "latest", reports_dir(home) / ".latest.tmp"
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    os.symlink(folder.name, tmp_link)
+    os.replace(tmp_link, latest)
+    return folder

@@ -1,0 +1,177 @@
+"""Image sources and the batches cut from them. No Dagster here.
+
+A source is a local folder, any fsspec URL (`s3://…`, `gs://…`, `memory://…`) or `demo`
+(the built-in catalog, rendered once under `<home>/sources/demo`). `list_source`
+walks it recursively WITHOUT decoding anything: it returns the candidate image files and,
+separately, every other file with the reason it was skipped, so nothing disappears silently.
+
+A batch is the unit of ingestion and the key of the `image_batches` dynamic partition. Its
+file list is frozen in the `batch_files` table when the batch is created, so
+re-running the partition later ingests exactly the same files.
+
+Labels come from folders: with `label_depth=1` the label is the first-level subfolder name
+(`root/shoe/a.jpg` → `shoe`); `label_depth=2` uses the second level; files directly at the
+root get no label. `label_depth=0` turns labels off.
+
+Modified and deleted files: a batch records (uri, size, mtime). A file whose size or mtime
+changed is listed again as new; its bytes are hashed at ingestion, so changed content
+becomes a new image and unchanged content is recorded as a duplicate. A deleted file is
+not listed again, and nothing already ingested is removed: the lake is append-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import fsspec
+import polars as pl
+from upath import UPath
+
+from assets.ingestion.decode import SUPPORTED_EXTENSIONS
+from assets.store.files import Home
+from assets.store.lake import (
+    BATCH_SCHEMA,
+    add_to_registry,
+    read_registry,
+    read_table,
+    table_partitions,
+    write_table,
+)
+
+DEMO = "demo"
+WATCH_ENV = "LENSLESS_WATCH"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a source holds: image candidates and skipped files, as frames of BATCH_SCHEMA."""
+
+    files: pl.DataFrame
+    skipped: pl.DataFrame
+
+
+def demo_root(home: Home) -> UPath:
+    """Where demo catalogs are rendered, one folder per (images, size, seed)."""
+    return home.path("sources", "demo")
+
+
+def resolve_source(source: str) -> str:
+    """Turn a user's source argument into a URL or absolute path; `demo` maps to its folder."""
+    if source == DEMO:
+        raise ValueError("the 'demo' source is rendered by `lensless ingest demo` / `lensless demo` first")
+    if "://" in source:
+        return source
+    path = os.path.abspath(os.path.expanduser(source))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"source {source!r} is not a directory (resolved to {path}); "
+                                "pass a folder, an fsspec URL such as s3://bucket/prefix, or 'demo'")
+    return path
+
+
+def _label(rel_parts: list[str], depth: int) -> str | None:
+    # rel_parts = subfolders + filename; a file at the root has no subfolder.
+    if depth <= 0 or len(rel_parts) - 1 < depth:
+        return None
+    return rel_parts[depth - 1]
+
+
+def list_source(source: str, label_depth: int = 1) -> Listing:
+    """List every file under `source` (recursively) without reading any of them."""
+    root = resolve_source(source)
+    fs, root_path = fsspec.core.url_to_fs(root)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    local = protocol in ("file", "local")
+    rows = []
+    if local:
+        for dirpath, dirnames, filenames in os.walk(root_path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                st = os.stat(full)
+                rows.append((full, os.path.relpath(full, root_path), st.st_size, st.st_mtime))
+    else:
+        for path, info in sorted(fs.find(root_path, detail=True).items()):
+            if info.get("type") == "directory":
+                continue
+            mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+            if isinstance(mtime, datetime):
+                mtime = mtime.timestamp()
+            uri = fs.unstrip_protocol(path)
+            rows.append((uri, os.path.relpath(path, root_path.rstrip("/")), int(info.get("size") or 0), float(mtime)))
+    records = []
+    for uri, rel, size, mtime in rows:
+        parts = rel.replace(os.sep, "/").split("/")
+        ext = os.path.splitext(parts[-1])[1].lower()
+        hidden = parts[-1].startswith(".")
+        reason = None if (ext in SUPPORTED_EXTENSIONS and not hidden) else (
+            "hidden_file" if hidden else f"unsupported_extension:{ext or '(none)'}")
+        records.append({"uri": uri, "label": _label(parts, label_depth), "size": size,
+                        "mtime": float(mtime), "skipped_reason": reason, "source": source})
+    frame = pl.DataFrame(records, schema=BATCH_SCHEMA)
+    return Listing(files=frame.filter(pl.col("skipped_reason").is_null()),
+                   skipped=frame.filter(pl.col("skipped_reason").is_not_null()))
+
+
+def known_batches(home: Home) -> list[str]:
+    """Every batch that has a frozen file list, oldest first."""
+    return table_partitions(home, "batch_files")
+
+
+def known_files(home: Home) -> set[tuple[str, int, float]]:
+    """(uri, size, mtime) of every file already put in a batch, skipped ones included."""
+    frame = read_table(home, "batch_files")
+    return set(zip(frame["uri"].to_list(), frame["size"].to_list(), frame["mtime"].to_list(), strict=True))
+
+
+def new_entries(home: Home, listing: Listing) -> pl.DataFrame:
+    """Files and skipped files of a listing that are in no batch yet (new, or modified)."""
+    known = known_files(home)
+    frame = pl.concat([listing.files, listing.skipped])
+    keep = [(u, s, m) not in known for u, s, m in zip(frame["uri"], frame["size"], frame["mtime"], strict=True)]
+    return frame.filter(pl.Series(keep, dtype=pl.Boolean))
+
+
+def new_batch_key(entries: pl.DataFrame, now: datetime | None = None) -> str:
+    """A sortable, content-derived partition key: `b<UTC time>-<hash of the file list>`."""
+    now = now or datetime.now(timezone.utc)
+    digest = hashlib.sha256("\n".join(sorted(entries["uri"].to_list())).encode()).hexdigest()[:8]
+    return f"b{now.strftime('%Y%m%dT%H%M%S')}-{digest}"
+
+
+def cut_batches(entries: pl.DataFrame, max_files: int) -> list[pl.DataFrame]:
+    """Split new entries into batches of at most `max_files` image files (skipped ones ride along)."""
+    if max_files <= 0:
+        raise ValueError(f"max_files must be positive, got {max_files}")
+    files = entries.filter(pl.col("skipped_reason").is_null())
+    skipped = entries.filter(pl.col("skipped_reason").is_not_null())
+    chunks = [files.slice(i, max_files) for i in range(0, files.height, max_files)] or [files]
+    chunks[0] = pl.concat([chunks[0], skipped])
+    return [c for c in chunks if c.height]
+
+
+def register_batch(home: Home, entries: pl.DataFrame, key: str | None = None) -> str:
+    """Freeze a batch's file list and return its key (the new dynamic partition)."""
+    key = key or new_batch_key(entries)
+    write_table(home, "batch_files", entries.select(list(BATCH_SCHEMA)), key)
+    return key
+
+
+def read_batch(home: Home, batch: str) -> pl.DataFrame:
+    """The frozen file list of `batch`."""
+    if batch not in known_batches(home):
+        raise KeyError(f"unknown batch {batch!r}; known: {', '.join(known_batches(home)) or '(none)'}")
+    return read_table(home, "batch_files", [batch])
+
+
+def watched_sources(home: Home) -> list[str]:
+    """Sources the sensor lists: `$LENSLESS_WATCH` (comma-separated) plus every ingested source."""
+    env = [s.strip() for s in os.environ.get(WATCH_ENV, "").split(",") if s.strip()]
+    return list(dict.fromkeys(env + read_registry(home, "watched_sources")))
+
+
+def register_watched(home: Home, source: str) -> None:
+    """Remember a source so `new_images_sensor` keeps watching it (idempotent)."""
+    add_to_registry(home, "watched_sources", source)

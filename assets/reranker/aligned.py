@@ -1,0 +1,36 @@
+"""The catalog and its features in the index's row order. No Dagster here.
+
+Row i is `image_id` i of the index (`indexes/ids.parquet`), so FAISS ids are rows: the
+reranker's training groups, the evaluation's candidates and `recommend` all address images by
+these rows, in embeddings (gutted model) or pixels (full VLM).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from assets.retrieval.index_store import load_index
+from assets.store.files import Home
+from assets.store.lake import catalog, load_pixels, read_table
+
+
+def aligned_catalog(home: Home) -> tuple[pl.DataFrame, np.ndarray]:
+    """(catalog frame in index row order, embeddings (N, d) float32 in the same order)."""
+    _, ids, _ = load_index(home, mmap=True)
+    order = pl.DataFrame({"image_id": ids}).with_row_index("pos")
+    frame = order.join(catalog(home), on="image_id", how="left").sort("pos")
+    emb = read_table(home, "image_embeddings").select("image_id", "embedding")
+    emb = order.join(emb, on="image_id", how="left").sort("pos")
+    assert emb["embedding"].null_count() == 0, "index holds image ids without embeddings; rebuild the index"
+    return frame, np.ascontiguousarray(emb["embedding"].to_numpy(), dtype=np.float32)
+
+
+def aligned_pixels(home: Home, frame: pl.DataFrame) -> np.ndarray:
+    """Canonical pixels in the row order of `frame` (from `aligned_catalog`)."""
+    return load_pixels(home, frame.select("batch", "row"))
+
+
+def rows_of(frame: pl.DataFrame) -> dict[str, int]:
+    """{image_id: row} of an aligned catalog."""
+    return {k: i for i, k in enumerate(frame["image_id"].to_list())}

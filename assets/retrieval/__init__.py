@@ -1,0 +1,1 @@
+"""Stage 3: the FAISS index over the embeddings, tuned to a recall target (group `retrieval`)."""

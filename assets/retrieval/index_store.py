@@ -1,0 +1,152 @@
+"""Keep the FAISS index in step with the embedding partitions. No Dagster here.
+
+`update_index` decides between an incremental add and a full rebuild:
+- full rebuild when there is no index yet, the encoder changed (every vector changed),
+  `index.build.needs_rebuild` says N outgrew the factory, or `quantizer_drift` of the new
+  vectors exceeds `index.build.DRIFT_THRESHOLD` (IVF only);
+- otherwise only the partitions not yet in the index are added (old ones are not re-added).
+It then tunes search parameters to the recall target on held-out queries (a seeded sample
+of the stored vectors, searched against exact inner-product kNN). The tuner's measurement
+(tie-aware recall@10 at the chosen parameters, QPS against exact search, `met_target`) is
+the one stored in the state file and read by the `index_recall` check. It writes the index,
+the row-id → image_id table and the state, each atomically, in `<home>/indexes/` (local
+files: faiss needs a path).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from assets.store.files import Home, read_json, read_parquet, write_json, write_parquet
+from index.build import (
+    DRIFT_THRESHOLD,
+    add_vectors,
+    build_index,
+    choose_factory,
+    needs_rebuild,
+    quantizer_drift,
+)
+from index.io import read_index, write_index_atomic
+from index.tune import apply_params, tune_index
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    target_recall: float = 0.95  # recall@10 the tuned search parameters must reach
+    memory_budget_bytes: int | None = None  # None: no limit (see index/build.py table)
+    tuning_queries: int = 1000  # held-out queries for tuning and measurement
+    seed: int = 0
+
+
+def index_dir(home: Home) -> Path:
+    """`<home>/indexes`."""
+    return home.local_dir("indexes")
+
+
+def load_state(home: Home) -> dict | None:
+    """The state of the current index (factory, encoder, partitions, params, recall), if any."""
+    path = index_dir(home) / "state.json"
+    return read_json(path) if path.exists() else None
+
+
+def load_index(home: Home, mmap: bool = True):
+    """(faiss index with tuned params applied, image_id per row id, state)."""
+    state = load_state(home)
+    if state is None:
+        raise FileNotFoundError("no FAISS index yet: materialise faiss_index first")
+    index = read_index(index_dir(home) / "faiss.index", mmap=mmap)
+    apply_params(index, state["params"])
+    ids = read_parquet(index_dir(home) / "ids.parquet")["image_id"].to_numpy()
+    return index, ids, state
+
+
+def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_version: str,
+                 config: IndexConfig = IndexConfig(), log=print) -> dict:
+    """Bring the index up to date with `partitions` ({batch: image_id/embedding frame}); returns a report."""
+    assert partitions, "no embedding partitions to index"
+    started = time.perf_counter()
+    state = load_state(home)
+    d = next(iter(partitions.values()))["embedding"].dtype.size
+    n_total = sum(f.height for f in partitions.values())
+    new_keys = sorted(partitions) if state is None else sorted(set(partitions) - set(state["partitions"]))
+    reason = None
+    if state is None:
+        reason = "no index yet"
+    elif state["encoder_version"] != encoder_version:
+        reason = f"encoder changed {state['encoder_version']} → {encoder_version}"
+    elif set(state["partitions"]) - set(partitions):
+        reason = "partitions disappeared"
+    elif needs_rebuild(state["factory"], n_total, d, config.memory_budget_bytes):
+        reason = f"N={n_total} outgrew {state['factory']}"
+
+    index = drift = None
+    if reason is None and new_keys:
+        index = read_index(index_dir(home) / "faiss.index", mmap=False)
+        xb_new = _stack([partitions[k] for k in new_keys])
+        drift = quantizer_drift(index, xb_new)
+        if drift > DRIFT_THRESHOLD:
+            reason, index = f"quantizer drift {drift:.2f} > {DRIFT_THRESHOLD}", None
+
+    if reason is not None:
+        factory = choose_factory(n_total, d, config.memory_budget_bytes)
+        keys = sorted(partitions)
+        image_ids = pl.concat([partitions[k].select("image_id") for k in keys])["image_id"]
+        xb = _stack([partitions[k] for k in keys])
+        log(f"full build of {factory} over {len(xb)} vectors: {reason}")
+        index = build_index(xb, np.arange(len(xb), dtype=np.int64), factory)
+        mode = "rebuild"
+    elif new_keys:
+        factory = state["factory"]
+        old_ids = read_parquet(index_dir(home) / "ids.parquet")["image_id"]
+        added = pl.concat([partitions[k].select("image_id") for k in new_keys])["image_id"]
+        log(f"incremental add of {len(added)} vectors from {len(new_keys)} new partitions to {factory}")
+        add_vectors(index, xb_new, np.arange(len(old_ids), len(old_ids) + len(added), dtype=np.int64))
+        image_ids = pl.concat([old_ids, added])
+        mode = "incremental"
+    else:
+        log("index already up to date")
+        return {**state, "mode": "unchanged"}
+    build_seconds = time.perf_counter() - started
+
+    xb_all = _stack([partitions[k] for k in sorted(partitions)]) if mode == "rebuild" else None
+    if xb_all is None:  # incremental: measure against every stored vector, in row-id order
+        order = {k: i for i, k in enumerate(image_ids.to_list())}
+        frames = pl.concat([partitions[k] for k in sorted(partitions)])
+        rows = np.array([order[i] for i in frames["image_id"]])
+        xb_all = np.empty((len(rows), d), np.float32)
+        xb_all[rows] = frames["embedding"].to_numpy()
+    rng = np.random.default_rng(config.seed)
+    q = rng.choice(len(xb_all), size=min(config.tuning_queries, len(xb_all)), replace=False)
+    xq = xb_all[q] + rng.normal(0, 0.01, (len(q), d)).astype(np.float32)  # near, not identical, to stored vectors
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    tuned = tune_index(index, xb_all, xq, k=10, target_recall=config.target_recall)
+    log(f"tuned {factory}: params {tuned.params or '(none)'}, recall@10 {tuned.recall_at_10:.4f} "
+        f"(target {config.target_recall}{'' if tuned.met_target else ', NOT met'}), {tuned.qps:.0f} QPS "
+        f"vs exact {tuned.exact_qps:.0f}")
+
+    folder = index_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_index_atomic(index, folder / "faiss.index")
+    write_parquet(pl.DataFrame({"image_id": image_ids}), folder / "ids.parquet")
+    report = {
+        "factory": factory, "params": tuned.params, "n": int(index.ntotal), "d": int(d),
+        "encoder_version": encoder_version, "partitions": sorted(partitions), "mode": mode,
+        "reason": reason or f"added {len(new_keys)} partitions", "drift": drift,
+        "recall_at_10": float(tuned.recall_at_10), "target_recall": config.target_recall,
+        "met_target": bool(tuned.met_target), "qps": float(tuned.qps),
+        "exact_qps": float(tuned.exact_qps), "speedup_vs_exact": float(tuned.qps / tuned.exact_qps),
+        "bytes_per_vector": os.path.getsize(folder / "faiss.index") / max(1, index.ntotal),
+        "build_seconds": build_seconds, "config": asdict(config),
+    }
+    write_json(report, folder / "state.json")  # last: readers trust the state file
+    return report
+
+
+def _stack(frames: list[pl.DataFrame]) -> np.ndarray:
+    return np.ascontiguousarray(np.concatenate([f["embedding"].to_numpy() for f in frames]), dtype=np.float32)

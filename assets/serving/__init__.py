@@ -1,0 +1,1 @@
+"""Recommendations from the champion reranker (the `lensless recommend` command; no assets)."""

@@ -1,0 +1,72 @@
+"""Answer "what goes with this image?" for a catalog image or any image file. No Dagster here.
+
+A catalog `image_id` uses its stored embedding; a file path (or fsspec URL) is decoded with
+the ingestion decoder and embedded on the fly by the current encoder. The index returns
+`pool` candidates, the champion reranker scores them, and the top `k` come back with their
+URIs. Only a champion serves: a challenger that passed `challenger_not_worse` when it was
+promoted (not worse than retrieval or the champion before it), or one promoted by hand.
+Before there is one, the candidates stay in retrieval order, because an unchecked
+challenger may rank worse than no reranker at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from assets.evaluation.promotion import CHALLENGER, CHAMPION
+from assets.ingestion.batch import read_bytes
+from assets.ingestion.decode import DecodePolicy, decode_image
+from assets.reranker.aligned import aligned_catalog
+from assets.retrieval.index_store import load_index
+from assets.store.files import Home
+from assets.store.models import current_dir, pointers, version_dir
+from index.search import search
+from models.embed import embed_pixels
+from models.encoder import ImageEncoder
+from models.scoring import CANDIDATES, score_candidates
+from models.train_reranker import load_reranker
+
+
+def serving_version(home: Home) -> str | None:
+    """The champion reranker's version, or None before one was promoted."""
+    return pointers(home, CHAMPION)["current"]
+
+
+def query_embedding(home: Home, query: str, frame, emb: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(embedding (d,), image_id or None) for a catalog image id or an image file."""
+    ids = frame["image_id"].to_list()
+    if query in ids:
+        return emb[ids.index(query)], query
+    try:
+        data = read_bytes(query)
+    except OSError as e:
+        raise ValueError(f"{query!r} is neither a catalog image_id nor a readable image file: {e}") from e
+    pixels, _ = decode_image(data, DecodePolicy())  # the encoder resizes to its own input size
+    encoder = ImageEncoder.from_checkpoint(current_dir(home, "image_encoder"))
+    return embed_pixels(encoder, pixels[None])[0], None
+
+
+def recommend(home: Home, query: str, k: int = 10, pool: int = CANDIDATES, rerank: bool = True,
+              version: str | None = None) -> list[dict]:
+    """Top-k recommendations: [{"image_id", "uri", "score"}], best first.
+
+    With `rerank`, the reranker `version` scores the candidates (default: the champion; none
+    yet: retrieval order)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    frame, emb = aligned_catalog(home)
+    vec, own_id = query_embedding(home, query, frame, emb)
+    index, _, _ = load_index(home)
+    pool = max(pool, k)
+    scores, rows = search(index, vec[None].astype(np.float32), pool + 1)
+    ids, uris = frame["image_id"].to_list(), frame["uri"].to_list()
+    keep = [(float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0 and ids[r] != own_id][:pool]
+    cand_rows = np.array([r for _, r in keep])
+    version = (version or serving_version(home)) if rerank else None
+    if version is not None and len(cand_rows):
+        scorer = load_reranker(version_dir(home, CHALLENGER, version))
+        out = score_candidates(scorer, emb, [0], cand_rows[None], query_features=vec[None])[0]
+        ranked = [(float(out[j]), int(cand_rows[j])) for j in np.argsort(-out, kind="stable")]
+    else:
+        ranked = keep
+    return [{"image_id": ids[r], "uri": uris[r], "score": s} for s, r in ranked[:k]]

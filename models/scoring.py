@@ -1,0 +1,64 @@
+"""Scoring candidate lists with a reranker, and what one scored candidate costs.
+
+`score_candidates` is the one scoring loop: validation during training, the reranked
+candidates, the full-VLM baseline, the champion comparison and `recommend` all call it.
+Features are indexed by row (`features[query_rows]`, `features[cand_rows]`) one batch of
+queries at a time, so a catalog of pixels is never copied whole; they may be embeddings
+(N, d), uint8 pixels (N, S, S, 3), or a scorer's prepared features already on its device.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+CANDIDATES = 50  # candidates per query that retrieval hands a reranker
+
+
+def feature_tensor(features) -> torch.Tensor:
+    """Reranker input as a tensor: uint8 pixels stay uint8, embeddings become float32."""
+    if torch.is_tensor(features):
+        t = features
+    else:
+        with warnings.catch_warnings():
+            # read-only memmaps (the lake's pixels) are shared, not copied; nothing writes to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.as_tensor(np.ascontiguousarray(features))
+    return t if t.dtype == torch.uint8 else t.float()
+
+
+def device_of(scorer) -> torch.device:
+    """The device of a scorer's parameters."""
+    return next(scorer.parameters()).device
+
+
+@torch.no_grad()
+def score_candidates(scorer, features, query_rows, cand_rows, batch: int = 8,
+                     progress: Callable[[int, int], None] | None = None,
+                     query_features=None) -> np.ndarray:
+    """Scores (Q, K) float32 of each query's K candidates, `batch` queries at a time.
+
+    `query_rows` (Q,) and `cand_rows` (Q, K) index `features`. `query_features` (Q, ...)
+    replaces `features[query_rows]` for queries outside the catalog. The scorer's training
+    mode is restored afterwards.
+    """
+    query_rows, cand_rows = np.asarray(query_rows), np.asarray(cand_rows)
+    n = len(cand_rows)
+    device = device_of(scorer)
+    was_training = scorer.training
+    scorer.eval()
+    out = []
+    try:
+        for i in range(0, n, batch):
+            q = features[query_rows[i: i + batch]] if query_features is None else query_features[i: i + batch]
+            q = feature_tensor(q).to(device)
+            c = feature_tensor(features[cand_rows[i: i + batch]]).to(device)
+            out.append(scorer.score(q, c).float().cpu().numpy())
+            if progress is not None:
+                progress(min(i + batch, n), n)
+    finally:
+        scorer.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, cand_rows.shape[1] if cand_rows.ndim == 2 else 0), np.float32)

@@ -1,0 +1,166 @@
+"""raw_images and engagement_events under `materialize`, the `lensless_home` resource pointing at
+a temporary home."""
+
+import json
+import shutil
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from assets.ingestion.assets import engagement_events, quarantine_rate, raw_images, unique_image_ids
+from assets.ingestion.sources import list_source, new_entries, register_batch
+from assets.store.files import read_npy
+from assets.store.lake import pixels_path, read_table
+from assets.store.resource import LenslessHome
+from tests.assets.image_files import make_mixed_folder
+
+
+def _resources(home):
+    return {"lensless_home": LenslessHome(path=str(home.root))}
+
+
+def ingest(home, instance, source, **config):
+    entries = new_entries(home, list_source(source))
+    batch = register_batch(home, entries)
+    instance.add_dynamic_partitions("image_batches", [batch])
+    result = dg.materialize([raw_images, quarantine_rate, unique_image_ids], partition_key=batch, instance=instance,
+                            resources=_resources(home),
+                            run_config={"ops": {"raw_images": {"config": config}}} if config else None)
+    assert result.success
+    return batch, result
+
+
+def test_mixed_folder_nothing_lost(home, tmp_path):
+    files = make_mixed_folder(tmp_path / "src")
+    instance = dg.DagsterInstance.ephemeral()
+    batch, result = ingest(home, instance, str(tmp_path / "src"), size=64)
+    manifest = read_table(home, "raw_images", [batch])
+    quarantine = read_table(home, "quarantine", [batch])
+    duplicates = read_table(home, "duplicates", [batch])
+    skipped = read_table(home, "skipped", [batch])
+    assert sorted(manifest["uri"]) == files["good"]
+    assert duplicates["uri"].to_list() == [files["copy"]]
+    assert duplicates["duplicate_of"][0] == manifest.filter(pl.col("uri").str.ends_with("formats/photo.jpg"))["image_id"][0]
+    assert dict(zip(quarantine["uri"], quarantine["reason"], strict=True)) == files["bad"]
+    assert skipped.height == files["skipped"]
+    # every file listed is accounted for exactly once
+    accounted = manifest.height + quarantine.height + duplicates.height + skipped.height
+    assert accounted == len(files["good"]) + 1 + len(files["bad"]) + files["skipped"]
+    pixels = read_npy(pixels_path(home, batch))
+    assert pixels.shape == (manifest.height, 64, 64, 3)
+    assert manifest["label"].to_list().count("formats") == 7
+    meta = result.asset_materializations_for_node("raw_images")[0].metadata
+    assert meta["ingested"].value == len(files["good"]) and meta["quarantined"].value == len(files["bad"])
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"quarantine_rate": False, "unique_image_ids": True}  # 7 bad of 21: above 20%
+
+
+def test_dedupe_across_batches_and_idempotent_rerun(home, tmp_path):
+    src = tmp_path / "src" / "cats"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    instance = dg.DagsterInstance.ephemeral()
+    first, _ = ingest(home, instance, str(tmp_path / "src"), size=32)
+    shutil.copy(src / "0.png", src / "copy_of_0.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(src / "new.png")
+    second, _ = ingest(home, instance, str(tmp_path / "src"), size=32)
+    assert read_table(home, "raw_images", [second])["uri"].to_list() == [str(src / "new.png")]
+    dup = read_table(home, "duplicates", [second])
+    assert dup["uri"].to_list() == [str(src / "copy_of_0.png")]
+    assert dup["duplicate_of"][0] in read_table(home, "raw_images", [first])["image_id"].to_list()
+    before = read_table(home, "raw_images", [first])
+    assert dg.materialize([raw_images], partition_key=first, instance=instance, resources=_resources(home),
+                          run_config={"ops": {"raw_images": {"config": {"size": 32}}}}).success
+    assert read_table(home, "raw_images", [first]).equals(before)  # idempotent, timestamps kept
+    assert read_table(home, "raw_images")["image_id"].n_unique() == 4
+
+
+def test_engagement_events_counts_unknown_images(home, tmp_path):
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(src / f"{i}.png")
+    instance = dg.DagsterInstance.ephemeral()
+    ingest(home, instance, str(tmp_path / "src"))
+    events = pl.DataFrame({
+        "user_id": ["u1", "u1", "u2", "u2"],
+        "image_uri": [str(src / "0.png"), str(src / "1.png"), str(src / "1.png"), "/nowhere.png"],
+        "event": ["save", "click", "CLICK", "save"],
+        "ts": ["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z", "2026-01-04T00:00:00Z"],
+    })
+    path = tmp_path / "events.csv"
+    events.write_csv(path)
+    result = dg.materialize([engagement_events], instance=instance, resources=_resources(home),
+                            run_config={"ops": {"engagement_events": {"config": {"paths": [str(path)]}}}})
+    meta = result.asset_materializations_for_node("engagement_events")[0].metadata
+    assert meta["events"].value == 3 and meta["dropped_unknown_image"].value == 1
+    table = read_table(home, "engagement_events")
+    assert set(table["event"]) == {"save", "click"} and table["image_id"].null_count() == 0
+
+
+def test_bad_engagement_file_names_missing_columns(home, tmp_path):
+    from assets.ingestion.engagement import load_engagement_file
+
+    path = tmp_path / "bad.csv"
+    pl.DataFrame({"user": ["u"], "event": ["save"]}).write_csv(path)
+    with pytest.raises(ValueError, match="lacks columns"):
+        load_engagement_file(str(path))
+
+
+def test_real_data_sklearn_digits_and_photos(home, tmp_path):
+    from sklearn.datasets import load_digits, load_sample_images
+
+    digits = load_digits()
+    root = tmp_path / "real"
+    for i in range(60):
+        d = root / f"digit_{digits.target[i]}"
+        d.mkdir(parents=True, exist_ok=True)
+        img = (digits.images[i] * (255 / 16)).astype(np.uint8)
+        Image.fromarray(img).resize((64, 64), Image.Resampling.NEAREST).save(d / f"{i}.png")
+    (root / "photos").mkdir()
+    for name, arr in zip(load_sample_images().filenames, load_sample_images().images, strict=True):
+        Image.fromarray(arr).save(root / "photos" / (name.split("/")[-1]), quality=90)
+    instance = dg.DagsterInstance.ephemeral()
+    batch, _ = ingest(home, instance, str(root), size=64)
+    manifest = read_table(home, "raw_images", [batch])
+    dups = read_table(home, "duplicates", [batch]).height
+    assert manifest.height + dups == 62 and read_table(home, "quarantine", [batch]).height == 0
+    assert manifest.filter(pl.col("label") == "photos").height == 2
+    assert set(manifest["label"]) >= {f"digit_{k}" for k in range(10)}
+
+
+def test_cli_ingest_json(lensless_home, tmp_path, capsys):
+    from orchestration.cli import main
+
+    make_mixed_folder(tmp_path / "src")
+    assert main(["ingest", str(tmp_path / "src"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ingested"] == 13 and summary["duplicates"] == 1 and summary["skipped"] == 2
+    assert summary["quarantined"] == {"empty": 1, "not_an_image": 2, "too_many_pixels": 1, "too_small": 1,
+                                      "truncated": 1, "undecodable": 1}
+    assert main(["ingest", str(tmp_path / "src"), "--json"]) == 0  # nothing new the second time
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["batch"] is None
+    assert main(["ingest", str(tmp_path / "missing")]) == 2
+
+
+def test_fsspec_memory_source(home):
+    import fsspec
+
+    from tests.assets.image_files import encode, good_files
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/imgs/mugs/one.png", good_files()["formats/photo.png"])
+    fs.pipe("/bucket/imgs/mugs/two.webp", good_files()["formats/photo.webp"])
+    fs.pipe("/bucket/imgs/notes.md", b"# skipped")
+    fs.pipe("/bucket/imgs/lamps/three.jpg", encode(Image.new("RGB", (50, 50), (1, 2, 3)), "JPEG"))
+    instance = dg.DagsterInstance.ephemeral()
+    batch, _ = ingest(home, instance, "memory://bucket/imgs", size=32)
+    manifest = read_table(home, "raw_images", [batch])
+    assert sorted(manifest["label"]) == ["lamps", "mugs", "mugs"]
+    assert all(u.startswith("memory://") for u in manifest["uri"])
+    assert read_table(home, "skipped", [batch])["reason"].to_list() == ["unsupported_extension:.md"]

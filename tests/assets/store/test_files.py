@@ -1,0 +1,76 @@
+"""Crash-safe writes and streamed reads of the lake."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from assets.store.files import (
+    NpyWriter,
+    iter_npy_rows,
+    read_npy,
+    read_parquet,
+    write_npy,
+    write_parquet,
+)
+
+
+def test_iter_npy_rows_equals_full_read(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 255, (37, 5, 4, 3), dtype=np.uint8)
+    write_npy(arr, tmp_path / "a.npy")
+    blocks = list(iter_npy_rows(tmp_path / "a.npy", 8))
+    assert [len(b) for b in blocks] == [8, 8, 8, 8, 5]
+    assert np.array_equal(np.concatenate(blocks), arr)
+
+
+def test_failed_parquet_write_keeps_previous_file(tmp_path):
+    path = tmp_path / "t.parquet"
+    write_parquet(pl.DataFrame({"a": [1, 2]}), path)
+
+    class Boom(pl.DataFrame):
+        def write_parquet(self, f, *a, **k):
+            f.write(b"partial garbage")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_parquet(Boom({"a": [3]}), path)
+    assert read_parquet(path)["a"].to_list() == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"], "temporary file left behind"
+
+
+def test_npy_writer_abort_leaves_old_file(tmp_path):
+    path = tmp_path / "p.npy"
+    write_npy(np.ones((2, 2), np.uint8), path)
+    writer = NpyWriter(path, (3, 2), np.uint8)
+    writer.append(np.full(2, 7))
+    writer.abort()
+    assert read_npy(path, mmap=False).tolist() == [[1, 1], [1, 1]]
+    assert [p.name for p in tmp_path.iterdir()] == ["p.npy"], "temporary file left behind"
+    writer = NpyWriter(path, (3, 2), np.uint8)
+    for _ in range(3):
+        writer.append(np.full(2, 7))
+    writer.close()
+    assert read_npy(path).tolist() == [[7, 7]] * 3
+
+
+@pytest.mark.parametrize("rows", [0, 1, 999])
+def test_npy_writer_header_matches_rows_written(tmp_path, rows):
+    """Fewer rows than planned (rejected files) give a smaller, valid array; np.load agrees."""
+    path = tmp_path / "p.npy"
+    writer = NpyWriter(path, (1000, 4, 3), np.uint8)
+    data = np.random.default_rng(0).integers(0, 255, (rows, 4, 3), dtype=np.uint8)
+    for r in data:
+        writer.append(r)
+    writer.close()
+    assert np.array_equal(np.load(path), data)
+    assert np.array_equal(read_npy(path), data)
+    with pytest.raises(ValueError, match="expected"):
+        NpyWriter(tmp_path / "q.npy", (2, 4, 3)).append(np.zeros((4, 4, 3)))
+
+
+def test_npy_writer_rejects_rows_past_its_shape(tmp_path):
+    writer = NpyWriter(tmp_path / "p.npy", (1, 2), np.float32)
+    writer.append(np.ones(2))
+    with pytest.raises(ValueError, match="full"):
+        writer.append(np.ones(2))
+    writer.close()
+    assert np.load(tmp_path / "p.npy").dtype == np.float32

@@ -1,0 +1,252 @@
+"""A small end-to-end run of the whole graph through Dagster (a few hundred demo images, tiny
+configs), then the report schema, promotion, `recommend` for an outside image and the SQL views."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY = {"ops": {
+    "image_encoder": {"config": {"architecture": "tiny", "epochs": 2}},
+    "gutted_reranker": {"config": {"stage1_epochs": 1, "stage2_epochs": 1, "max_train_groups": 48}},
+    "full_vlm_reranker": {"config": {"stage1_epochs": 1, "stage2_epochs": 0, "max_train_groups": 48}},
+    "candidates": {"config": {"max_queries": 16, "k": 20}},
+}}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from assets.store.files import Home
+
+    home = Home.at(tmp_path_factory.mktemp("e2e") / "home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LENSLESS_HOME", str(home.root))
+        mp.setenv("DAGSTER_HOME", str(home.local_dir("dagster")))
+        from orchestration.cli import ensure_demo
+        from orchestration.pipeline import run_all
+
+        report = run_all(home, ensure_demo(200), run_config=TINY)
+        assert report["_promotion"].startswith("champion: "), report["_promotion"]
+        yield home, report
+
+
+def test_report_matches_schema(pipeline):
+    from assets.evaluation.report import SYSTEMS, validate_report
+
+    home, report = pipeline
+    on_disk = json.loads((home.local_dir("reports") / "latest" / "report.json").read_text())
+    validate_report(on_disk)
+    assert on_disk["run_id"] == report["run_id"]
+    assert set(on_disk["systems"]) == set(SYSTEMS)
+    assert on_disk["dataset"]["images"] == 200 and on_disk["dataset"]["queries"] == 16
+    assert on_disk["encoder"]["dim"] == 32  # the tiny encoder
+    assert on_disk["cost_ratio"]["flops"] > 1 and on_disk["cost_ratio"]["ms"] > 1, "gutted must be cheaper"
+    assert set(on_disk["production_estimate"]) == {"Qwen3-VL-2B", "Qwen3-VL-4B", "Qwen3-VL-8B"}
+    ch = on_disk["challenger"]  # the promotion gate's bar: challenger − retrieval on the same queries
+    lo, hi = ch["retrieval_ndcg_diff_ci"]
+    assert lo <= ch["retrieval_ndcg_diff"] <= hi
+    per_system = on_disk["systems"]
+    assert ch["retrieval_ndcg_diff"] == pytest.approx(
+        per_system["gutted"]["ndcg_at_10"] - per_system["retrieval"]["ndcg_at_10"], abs=1e-9)
+    page = (home.local_dir("reports") / "latest" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "http://" not in page and "https://" not in page
+
+
+def test_index_recall_is_the_tuners_one_measurement(pipeline):
+    """The index_recall check reads the recall the tuner measured and stored in the state."""
+    import dagster as dg
+
+    from assets.retrieval.index_store import load_state
+    from orchestration.instance import get_instance
+
+    home, report = pipeline
+    state = load_state(home)
+    assert state["met_target"] is True and state["recall_at_10"] >= state["target_recall"]
+    assert report["index"]["recall_at_10"] == state["recall_at_10"]
+    check = get_instance().event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("faiss_index"), "index_recall")])
+    evaluation = next(iter(check.values())).event.dagster_event.event_specific_data
+    assert evaluation.passed and evaluation.metadata["recall_at_10"].value == state["recall_at_10"]
+
+
+def test_first_challenger_is_promoted(pipeline):
+    from assets.store.models import pointers
+
+    home, _ = pipeline
+    challenger = pointers(home, "gutted_reranker")["current"]
+    state = pointers(home, "reranker_champion")
+    assert state["current"] == challenger and len(state["history"]) == 1
+
+
+def test_recommend_outside_image(pipeline, tmp_path, capsys):
+    from sklearn.datasets import load_sample_images
+
+    from orchestration.cli import main
+
+    outside = tmp_path / "outside.jpg"
+    Image.fromarray(load_sample_images().images[0]).save(outside)
+    assert main(["recommend", str(outside), "-k", "5", "--json"]) == 0
+    captured = capsys.readouterr()
+    results = json.loads(captured.out.strip().splitlines()[-1])
+    assert "reranked by champion" in captured.err
+    assert len(results) == 5 and all({"image_id", "uri", "score"} <= set(r) for r in results)
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
+    assert main(["recommend", "not-an-id-nor-a-file", "-k", "3"]) == 2
+
+
+def test_recommend_without_a_champion_keeps_retrieval_order(pipeline, monkeypatch, capsys):
+    """Only a champion serves: before one exists, `recommend` returns the index's order."""
+    import assets.serving.recommend as rec
+    from orchestration.cli import main
+
+    home, _ = pipeline
+
+    def order(q, **kw):
+        return [r["image_id"] for r in rec.recommend(home, q, k=10, **kw)]
+
+    # a query whose champion order differs from retrieval's, so the fallback is visible
+    query, retrieval = next((q, order(q, rerank=False)) for q in rec.aligned_catalog(home)[0]["image_id"][:20]
+                            if order(q) != order(q, rerank=False))
+    monkeypatch.setattr(rec, "serving_version", lambda home: None)
+    assert [r["image_id"] for r in rec.recommend(home, query, k=10)] == retrieval
+    assert main(["recommend", query, "-k", "3"]) == 0
+    assert "retrieval order: no champion reranker yet" in capsys.readouterr().err
+
+
+def test_sql_views_cover_the_tables(pipeline, capsys):
+    from orchestration.cli import main
+
+    assert main(["sql", "SELECT count(*) AS n FROM reranked_candidates", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())[0]["n"] == 16 * 20
+    assert main(["sql", "SELECT count(DISTINCT query) AS q FROM candidates", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())[0]["q"] == 16
+
+
+def test_promote_and_rollback(pipeline, capsys):
+    """Moves by hand work, and Dagster records them on reranker_champion with the reason."""
+    import dagster as dg
+
+    from assets.store.models import pointers
+    from orchestration.cli import main
+    from orchestration.instance import get_instance
+
+    home, _ = pipeline
+    assert main(["rollback"]) == 2  # only one champion so far
+    first = pointers(home, "reranker_champion")["current"]
+    assert main(["promote", first]) == 0
+    assert main(["promote", "nope"]) == 2
+    assert pointers(home, "reranker_champion")["current"] == first
+    observed = get_instance().fetch_observations(dg.AssetKey("reranker_champion"), limit=1).records[0]
+    meta = observed.asset_observation.metadata
+    assert meta["champion"].value == first and "lensless promote" in meta["decision"].value
+
+
+def test_promotion_decision_accepts_and_rejects():
+    from assets.evaluation.promotion import promotion_decision
+
+    base = {"champion": "c1", "version": "c2", "retrieval_ndcg_diff": 0.0, "retrieval_ndcg_diff_ci": [-0.01, 0.01]}
+    ok, why = promotion_decision({"challenger": {**base, "ndcg_diff": -0.01, "ndcg_diff_ci": [-0.05, 0.02]}})
+    assert ok and "not worse" in why
+    ok, why = promotion_decision({"challenger": {**base, "ndcg_diff": -0.1, "ndcg_diff_ci": [-0.15, -0.04]}})
+    assert not ok and "worse than champion c1" in why
+    # retrieval is a bar too, with or without a champion
+    first = {"champion": None, "version": "c1", "ndcg_diff": None, "ndcg_diff_ci": None}
+    ok, why = promotion_decision({"challenger": {**first, "retrieval_ndcg_diff": -0.02,
+                                                 "retrieval_ndcg_diff_ci": [-0.03, -0.01]}})
+    assert not ok and "worse than retrieval" in why and "not worse than retrieval" not in why
+    ok, why = promotion_decision({"challenger": {**first, "retrieval_ndcg_diff": 0.004,
+                                                 "retrieval_ndcg_diff_ci": [-0.004, 0.012]}})
+    assert ok and "not worse than retrieval" in why
+    ok, why = promotion_decision({"challenger": {**base, "ndcg_diff": 0.01, "ndcg_diff_ci": [-0.01, 0.03],
+                                                 "retrieval_ndcg_diff": -0.02, "retrieval_ndcg_diff_ci": [-0.03, -0.01]}})
+    assert not ok and "not worse than champion c1" in why
+    assert "worse than retrieval" in why and "not worse than retrieval" not in why
+
+
+def test_gutted_reranker_from_a_local_checkpoint(pipeline, tmp_path):
+    """Run config `base` points the asset at a local Qwen3-VL checkpoint directory."""
+    from assets.store.models import current_dir
+    from models.checkpoint import load_checkpoint
+    from models.full_vlm import write_tiny_checkpoint
+    from models.train_reranker import load_reranker
+    from orchestration.runner import materialize_assets
+
+    home, _ = pipeline
+    base = str(write_tiny_checkpoint(tmp_path / "qwen3vl-local", seed=1))
+    cfg = {**TINY["ops"]["gutted_reranker"]["config"], "base": base, "stage2_epochs": 0}
+    result = materialize_assets(["gutted_reranker"], run_config={"ops": {"gutted_reranker": {"config": cfg}}})
+    assert result.success
+    _, config, extra = load_checkpoint(current_dir(home, "gutted_reranker"))
+    assert config["model"]["base"] == base and extra["base"]["source"] == "checkpoint"
+    scorer = load_reranker(current_dir(home, "gutted_reranker"))
+    assert scorer.cfg.base == base
+
+
+def test_blocked_promotion_is_an_outcome_not_a_crash(pipeline, monkeypatch):
+    """A challenger stopped by the gate leaves the report and the champion in place; the
+    champion asset applies the gate itself, so running it without the check promotes nothing."""
+    import dagster as dg
+
+    import assets.evaluation.assets as evaluation
+    import assets.evaluation.promotion as promotion
+    import assets.evaluation.report as report_lib
+    from assets.store.models import pointers
+    from orchestration.instance import get_instance
+    from orchestration.pipeline import evaluate_and_promote
+    from orchestration.runner import StepFailed, materialize_assets
+
+    home, _ = pipeline
+
+    def last_champion_run():
+        event = get_instance().get_latest_materialization_event(dg.AssetKey("reranker_champion"))
+        return event.run_id
+
+    # a fresh challenger (another seed), so that promoting it would move the pointer
+    cfg = {**TINY["ops"]["gutted_reranker"]["config"], "seed": 7}
+    materialize_assets(["gutted_reranker"], run_config={"ops": {"gutted_reranker": {"config": cfg}}})
+    champion, before = pointers(home, "reranker_champion")["current"], last_champion_run()
+    assert pointers(home, "gutted_reranker")["current"] != champion
+    blocked = lambda report: (False, "worse than retrieval: forced")  # noqa: E731
+    monkeypatch.setattr(evaluation, "promotion_decision", blocked)
+    monkeypatch.setattr(promotion, "promotion_decision", blocked)
+    outcome = evaluate_and_promote(home, TINY)
+    assert "worse than retrieval: forced" in outcome and "champion: " not in outcome
+    assert last_champion_run() == before, "the blocking check must stop the champion step"
+    # selected alone (as automation may), the champion asset still refuses
+    materialize_assets(["reranker_champion"])
+    assert last_champion_run() != before and pointers(home, "reranker_champion")["current"] == champion
+    # a report that compared the challenger with another champion than the one serving now
+    monkeypatch.setattr(evaluation, "promotion_decision", lambda report: (True, "not worse: forced"))
+    monkeypatch.setattr(evaluation, "latest_report", lambda h: {
+        **report_lib.latest_report(h), "challenger": {**report_lib.latest_report(h)["challenger"], "champion": "someone-else"}})
+    materialize_assets(["reranker_champion"])
+    assert pointers(home, "reranker_champion")["current"] == champion
+    # any other failure is an error naming the step and the error
+    monkeypatch.setattr(evaluation, "latest_report", lambda h: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(StepFailed, match="OSError: disk gone"):
+        evaluate_and_promote(home, TINY)
+
+
+def test_rerank_ceiling_bench_on_the_lake(pipeline):
+    """bench/rerank_ceiling.py reads the pipeline's own groups and held-out lists."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "rerank_ceiling.py"
+    spec = importlib.util.spec_from_file_location("rerank_ceiling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    home, report = pipeline
+    out = bench.main(["--lake", str(home.root), "--groups", "8,all", "--epochs", "2"])
+    held, val = out["heldout_ndcg10"], out["val_ndcg10"]
+    # the bench scores the report's own queries and candidates: retrieval agrees with the report
+    assert held["retrieval"] == pytest.approx(report["systems"]["retrieval"]["ndcg_at_10"], abs=1e-4)
+    assert out["heldout_queries"] == report["dataset"]["queries"]
+    mlps = sorted(k for k in held if k.startswith("mlp_"))
+    assert len(mlps) == 4 and sum(k.endswith("_prior") for k in mlps) == 2  # with and without the prior
+    assert "taste_oracle" in held  # a demo lake
+    assert all(0 <= x <= 1 for x in [*held.values(), *val.values()])
+    n = out["val_candidates"]  # one positive and PairConfig's 7 negatives
+    assert n == 8 and val["chance"] == pytest.approx(0.4942, abs=1e-4)  # positive at a uniform rank of 8
