@@ -1,11 +1,10 @@
-"""FAISS in the faiss-contrib style: build, tune, search, shards, io, metrics. No Dagster here."""
+"""FAISS in the faiss-contrib style: build, tune, search, io, metrics. No Dagster here."""
 
 from .build import add_vectors, build_index, choose_factory, needs_rebuild, quantizer_drift
 from .gpu import gpu_available, index_to_cpu, index_to_gpu
 from .io import read_index, write_index_atomic
 from .metrics import exact_knn, one_recall_at_k, recall_at_k
 from .search import ids_to_keys, search
-from .shards import build_shard, merge_shards_ondisk, train_ivf_template
 from .threads import configure_threads
 from .tune import TuneResult, apply_params, tune_index
 
@@ -14,7 +13,6 @@ __all__ = [
     "add_vectors",
     "apply_params",
     "build_index",
-    "build_shard",
     "choose_factory",
     "configure_threads",
     "exact_knn",
@@ -22,14 +20,12 @@ __all__ = [
     "ids_to_keys",
     "index_to_cpu",
     "index_to_gpu",
-    "merge_shards_ondisk",
     "needs_rebuild",
     "one_recall_at_k",
     "quantizer_drift",
     "read_index",
     "recall_at_k",
     "search",
-    "train_ivf_template",
     "tune_index",
     "write_index_atomic",
 ]

@@ -6,9 +6,8 @@ it over the old file and fsyncs the directory. A reader that has the old file mm
 its (unlinked) inode and is not disturbed.
 
 ``read_index`` modes: mmap=True maps the codes instead of loading them (IVF inverted lists
-via IO_FLAG_MMAP, flat codes via IO_FLAG_MMAP_IFC; a merged on-disk index maps its
-.ivfdata), read-only; mmap=False loads into RAM and
-the result can be added to. Adding to an mmapped index aborts the process inside faiss, so
+via IO_FLAG_MMAP, flat codes via IO_FLAG_MMAP_IFC), read-only; mmap=False loads into RAM
+and the result can be added to. Adding to an mmapped index aborts the process inside faiss, so
 such indexes are remembered (``is_read_only``) and ``build.add_vectors`` refuses them.
 """
 
@@ -68,10 +67,6 @@ def read_index(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:
             except RuntimeError as e:
                 LOG.debug("read_index %s with %s failed: %s", path, name, e)
                 continue
-            if _is_ondisk(index):
-                # a merged on-disk index (.ivfdata): IO_FLAG_MMAP makes faiss skip mapping the
-                # .ivfdata and the first search segfaults; its lists mmap themselves anyway
-                index = faiss.read_index(path, faiss.IO_FLAG_READ_ONLY)
             _READ_ONLY.add(index)
             return index
         LOG.info("faiss cannot mmap %s; loading it into RAM", path)
@@ -81,17 +76,6 @@ def read_index(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:
 def is_read_only(index: faiss.Index) -> bool:
     """True for an index returned by read_index(mmap=True): search only, no adds."""
     return index in _READ_ONLY
-
-
-def _is_ondisk(index: faiss.Index) -> bool:
-    """True when the inverted lists live in a separate .ivfdata file (shards.merge_shards_ondisk).
-
-    Lists mmapped from the index file itself are also OnDiskInvertedLists, but with no filename."""
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is None:
-        return False
-    il = faiss.downcast_InvertedLists(ivf.invlists)
-    return isinstance(il, faiss.OnDiskInvertedLists) and bool(il.filename)
 
 
 def _fsync_dir(directory: str) -> None:

@@ -2,7 +2,8 @@
 
 A checkpoint directory holds `weights.safetensors` (only the tensors that were trained) and
 `config.json` (the dataclass that rebuilds the model, plus free-form `extra` fields such as
-the base model's identity). Everything goes through fsspec, so a directory may be remote.
+the base model's identity). The directory is local; each file is written atomically (a
+temporary file in the same directory, fsynced, then renamed into place).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
@@ -49,17 +50,7 @@ def save_checkpoint(
     payload = {"config": cfg, "extra": extra or {}}
     # safetensors wants contiguous, non-shared CPU tensors.
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".weights.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(flat, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / WEIGHTS)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write_bytes(directory / WEIGHTS, save(flat))
     _atomic_write_bytes(directory / CONFIG, json.dumps(payload, indent=2, sort_keys=True).encode())
     return directory
 

@@ -39,9 +39,8 @@ class GuttedConfig:
     question: str = DEFAULT_QUESTION  # fixed question after the candidate
     yes: str = " yes"  # answer tokens whose logit difference is the score
     no: str = " no"
-    use_kv_cache: bool = True  # query prefix once per query: -22% FLOPs
-    # The 6-token prefix pays in time only with enough candidates per query (1 thread, tiny:
-    # 4 cands 1.17x slower, 16 0.95x, 50 0.74x the uncached time); below this, no cache.
+    use_kv_cache: bool = True  # run the query prefix once per query, not once per candidate
+    # The short prefix pays in time only with enough candidates per query; below this, no cache.
     cache_min_candidates: int = 16
     seed: int = 0  # random init of a named base (LM) and of the projector
 

@@ -39,11 +39,9 @@ class DemoCatalogConfig:
     n_images: int = 5000  # images rendered; categories cycle with the index
     size: int = 224  # rendered side in px (square)
     seed: int = 0  # one seed for every image and for the engagement
-    # Engagement density decides whether held-out co-engagement can tell rankers apart: at 500
-    # users x 40 clicks over 5,000 images, a query's relevant set was ~28 near-random items and
-    # even a taste oracle scored NDCG@10 0.016. 1,000 x 100 (~120k events) gives ~56 per query.
-    # Both scale with the catalog (None = n_images / 5 users, n_images / 50 clicks each), so a
-    # small demo is not saturated: 1,000 x 100 clicks on 300 images co-engages every pair.
+    # Engagement density decides whether held-out co-engagement can tell rankers apart (too
+    # sparse and a query's relevant set is near-random). Both scale with the catalog (None =
+    # n_images / 5 users, n_images / 50 clicks each), so a small demo is not saturated either.
     n_users: int | None = None  # simulated users
     events_per_user: int | None = None  # mean clicks per user (saves come on top of some clicks)
     jpeg_quality_range: tuple[int, int] = (55, 95)  # inclusive; each image draws its quality
@@ -91,11 +89,8 @@ _START_US = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z
 _SPAN_US = 60 * 86_400_000_000  # events spread over 60 days
 _TASTE_BOOST = 30.0  # an in-taste image is up to 31x as likely to be clicked
 # Users shop a few categories (as on a real catalog, where co-engagement follows visual
-# similarity first) and, within them, their taste. Measured on the 5,000-image demo with
-# held-out co-engagement (bench-free: random 50 candidates from each pool), NDCG@10 is 0.012
-# for random images, 0.033 for same-category, 0.035 for same-taste and 0.129 for both, so
-# retrieval (category) beats random and a reranker that reads taste has room to win. With
-# alpha 0.8 and floor 0.5, category barely mattered and no ranking beat 0.04.
+# similarity first) and, within them, their taste: retrieval (category) beats random, and a
+# ranker that reads taste has room to win (README, "Why the defaults").
 _CATEGORY_ALPHA = 0.2  # Dirichlet concentration of a user's category affinity (lower: fewer categories)
 _CATEGORY_FLOOR = 0.02  # share of an image's weight that does not depend on its category
 _EXPLORE = 0.1  # share of clicks on a uniformly random image

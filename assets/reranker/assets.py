@@ -112,14 +112,12 @@ def _train(context, home, kind: str, scorer, features, ids: list[str],
     })
 
 
-@dg.asset(
-    group_name="reranker",
-    kinds={"pytorch", "safetensors"},
-    deps=[training_pairs],
-    pool=TRAIN_POOL,
-    op_tags=GPU_STEP_TAGS,
-    code_version="gutted_reranker-v2",
-)
+# Both rerankers train on the same groups, in the one-slot `train` pool, on a GPU pod under k8s.
+RERANKER_ASSET = {"group_name": "reranker", "kinds": {"pytorch", "safetensors"}, "deps": [training_pairs],
+                  "pool": TRAIN_POOL, "op_tags": GPU_STEP_TAGS}
+
+
+@dg.asset(code_version="gutted_reranker-v2", **RERANKER_ASSET)
 def gutted_reranker(context: dg.AssetExecutionContext, config: RerankerRunConfig,
                     lensless_home: LenslessHome) -> dg.MaterializeResult:
     """Qwen3-VL without its vision tower, reading our embeddings as k soft tokens.
@@ -135,14 +133,7 @@ def gutted_reranker(context: dg.AssetExecutionContext, config: RerankerRunConfig
     return _train(context, home, "gutted_reranker", scorer, emb, frame["image_id"].to_list(), config)
 
 
-@dg.asset(
-    group_name="reranker",
-    kinds={"pytorch", "safetensors"},
-    deps=[training_pairs],
-    pool=TRAIN_POOL,
-    op_tags=GPU_STEP_TAGS,
-    code_version="full_vlm_reranker-v2",
-)
+@dg.asset(code_version="full_vlm_reranker-v2", **RERANKER_ASSET)
 def full_vlm_reranker(context: dg.AssetExecutionContext, config: RerankerRunConfig,
                       lensless_home: LenslessHome) -> dg.MaterializeResult:
     """The baseline: the same Qwen3-VL with its vision tower, reading pixels (224 px, 49 tokens).

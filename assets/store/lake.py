@@ -108,6 +108,8 @@ def read_table(home: Home, name: str, partitions: list[str] | None = None,
     """
     table = _table(name)
     if not table.partitioned:
+        if partitions is not None or exclude is not None:
+            raise ValueError(f"table {name!r} is not partitioned by batch; got partitions {partitions or [exclude]}")
         path = table_path(home, name)
         if not path.exists():
             raise FileNotFoundError(f"no {name} table at {path}: materialise {name} first")
@@ -164,3 +166,11 @@ def add_to_registry(home: Home, name: str, entry: str) -> None:
     entries = read_registry(home, name)
     if entry not in entries:
         write_json([*entries, entry], _registry_path(home, name))
+
+
+def remove_from_registry(home: Home, name: str, entry: str) -> None:
+    """Remove `entry` from a registry; KeyError naming the entries when it is not there."""
+    entries = read_registry(home, name)
+    if entry not in entries:
+        raise KeyError(f"{entry!r} is not in {name}; registered: {', '.join(entries) or '(none)'}")
+    write_json([e for e in entries if e != entry], _registry_path(home, name))

@@ -1,0 +1,79 @@
+"""update_index on a temporary home: full build, incremental add, drift rebuild, encoder change."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from assets.retrieval.index_store import IndexConfig, load_index, load_state, update_index
+
+D = 16
+
+
+def partition(prefix: str, n: int, center: np.ndarray, seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = center + 0.3 * rng.normal(size=(n, D))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return pl.DataFrame({"image_id": [f"{prefix}{i}" for i in range(n)],
+                         "embedding": pl.Series(x, dtype=pl.Array(pl.Float32, D))})
+
+
+def quiet(*_):
+    pass
+
+
+E = np.eye(D)
+CFG = IndexConfig(tuning_queries=200)
+
+
+def test_build_then_incremental_add_then_unchanged(home):
+    parts = {"b1": partition("a", 600, E[0], 0)}
+    first = update_index(home, parts, "enc1", CFG, log=quiet)
+    assert first["mode"] == "rebuild" and first["reason"] == "no index yet" and first["n"] == 600
+    parts["b2"] = partition("b", 50, E[0], 1)
+    second = update_index(home, parts, "enc1", CFG, log=quiet)
+    assert second["mode"] == "incremental" and second["n"] == 650 and second["partitions"] == ["b1", "b2"]
+    index, ids, state = load_index(home, mmap=False)
+    assert index.ntotal == 650 and ids.tolist() == [f"a{i}" for i in range(600)] + [f"b{i}" for i in range(50)]
+    # a stored vector finds itself: row ids map back to image ids
+    _, found = index.search(parts["b2"]["embedding"].to_numpy()[:5], 1)
+    assert [ids[r] for r in found[:, 0]] == [f"b{i}" for i in range(5)]
+    assert update_index(home, parts, "enc1", CFG, log=quiet)["mode"] == "unchanged"
+
+
+def test_the_stored_recall_is_the_tuners_and_meets_the_target(home):
+    state = update_index(home, {"b1": partition("a", 800, E[0], 0)}, "enc1", CFG, log=quiet)
+    on_disk = load_state(home)
+    assert on_disk["recall_at_10"] == state["recall_at_10"] >= on_disk["target_recall"]
+    assert on_disk["met_target"] is True
+
+
+def test_new_encoder_rebuilds_everything(home):
+    parts = {"b1": partition("a", 300, E[0], 0)}
+    update_index(home, parts, "enc1", CFG, log=quiet)
+    again = update_index(home, parts, "enc2", CFG, log=quiet)
+    assert again["mode"] == "rebuild" and "encoder changed enc1 → enc2" in again["reason"]
+    assert load_state(home)["encoder_version"] == "enc2"
+
+
+def test_quantizer_drift_rebuilds_an_ivf_index(home):
+    budget = IndexConfig(tuning_queries=200, memory_budget_bytes=300_000)  # IVF, not Flat or HNSW
+    parts = {"b1": partition("a", 3000, E[0], 0)}
+    first = update_index(home, parts, "enc1", budget, log=quiet)
+    assert first["factory"].startswith("IVF")
+    parts["b2"] = partition("c", 40, E[1] - E[0], 2)  # far from every trained centroid
+    drifted = update_index(home, parts, "enc1", budget, log=quiet)
+    assert drifted["mode"] == "rebuild" and drifted["reason"].startswith("quantizer drift")
+    assert drifted["drift"] > 1.5 and drifted["n"] == 3040
+
+
+def test_a_vanished_partition_rebuilds(home):
+    parts = {"b1": partition("a", 200, E[0], 0), "b2": partition("b", 200, E[2], 1)}
+    update_index(home, parts, "enc1", CFG, log=quiet)
+    del parts["b2"]
+    again = update_index(home, parts, "enc1", CFG, log=quiet)
+    assert again["mode"] == "rebuild" and again["reason"] == "partitions disappeared" and again["n"] == 200
+
+
+def test_no_partitions_is_an_error(home):
+    with pytest.raises(AssertionError, match="no embedding partitions"):
+        update_index(home, {}, "enc1", CFG, log=quiet)

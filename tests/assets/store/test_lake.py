@@ -1,0 +1,76 @@
+"""store.lake: every table read and written one way, partitions, registries and the home."""
+
+import polars as pl
+import pytest
+
+from assets.store.files import Home
+from assets.store.lake import (
+    MANIFEST_SCHEMA,
+    TABLES,
+    add_to_registry,
+    has_table,
+    read_registry,
+    read_table,
+    table_partitions,
+    write_table,
+)
+from assets.store.query import connect
+
+
+def rows(batch: str, n: int) -> pl.DataFrame:
+    return pl.DataFrame([{"image_id": f"{batch}{i}", "row": i, "uri": f"/{batch}/{i}.png", "sha256": f"{batch}{i}",
+                          "width": 8, "height": 8, "label": None, "batch": batch, "ingested_at": None}
+                         for i in range(n)], schema=MANIFEST_SCHEMA)
+
+
+def test_partitioned_table_reads_all_some_or_none(home):
+    assert read_table(home, "raw_images").schema == pl.Schema(MANIFEST_SCHEMA)  # nothing yet: empty
+    write_table(home, "raw_images", rows("a", 2), "a")
+    write_table(home, "raw_images", rows("b", 3), "b")
+    assert table_partitions(home, "raw_images") == ["a", "b"]
+    assert read_table(home, "raw_images").height == 5
+    assert read_table(home, "raw_images", ["b"]).height == 3
+    assert read_table(home, "raw_images", exclude="b")["batch"].unique().to_list() == ["a"]
+
+
+def test_unpartitioned_table_missing_names_the_asset(home):
+    assert not has_table(home, "candidates")
+    with pytest.raises(FileNotFoundError, match="materialise candidates first"):
+        read_table(home, "candidates")
+
+
+def test_writes_check_the_schema_and_the_partitioning(home):
+    with pytest.raises(ValueError, match="takes columns"):
+        write_table(home, "raw_images", pl.DataFrame({"image_id": ["x"]}), "a")
+    with pytest.raises(ValueError, match="is partitioned by batch"):
+        write_table(home, "raw_images", rows("a", 1))
+    with pytest.raises(ValueError, match="is not partitioned"):
+        read_table(home, "candidates", ["a"])
+    with pytest.raises(ValueError, match="Unknown table 'nope'; valid: batch_files"):
+        read_table(home, "nope")
+
+
+def test_registries_keep_order_without_duplicates(home):
+    for source in ("s1", "s2", "s1"):
+        add_to_registry(home, "watched_sources", source)
+    assert read_registry(home, "watched_sources") == ["s1", "s2"]
+    with pytest.raises(ValueError, match="Unknown registry"):
+        read_registry(home, "pointers")
+
+
+def test_duckdb_views_cover_the_written_tables(home):
+    write_table(home, "raw_images", rows("a", 2), "a")
+    write_table(home, "raw_images", rows("b", 3), "b")
+    con = connect(home)
+    assert con.execute("SELECT count(*) FROM raw_images").fetchall()[0][0] == 5
+    views = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    assert views == {"raw_images"} and views <= set(TABLES)
+
+
+def test_home_from_the_environment_or_a_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSLESS_HOME", str(tmp_path / "h"))
+    assert Home.from_env() == Home.at(tmp_path / "h") and Home.from_env().local
+    monkeypatch.delenv("LENSLESS_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert Home.from_env().local_dir() == tmp_path / ".lensless"
+    assert not Home.at("s3://bucket/lensless").local
