@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from collections.abc import Sequence
 
 log = logging.getLogger("lensless")
@@ -139,6 +140,21 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_engagement(args) -> int:
+    from assets.ingestion.engagement import registered_sources, unregister_source
+
+    home = _home()
+    if args.action == "list":
+        for path in registered_sources(home):
+            print(path)
+        return 0
+    if not args.file:
+        raise ValueError("`lensless engagement remove` needs the FILE to unregister (see `lensless engagement list`)")
+    unregister_source(home, args.file)
+    print(f"unregistered {args.file}; its events leave the lake at the next ingest or `lensless run`")
+    return 0
+
+
 def _record_champion(reason: str) -> None:
     """Record a move of the champion made outside a run as an observation of `reranker_champion`,
     so the UI's asset page shows who serves and why."""
@@ -206,9 +222,19 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lensless")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lensless", description="Visual recommender with a gutted Qwen3-VL.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
+    p.add_argument("--version", action="version", version=f"lensless {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("ingest", help="ingest a folder, fsspec URL or 'demo' as a new batch")
@@ -218,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", type=int, default=5000, help="demo only: catalog size")
     s.add_argument("--json", action="store_true", help="last line is a JSON summary")
     s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("engagement", help="list or unregister the engagement files the lake reads")
+    s.add_argument("action", choices=["list", "remove"], help="list the registered files, or remove one")
+    s.add_argument("file", nargs="?", help="remove: the file, as `list` prints it")
+    s.set_defaults(func=cmd_engagement)
 
     s = sub.add_parser("demo", help="ingest the demo catalog and run the whole graph; prints the report")
     s.add_argument("--images", type=int, default=5000)
@@ -257,21 +288,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--max-rows", type=int, default=40)
     s.set_defaults(func=cmd_sql)
+    p.commands = list(sub.choices)  # for `did you mean` in main()
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lensless` console script."""
-    args = build_parser().parse_args(argv)
+    import difflib
+
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        parser.print_help()
+        return 0
+    commands = parser.commands
+    if not argv[0].startswith("-") and argv[0] not in commands:
+        close = difflib.get_close_matches(argv[0], commands, n=1)
+        hint = f"did you mean `lensless {close[0]}`?" if close else f"commands: {', '.join(commands)}"
+        print(f"lensless: unknown command {argv[0]!r}; {hint}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from orchestration.runner import StepFailed
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, StepFailed) as e:
-        print(f"lensless {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"lensless {args.command}: interrupted; run the same command again to resume "
+              "(finished steps are kept)", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, KeyError, StepFailed) as e:  # bad input or state: say which
+        if args.verbose:
+            traceback.print_exc()
+        message = str(e).strip('"') or type(e).__name__
+        print(f"lensless {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug or a broken environment: one line, the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"lensless {args.command}: error: {type(e).__name__}: {first} (rerun with -v for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

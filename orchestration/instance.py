@@ -10,6 +10,8 @@ line calls it before anything touches Dagster; `lensless dev` calls it before st
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 from assets.store.files import Home
@@ -41,6 +43,12 @@ concurrency:
   pools:
     # Pools without an explicit limit (the `train` limit is set in the instance by lensless).
     default_limit: 4
+run_monitoring:
+  # the daemon (`lensless dev`, `dagster-daemon`) marks runs whose process died as failed,
+  # which frees their pool slots; command-line runs are checked by the command line itself
+  enabled: true
+  start_timeout_seconds: 180
+  poll_interval_seconds: 60
 telemetry:
   enabled: false
 """
@@ -75,3 +83,47 @@ def get_instance():
         if instance.event_log_storage.get_concurrency_info(pool).slot_count != limit:
             instance.event_log_storage.set_concurrency_slots(pool, limit)
     return instance
+
+
+PID_TAG, HOST_TAG = "lensless/pid", "lensless/host"  # which process runs a command-line run
+
+
+def run_tags() -> dict[str, str]:
+    """Tags naming this process, so a later command can tell when its runs died with it."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_runs(instance) -> list[str]:
+    """Mark failed the unfinished command-line runs of this host whose process is gone, and
+    free the pool slots of every finished run that still holds one. Returns the run ids."""
+    import dagster as dg
+
+    unfinished = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    released = []
+    for run in instance.get_runs(dg.RunsFilter(statuses=unfinished, tags={HOST_TAG: socket.gethostname()})):
+        pid = int(run.tags.get(PID_TAG, "0"))
+        if pid and pid != os.getpid() and not _alive(pid):
+            instance.report_run_failed(run, f"the lensless process {pid} that ran it is gone (killed or crashed)")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            released.append(run.run_id)
+    for pool in POOL_LIMITS:
+        info = instance.event_log_storage.get_concurrency_info(pool)
+        for run_id in {c.run_id for c in info.claimed_slots} | {p.run_id for p in info.pending_steps}:
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+                released.append(run_id)
+    for run_id in released:
+        print(f"lensless: run {run_id} died without finishing; marked failed and freed its pool slots",
+              file=sys.stderr)
+    return released

@@ -16,7 +16,13 @@ from assets.evaluation.promotion import promotion_outcome
 from assets.evaluation.report import latest_report
 from assets.ingestion.assets import image_batches
 from assets.ingestion.engagement import register_source
-from assets.ingestion.sources import list_source, new_entries, register_batch, register_watched
+from assets.ingestion.sources import (
+    list_source,
+    new_entries,
+    register_batch,
+    register_watched,
+    unfinished_batches,
+)
 from assets.store.files import Home
 from assets.store.lake import read_table
 from orchestration.instance import get_instance
@@ -32,9 +38,35 @@ def step(n: int, total: int, text: str) -> None:
     print(f"\n[{n}/{total}] {text}", file=sys.stderr, flush=True)
 
 
+def resume_unfinished(home: Home) -> list[str]:
+    """Ingest every batch an earlier command froze but did not finish (killed mid-decode, say),
+    so none of its files is lost; returns those batches."""
+    batches = unfinished_batches(home)
+    for batch in batches:
+        print(f"batch {batch}: an earlier ingest did not finish; ingesting it now", file=sys.stderr)
+        get_instance().add_dynamic_partitions(image_batches.name, [batch])
+        materialize_assets(["raw_images"], partition_key=batch)
+    return batches
+
+
+def _summary(home: Home, batches: list[str]) -> dict:
+    quarantine = read_table(home, "quarantine", batches)
+    return {
+        "batch": batches[-1] if batches else None,
+        "ingested": read_table(home, "raw_images", batches).height,
+        "duplicates": read_table(home, "duplicates", batches).height,
+        "quarantined": dict(sorted(quarantine.group_by("reason").len().iter_rows())),
+        "skipped": read_table(home, "skipped", batches).height,
+    }
+
+
 def ingest(home: Home, source: str, engagement: str | None = None, label_depth: int = 1,
            limit: int | None = None) -> dict:
-    """Cut the source's new files into one batch, ingest it, refresh engagement; returns the summary."""
+    """Finish any interrupted batch, cut the source's new files into one batch, ingest it and
+    refresh engagement; returns the summary (`resumed` lists the batches finished first)."""
+    if engagement:  # checked (and refused, naming what is wrong) before anything is ingested
+        register_source(home, os.path.abspath(engagement) if "://" not in engagement else engagement)
+    resumed = resume_unfinished(home)
     listing = list_source(source, label_depth=label_depth)
     fresh = new_entries(home, listing)
     if limit is not None:
@@ -45,25 +77,17 @@ def ingest(home: Home, source: str, engagement: str | None = None, label_depth: 
             keep = set(files.sample(limit, seed=0)["uri"].to_list())
             fresh = fresh.filter(fresh["uri"].is_in(list(keep)) | fresh["skipped_reason"].is_not_null())
     register_watched(home, source)
-    if engagement:
-        register_source(home, os.path.abspath(engagement) if "://" not in engagement else engagement)
+    batches = list(resumed)
     if fresh.height == 0:
         print(f"no new files in {source} ({listing.files.height} listed, all already ingested)", file=sys.stderr)
-        materialize_assets(["engagement_events"])
-        return {"batch": None, "ingested": 0, "duplicates": 0, "quarantined": {}, "skipped": 0}
-    batch = register_batch(home, fresh)
-    get_instance().add_dynamic_partitions(image_batches.name, [batch])
-    print(f"batch {batch}: {fresh.height} files from {source}", file=sys.stderr)
-    materialize_assets(["raw_images"], partition_key=batch)
+    else:
+        batch = register_batch(home, fresh)
+        get_instance().add_dynamic_partitions(image_batches.name, [batch])
+        print(f"batch {batch}: {fresh.height} files from {source}", file=sys.stderr)
+        materialize_assets(["raw_images"], partition_key=batch)
+        batches.append(batch)
     materialize_assets(["engagement_events"])
-    quarantine = read_table(home, "quarantine", [batch])
-    return {
-        "batch": batch,
-        "ingested": read_table(home, "raw_images", [batch]).height,
-        "duplicates": read_table(home, "duplicates", [batch]).height,
-        "quarantined": dict(sorted(quarantine.group_by("reason").len().iter_rows())),
-        "skipped": read_table(home, "skipped", [batch]).height,
-    }
+    return {**_summary(home, batches), "resumed": resumed}
 
 
 def run_all(home: Home, source: str, engagement: str | None = None, limit: int | None = None,

@@ -11,7 +11,7 @@ import os
 
 import dagster as dg
 
-from orchestration.instance import get_instance
+from orchestration.instance import get_instance, release_dead_runs, run_tags
 
 LOG_LEVEL = os.environ.get("LENSLESS_LOG_LEVEL", "INFO")  # Dagster's console log level for CLI runs
 
@@ -40,13 +40,15 @@ def materialize_assets(selection: dg.AssetSelection | list[str], partition_key: 
     keys = _selected_keys(defs, selection)
     ops = {k: v for k, v in (run_config or {}).get("ops", {}).items() if k in keys}
     config = {"loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}, **({"ops": ops} if ops else {})}
+    instance = get_instance()
+    release_dead_runs(instance)  # a killed earlier command must not hold the train pool forever
     return dg.materialize(
         assets=[*(defs.assets or []), *(defs.asset_checks or [])],
         selection=selection,
         partition_key=partition_key,
         run_config=config,
-        instance=get_instance(),
-        tags={"lensless/launched_by": "cli", **(tags or {})},
+        instance=instance,
+        tags={"lensless/launched_by": "cli", **run_tags(), **(tags or {})},
         resources=defs.resources,
         raise_on_error=raise_on_error,
     )

@@ -14,6 +14,7 @@ from assets.ingestion.sources import (
     list_source,
     new_entries,
     register_batch,
+    unfinished_batches,
     watched_sources,
 )
 from assets.store.resource import LenslessHome
@@ -44,6 +45,7 @@ def new_images_sensor(context: dg.SensorEvaluationContext,
     # the two) is added now, so no file is stranded.
     existing = set(context.instance.get_dynamic_partitions(image_batches.name))
     keys = [b for b in known_batches(home) if b not in existing]
+    retries = _interrupted(context.instance, [b for b in unfinished_batches(home) if b in existing])
     listed = 0
     for source in sources:
         listing = list_source(source)
@@ -54,10 +56,24 @@ def new_images_sensor(context: dg.SensorEvaluationContext,
     cursor = json.dumps({"listed": listed, "batches": len(existing) + len(keys),
                          "last_batch": keys[-1] if keys else (json.loads(context.cursor)["last_batch"] if context.cursor else None),
                          "list_seconds": round(time.perf_counter() - started, 3)})
-    if not keys:
+    if not keys and not retries:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"no new files among {listed} listed"), cursor=cursor)
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=k, tags={"lensless/reason": "new_images"}) for k in keys],
+        run_requests=[dg.RunRequest(partition_key=k, run_key=k, tags={"lensless/reason": "new_images"}) for k in keys]
+        + [dg.RunRequest(partition_key=k, run_key=key, tags={"lensless/reason": "interrupted_batch"})
+           for k, key in retries],
         dynamic_partitions_requests=[image_batches.build_add_request(keys)],
         cursor=cursor,
     )
+
+
+def _interrupted(instance, batches: list[str]) -> list[tuple[str, str]]:
+    """(batch, run key) for each registered batch without a manifest whose last run ended
+    without writing it (failed, or its process died and run monitoring marked it): it is
+    requested again, once per ended run. A batch with no run yet waits for its first request."""
+    out = []
+    for batch in batches:
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": batch}), limit=1)
+        if runs and runs[0].is_finished:
+            out.append((batch, f"{batch}:after:{runs[0].run_id}"))
+    return out

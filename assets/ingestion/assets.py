@@ -3,14 +3,15 @@
 import dagster as dg
 import numpy as np
 import polars as pl
+from upath import UPath
 
 from assets.ingestion.batch import ingest_batch
 from assets.ingestion.decode import DecodePolicy
 from assets.ingestion.engagement import load_engagement_file, registered_sources, resolve_events
 from assets.ingestion.sources import read_batch
 from assets.plots import contact_sheet, md_image, md_table
-from assets.store.files import read_npy
-from assets.store.lake import EVENT_SCHEMA, pixels_path, read_table, write_table
+from assets.store.files import read_npy, remove_temporaries
+from assets.store.lake import EVENT_SCHEMA, pixels_path, read_table, table_path, write_table
 from assets.store.resource import LenslessHome
 
 image_batches = dg.DynamicPartitionsDefinition(name="image_batches")
@@ -53,6 +54,10 @@ def raw_images(context: dg.AssetExecutionContext, config: IngestRunConfig,
     def progress(done: int, total: int) -> None:
         context.log.info(f"batch {batch}: {done}/{total} files decoded")
 
+    stale = sum(remove_temporaries(p) for p in (pixels_path(home, batch), *(
+        table_path(home, t, batch) for t in ("quarantine", "duplicates", "skipped", "raw_images"))))
+    if stale:
+        context.log.info(f"batch {batch}: removed {stale} temporary files an interrupted run left")
     result = ingest_batch(batch, entries, pixels_path(home, batch), config.policy(),
                           known=known, previous_ingested_at=previous, progress=progress)
     for table, frame in (("quarantine", result.quarantine), ("duplicates", result.duplicates),
@@ -122,8 +127,13 @@ def engagement_events(context: dg.AssetExecutionContext, config: EngagementRunCo
     home = lensless_home.get()
     paths = config.paths or registered_sources(home)
     manifest, duplicates = read_table(home, "raw_images"), read_table(home, "duplicates")
-    frames, dropped = [], {}
+    frames, dropped, missing = [], {}, []
     for path in paths:
+        if not UPath(path).exists():  # registered once, gone since: its events leave the log
+            context.log.warning(f"engagement file {path} is registered but no longer exists; skipped "
+                                f"(`lensless engagement remove {path}` unregisters it)")
+            missing.append(path)
+            continue
         events, lost = resolve_events(load_engagement_file(path), manifest, duplicates)
         frames.append(events)
         for reason, n in lost.items():
@@ -138,6 +148,7 @@ def engagement_events(context: dg.AssetExecutionContext, config: EngagementRunCo
         "sources": dg.MetadataValue.md("\n".join(f"- `{p}`" for p in paths) or "_(none registered)_"),
         "dropped": dg.MetadataValue.md(md_table([{"reason": r, "rows": n} for r, n in dropped.items()])),
         "dropped_unknown_image": dropped.get("unknown_image", 0),
+        "missing_sources": len(missing),
         "dagster/row_count": events.height,
     })
 

@@ -1,9 +1,11 @@
 """Engagement logs: load, validate and resolve to image ids. No Dagster here.
 
 An engagement file is Parquet or CSV with columns `user_id`, `event`, `ts` and either
-`image_id` or `image_uri`. Events are `save` or `click`. Rows that name an image lensless
-has not ingested are kept out of the table but counted (by reason) and reported; rows that
-name a duplicate file resolve to the image it repeats. Registered files are listed in the
+`image_id` or `image_uri`. Events are `save` or `click`. A file is read and checked before it
+is registered, so a file without those columns never enters the registry. Bad rows do not
+reject the file: rows that name an image lensless has not ingested, an unknown event, no
+user, or a time that does not parse are kept out of the table but counted by reason and
+reported; rows that name a duplicate file resolve to the image it repeats. Registered files are listed in the
 `engagement_sources` registry, so every `lensless ingest --engagement FILE` adds to the log.
 """
 
@@ -13,7 +15,14 @@ import polars as pl
 from upath import UPath
 
 from assets.store.files import Home
-from assets.store.lake import EVENT_SCHEMA, add_to_registry, has_table, read_registry, read_table
+from assets.store.lake import (
+    EVENT_SCHEMA,
+    add_to_registry,
+    has_table,
+    read_registry,
+    read_table,
+    remove_from_registry,
+)
 
 EVENTS = ("save", "click")
 REQUIRED = ("user_id", "event", "ts")
@@ -25,8 +34,16 @@ def registered_sources(home: Home) -> list[str]:
 
 
 def register_source(home: Home, path: str) -> None:
-    """Add an engagement file to the registry (idempotent)."""
+    """Check an engagement file (`load_engagement_file` raises naming what is wrong), then add
+    it to the registry (idempotent)."""
+    load_engagement_file(path)
     add_to_registry(home, "engagement_sources", path)
+
+
+def unregister_source(home: Home, path: str) -> None:
+    """Remove an engagement file from the registry (its events leave the lake at the next
+    `engagement_events`)."""
+    remove_from_registry(home, "engagement_sources", path)
 
 
 def engagement_count(home: Home) -> int:
@@ -40,13 +57,14 @@ def load_engagement_file(path: str) -> pl.DataFrame:
     if not p.exists():
         raise FileNotFoundError(f"engagement file {path!r} does not exist")
     suffix = p.suffix.lower()
-    with p.open("rb") as f:
-        if suffix == ".parquet":
-            frame = pl.read_parquet(f)
-        elif suffix == ".csv":
-            frame = pl.read_csv(f, try_parse_dates=True)
-        else:
-            raise ValueError(f"engagement file {path!r} has suffix {suffix!r}; valid: .parquet, .csv")
+    if suffix not in (".parquet", ".csv"):
+        raise ValueError(f"engagement file {path!r} has suffix {suffix!r}; valid: .parquet, .csv")
+    try:
+        with p.open("rb") as f:
+            # CSV columns are read as text: a bad value in one row must not reject the file
+            frame = pl.read_parquet(f) if suffix == ".parquet" else pl.read_csv(f, infer_schema=False)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise ValueError(f"engagement file {path!r} cannot be read: {e}") from e
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing or not ({"image_id", "image_uri"} & set(frame.columns)):
         raise ValueError(f"engagement file {path!r} lacks columns {missing or ['image_id or image_uri']}; "
@@ -67,16 +85,22 @@ def resolve_events(frame: pl.DataFrame, manifest: pl.DataFrame, duplicates: pl.D
             uri_to_id.rename({"uri": "image_uri"}), on="image_uri", how="left")
     ts = pl.col("ts")
     if events.schema["ts"] == pl.Utf8:
-        ts = ts.str.to_datetime(time_zone="UTC")
-    events = events.with_columns(ts.cast(pl.Datetime("us", "UTC")).alias("ts"),
+        ts = ts.str.to_datetime(time_zone="UTC", strict=False)  # unparseable: null, counted below
+    events = events.with_columns(ts.cast(pl.Datetime("us", "UTC")).alias("ts"), pl.col("ts").alias("_raw_ts"),
                                  pl.col("event").cast(pl.Utf8).str.to_lowercase(),
                                  pl.col("user_id").cast(pl.Utf8))
     known_ids = manifest["image_id"].implode()
-    dropped = {
-        "unknown_image": events.filter(pl.col("image_id").is_null() | ~pl.col("image_id").is_in(known_ids)).height,
-        "unknown_event": events.filter(~pl.col("event").is_in(EVENTS)).height,
-        "missing_user_or_ts": events.filter(pl.col("user_id").is_null() | pl.col("ts").is_null()).height,
+    # every bad row is counted under its first reason, so the counts add up to the rows dropped
+    reasons = {
+        "missing_user": pl.col("user_id").is_null(),
+        "missing_ts": pl.col("_raw_ts").is_null(),
+        "unparseable_ts": pl.col("ts").is_null(),
+        "unknown_event": ~pl.col("event").is_in(EVENTS).fill_null(False),
+        "unknown_image": pl.col("image_id").is_null() | ~pl.col("image_id").is_in(known_ids),
     }
-    good = events.filter(pl.col("image_id").is_in(known_ids) & pl.col("event").is_in(EVENTS)
-                         & pl.col("user_id").is_not_null() & pl.col("ts").is_not_null())
+    bad, dropped = pl.lit(False), {}
+    for reason, expr in reasons.items():
+        dropped[reason] = events.filter(~bad & expr).height
+        bad = bad | expr
+    good = events.filter(~bad)
     return good.select(list(EVENT_SCHEMA)).cast(EVENT_SCHEMA).sort("ts", "user_id"), dropped

@@ -126,6 +126,13 @@ def known_files(home: Home) -> set[tuple[str, int, float]]:
     return set(zip(frame["uri"].to_list(), frame["size"].to_list(), frame["mtime"].to_list(), strict=True))
 
 
+def unfinished_batches(home: Home) -> list[str]:
+    """Batches whose file list was frozen but whose manifest was never written (the manifest
+    is written last, so these are batches a crash or a kill interrupted), oldest first."""
+    done = set(table_partitions(home, "raw_images"))
+    return [b for b in known_batches(home) if b not in done]
+
+
 def new_entries(home: Home, listing: Listing) -> pl.DataFrame:
     """Files and skipped files of a listing that are in no batch yet (new, or modified)."""
     known = known_files(home)

@@ -11,11 +11,13 @@ challenger may rank worse than no reranker at all.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from assets.evaluation.promotion import CHALLENGER, CHAMPION
-from assets.ingestion.batch import read_bytes
-from assets.ingestion.decode import DecodePolicy, decode_image
+from assets.ingestion.batch import image_id_of, read_bytes
+from assets.ingestion.decode import DecodePolicy, Quarantined, decode_image
 from assets.reranker.aligned import aligned_catalog
 from assets.retrieval.index_store import load_index
 from assets.store.files import Home
@@ -33,7 +35,8 @@ def serving_version(home: Home) -> str | None:
 
 
 def query_embedding(home: Home, query: str, frame, emb: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """(embedding (d,), image_id or None) for a catalog image id or an image file."""
+    """(embedding (d,), image_id or None) for a catalog image id or an image file; a file whose
+    bytes are a catalog image is that image (so it is not recommended to itself)."""
     ids = frame["image_id"].to_list()
     if query in ids:
         return emb[ids.index(query)], query
@@ -41,7 +44,13 @@ def query_embedding(home: Home, query: str, frame, emb: np.ndarray) -> tuple[np.
         data = read_bytes(query)
     except OSError as e:
         raise ValueError(f"{query!r} is neither a catalog image_id nor a readable image file: {e}") from e
-    pixels, _ = decode_image(data, DecodePolicy())  # the encoder resizes to its own input size
+    same = image_id_of(hashlib.sha256(data).hexdigest())
+    if same in ids:
+        return emb[ids.index(same)], same
+    try:
+        pixels, _ = decode_image(data, DecodePolicy())  # the encoder resizes to its own input size
+    except Quarantined as q:
+        raise ValueError(f"{query!r} is not an image lensless can read ({q.reason}: {q.detail})") from q
     encoder = ImageEncoder.from_checkpoint(current_dir(home, "image_encoder"))
     return embed_pixels(encoder, pixels[None])[0], None
 
@@ -57,7 +66,8 @@ def recommend(home: Home, query: str, k: int = 10, pool: int = CANDIDATES, reran
     frame, emb = aligned_catalog(home)
     vec, own_id = query_embedding(home, query, frame, emb)
     index, _, _ = load_index(home)
-    pool = max(pool, k)
+    k = min(k, frame.height)  # never more than the catalog holds
+    pool = min(max(pool, k), frame.height)
     scores, rows = search(index, vec[None].astype(np.float32), pool + 1)
     ids, uris = frame["image_id"].to_list(), frame["uri"].to_list()
     keep = [(float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0 and ids[r] != own_id][:pool]

@@ -102,6 +102,19 @@ def atomic_write(path: UPath | str | os.PathLike, write: Callable[[Any], None], 
     return path
 
 
+def remove_temporaries(path: UPath | str | os.PathLike) -> int:
+    """Delete what an interrupted write of `path` left behind (`.<name>.*.tmp` beside it);
+    returns how many. Call it only when no other writer of `path` can be running."""
+    path = UPath(path)
+    if not is_local(path):
+        return 0  # object stores write in one PUT: nothing is left behind
+    local = Path(path.path)
+    stale = list(local.parent.glob(f".{local.name}.*.tmp")) if local.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_bytes(data: bytes, path: UPath | str | os.PathLike, fsync: bool = True) -> UPath:
     """Write bytes atomically."""
     return atomic_write(path, lambda f: f.write(data), fsync)

@@ -1,6 +1,7 @@
 """The code location loads, and every asset has a group, a description and kinds."""
 
 import dagster as dg
+import pytest
 
 
 def test_definitions_validate_loadable(lensless_home):
@@ -23,3 +24,14 @@ def test_instance_yaml_has_queue_and_train_pool(lensless_home):
     text = (lensless_home.local_dir("dagster") / "dagster.yaml").read_text()
     assert "sqlite" in text and "max_concurrent_runs" in text
     assert instance.event_log_storage.get_concurrency_info("train").slot_count == 1
+
+
+def test_cli_help_version_and_did_you_mean(capsys):
+    from orchestration.cli import main
+
+    assert main([]) == 0 and "usage: lensless" in capsys.readouterr().out
+    assert main(["recomend", "x"]) == 2
+    assert "did you mean `lensless recommend`?" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("lensless ")

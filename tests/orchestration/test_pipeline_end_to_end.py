@@ -115,6 +115,25 @@ def test_recommend_without_a_champion_keeps_retrieval_order(pipeline, monkeypatc
     assert "retrieval order: no champion reranker yet" in capsys.readouterr().err
 
 
+def test_recommend_bad_inputs_are_one_line_errors(pipeline, tmp_path, capsys):
+    """A file that is no image, a catalog image given by its path, and a k past the catalog."""
+    from assets.reranker.aligned import aligned_catalog
+    from orchestration.cli import main
+
+    home, _ = pipeline
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    assert main(["recommend", str(text)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not an image lensless can read (not_an_image" in err[0]
+    frame, _ = aligned_catalog(home)
+    image_id, uri = frame["image_id"][0], frame["uri"][0]
+    assert main(["recommend", uri, "-k", "10000000000", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(results) == frame.height - 1  # capped at the catalog, the query itself left out
+    assert image_id not in {r["image_id"] for r in results}
+
+
 def test_sql_views_cover_the_tables(pipeline, capsys):
     from orchestration.cli import main
 

@@ -81,3 +81,26 @@ def test_sensor_skips_without_sources(home, monkeypatch):
     monkeypatch.delenv("LENSLESS_WATCH", raising=False)
     result = tick(home, dg.DagsterInstance.ephemeral())
     assert isinstance(result, dg.SkipReason) and "LENSLESS_WATCH" in result.skip_message
+
+
+def test_sensor_requests_an_interrupted_batch_again(home, tmp_path, monkeypatch):
+    """A batch whose run ended without writing its manifest (failed, or its process died) is
+    requested again, once per ended run; a batch whose run is still going is left alone."""
+    src = tmp_path / "watched"
+    write_images(src, ["x.png", "y.png"])
+    monkeypatch.setenv("LENSLESS_WATCH", str(src))
+    instance = dg.DagsterInstance.ephemeral()
+    batch = tick(home, instance).run_requests[0].partition_key
+
+    def add_run(status):
+        run = dg.DagsterRun(job_name="ingest_job", run_id=f"run-{status.value.lower()}", status=status,
+                            tags={"dagster/partition": batch})
+        instance.add_run(run)
+        return run.run_id
+
+    add_run(dg.DagsterRunStatus.STARTED)
+    assert not tick(home, instance).run_requests  # still running: not interrupted
+    failed = add_run(dg.DagsterRunStatus.FAILURE)
+    retry = tick(home, instance).run_requests
+    assert [(r.partition_key, r.run_key, r.tags["lensless/reason"]) for r in retry] == [
+        (batch, f"{batch}:after:{failed}", "interrupted_batch")]

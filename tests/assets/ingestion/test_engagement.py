@@ -1,0 +1,75 @@
+"""Engagement files: checked before they are registered, bad rows dropped and counted by reason,
+a vanished file skipped with a warning, and `lensless engagement list/remove`."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from assets.ingestion.assets import engagement_events
+from assets.ingestion.engagement import register_source, registered_sources, resolve_events
+from assets.store.lake import DUPLICATE_SCHEMA, MANIFEST_SCHEMA, read_table
+
+MANIFEST = pl.DataFrame([{"image_id": f"id{i}", "row": i, "uri": f"/img/{i}.png", "sha256": f"s{i}", "width": 8,
+                          "height": 8, "label": None, "batch": "b", "ingested_at": None} for i in range(3)],
+                        schema=MANIFEST_SCHEMA)
+
+
+def test_bad_rows_are_dropped_and_counted_not_the_file():
+    frame = pl.DataFrame({
+        "user_id": ["u1", None, "u3", "u4", "u5", "u6"],
+        "image_id": ["id0", "id1", "id2", "id1", "nope", "id0"],
+        "event": ["save", "click", "click", "like", "click", "CLICK"],
+        "ts": ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "not a time", "2026-01-02T00:00:00Z",
+               "2026-01-03T00:00:00Z", None],
+    })
+    events, dropped = resolve_events(frame, MANIFEST, pl.DataFrame(schema=DUPLICATE_SCHEMA))
+    assert events["user_id"].to_list() == ["u1"]
+    assert dropped == {"missing_user": 1, "missing_ts": 1, "unparseable_ts": 1, "unknown_event": 1,
+                       "unknown_image": 1}
+    assert sum(dropped.values()) + events.height == frame.height
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "cannot be read"),
+    ("user_id,image_id,ts\nu,id0,2026-01-01\n", r"lacks columns \['event'\]"),
+])
+def test_a_bad_file_is_never_registered(home, tmp_path, content, message):
+    path = tmp_path / "events.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        register_source(home, str(path))
+    assert registered_sources(home) == []
+
+
+def test_a_vanished_registered_file_is_a_warning(home, resources, tmp_path):
+    src = tmp_path / "images"
+    src.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(src / "0.png")
+    keep, gone = tmp_path / "keep.csv", tmp_path / "gone.csv"
+    for path in (keep, gone):
+        pl.DataFrame({"user_id": ["u"], "image_uri": [str(src / "0.png")], "event": ["save"],
+                      "ts": ["2026-01-01T00:00:00Z"]}).write_csv(path)
+        register_source(home, str(path))
+    gone.unlink()
+    result = dg.materialize([engagement_events], resources=resources)
+    assert result.success
+    meta = result.asset_materializations_for_node("engagement_events")[0].metadata
+    assert meta["missing_sources"].value == 1
+    assert read_table(home, "engagement_events").height == 0  # the image was never ingested: counted, dropped
+    assert meta["dropped_unknown_image"].value == 1
+
+
+def test_cli_lists_and_removes_engagement_files(lensless_home, tmp_path, capsys):
+    from orchestration.cli import main
+
+    path = tmp_path / "events.csv"
+    pl.DataFrame({"user_id": ["u"], "image_id": ["x"], "event": ["save"], "ts": ["2026-01-01"]}).write_csv(path)
+    register_source(lensless_home, str(path))
+    assert main(["engagement", "list"]) == 0
+    assert capsys.readouterr().out.strip() == str(path)
+    assert main(["engagement", "remove", str(path)]) == 0
+    assert registered_sources(lensless_home) == []
+    assert main(["engagement", "remove", str(path)]) == 2
+    assert "is not in engagement_sources" in capsys.readouterr().err

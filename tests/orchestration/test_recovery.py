@@ -1,0 +1,144 @@
+"""Crash recovery, with real processes killed by SIGKILL: an interrupted ingest is finished by
+the next command with nothing lost or duplicated, and a run killed in training does not keep
+the `train` pool's only slot."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_folder(root: Path, n: int, side: int = 320) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = ("a", "b", "c")[i % 3]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / label / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def env_for(home: Path) -> dict:
+    return {**os.environ, "LENSLESS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
+            "PYTHONPATH": str(ROOT), "LENSLESS_LOG_LEVEL": "WARNING"}
+
+
+def cli(home: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", *args], cwd=ROOT, env=env_for(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError(f"waited {timeout}s for {what}")
+        time.sleep(0.05)
+
+
+def lake_state(home: Path) -> dict:
+    """Every ingested image with its pixels' digest, keyed by image_id (batch keys and times aside)."""
+    from assets.store.files import Home, read_npy
+    from assets.store.lake import pixels_path, read_table
+
+    h = Home.at(home)
+    manifest = read_table(h, "raw_images")
+    out = {}
+    for row in manifest.iter_rows(named=True):
+        pixels = read_npy(pixels_path(h, row["batch"]))[row["row"]]
+        out[row["image_id"]] = (row["uri"], row["sha256"], row["label"], hash(pixels.tobytes()))
+    assert len(out) == manifest.height, "an image_id appears twice"
+    return out
+
+
+def test_killed_ingest_is_finished_by_the_next_one(tmp_path):
+    src = write_folder(tmp_path / "src", 300)
+    reference = tmp_path / "reference"
+    done = cli(reference, "ingest", str(src), "--json")
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["ingested"] == 300
+
+    home = tmp_path / "interrupted"
+    pixels_dir = home / "lake" / "raw_pixels"
+    rng = np.random.default_rng(1)
+    kills = 0
+    for _ in range(3):  # kill during decoding and pixel writes, at a different point each time
+        proc = cli(home, "ingest", str(src), "--json")
+        try:
+            wait_for(lambda: pixels_dir.is_dir() and any(pixels_dir.glob(".*.tmp")), 120, "decoding to start")
+        except TimeoutError:
+            proc.kill()
+            raise
+        time.sleep(float(rng.uniform(0.0, 1.0)))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+        if (home / "lake" / "raw_images").is_dir():
+            break  # it finished before the kill: nothing left to interrupt
+    assert kills >= 1, "no run was interrupted"
+    final = cli(home, "ingest", str(src), "--json")
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["resumed"], f"the interrupted batch was not resumed: {summary}"
+    assert lake_state(home) == lake_state(reference)  # nothing lost, nothing duplicated
+    assert not list(pixels_dir.glob(".*.tmp")), "temporary files left behind"
+    again = cli(home, "ingest", str(src), "--json")  # and nothing is ingested twice later
+    out, _ = again.communicate(timeout=300)
+    assert json.loads(out.strip().splitlines()[-1])["ingested"] == 0
+
+
+TRAIN_FOREVER = """
+from assets.store.files import Home
+from orchestration.pipeline import ingest
+from orchestration.runner import materialize_assets
+ingest(Home.from_env(), {src!r})
+materialize_assets(["image_encoder"], run_config={{"ops": {{"image_encoder": {{"config":
+    {{"architecture": "tiny", "epochs": 100000}}}}}}}})
+"""
+TRAIN_ONCE = """
+from orchestration.runner import materialize_assets
+result = materialize_assets(["image_encoder"], run_config={"ops": {"image_encoder": {"config":
+    {"architecture": "tiny", "epochs": 1}}}})
+assert result.success
+"""
+
+
+def test_a_run_killed_in_training_does_not_hold_the_train_pool(tmp_path, monkeypatch):
+    src = write_folder(tmp_path / "src", 40, side=48)
+    home = tmp_path / "home"
+    forever = subprocess.Popen([sys.executable, "-c", TRAIN_FOREVER.format(src=str(src))], cwd=ROOT,
+                               env=env_for(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))  # read the same instance from here
+    try:
+        from dagster import DagsterInstance
+
+        def holds_the_slot() -> bool:
+            if forever.poll() is not None:
+                raise AssertionError(f"training ended early: {forever.stderr.read()[-2000:]}")
+            if not (home / "dagster" / "dagster.yaml").exists():
+                return False
+            with DagsterInstance.get() as instance:
+                return bool(instance.event_log_storage.get_concurrency_info("train").claimed_slots)
+
+        wait_for(holds_the_slot, 240, "the encoder step to take the train slot")
+        forever.send_signal(signal.SIGKILL)
+        forever.communicate(timeout=60)
+        rerun = subprocess.run([sys.executable, "-c", TRAIN_ONCE], cwd=ROOT, env=env_for(home),
+                               capture_output=True, text=True, timeout=300)
+    finally:
+        if forever.poll() is None:
+            forever.kill()
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "marked failed and freed its pool slots" in rerun.stderr
+
