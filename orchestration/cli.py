@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Sequence
 
 log = logging.getLogger("lensless")
+WRITERS = {"ingest", "demo", "run", "promote", "rollback", "engagement"}  # commands that write the home
 
 
 def _progress_bar(desc: str):
@@ -310,9 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # instance migrations: chatter, not progress
+    from assets.store.files import writer_lock
     from orchestration.runner import StepFailed
 
     try:
+        if args.command in WRITERS:  # one writer at a time per home; the next one waits
+            with writer_lock(_home(), args.command):
+                return args.func(args)
         return args.func(args)
     except KeyboardInterrupt:
         print(f"lensless {args.command}: interrupted; run the same command again to resume "

@@ -15,11 +15,14 @@ which is atomic per object.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,38 @@ class Home:
         checkpoints, the report's files). Remote homes are not supported there yet: the
         same path is used relative to the working directory."""
         return Path(self.root.path).joinpath(*parts)
+
+
+@contextmanager
+def writer_lock(home: Home, command: str) -> Iterator[None]:
+    """Hold the home's single-writer lock (an exclusive `flock` on `<home>/.lock`) while
+    `command` writes; a second writer waits, saying who holds it. Readers never take it. The
+    kernel drops the lock when its process dies, so a killed command never leaves it behind.
+    Remote homes are not locked yet."""
+    if not home.local:
+        yield
+        return
+    path = home.local_dir(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another lensless command"
+            print(f"lensless {command}: {home.root} is being written by {holder}; waiting for it to finish",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"`lensless {command}` (pid {os.getpid()})")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_write(path: UPath | str | os.PathLike, write: Callable[[Any], None], fsync: bool = True) -> UPath:

@@ -142,3 +142,33 @@ def test_a_run_killed_in_training_does_not_hold_the_train_pool(tmp_path, monkeyp
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "marked failed and freed its pool slots" in rerun.stderr
 
+
+
+def test_two_concurrent_ingests_lose_and_duplicate_nothing(tmp_path):
+    """Two `lensless ingest` of different folders sharing 20 files, started together: the second
+    waits for the first; both batches, both sources, every image once, the shared files recorded
+    as duplicates."""
+    import shutil
+
+    from assets.store.files import Home
+    from assets.store.lake import read_registry, read_table
+
+    first = write_folder(tmp_path / "first", 60, side=64)
+    second = tmp_path / "second"
+    for i, path in enumerate(sorted(first.rglob("*.jpg"))[:20]):
+        (second / "shared").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, second / "shared" / f"copy{i}.jpg")
+    rng = np.random.default_rng(5)
+    (second / "own").mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(second / "own" / f"{i}.png")
+    home = tmp_path / "home"
+    procs = [cli(home, "ingest", str(src), "--json") for src in (first, second)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert any("waiting for it to finish" in err for _, err in outputs)
+    h = Home.at(home)
+    manifest = read_table(h, "raw_images")
+    assert manifest.height == 100 and manifest["image_id"].n_unique() == 100 and manifest["sha256"].n_unique() == 100
+    assert read_table(h, "duplicates").height == 20
+    assert sorted(read_registry(h, "watched_sources")) == sorted([str(first), str(second)])
