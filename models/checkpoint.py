@@ -2,13 +2,15 @@
 
 A checkpoint directory holds `weights.safetensors` (only the tensors that were trained) and
 `config.json` (the dataclass that rebuilds the model, plus free-form `extra` fields such as
-the base model's identity). The directory is local; each file is written atomically (a
-temporary file in the same directory, fsynced, then renamed into place).
+the base model's identity) and the sha256 of the weights, checked on load, so a damaged file
+is an error naming it, never a model that scores NaN. The directory is local; each file is
+written atomically (a temporary file in the same directory, fsynced, then renamed into place).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
@@ -47,10 +49,11 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    payload = {"config": cfg, "extra": extra or {}}
     # safetensors wants contiguous, non-shared CPU tensors.
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    _atomic_write_bytes(directory / WEIGHTS, save(flat))
+    weights = save(flat)
+    payload = {"config": cfg, "extra": extra or {}, "sha256": hashlib.sha256(weights).hexdigest()}
+    _atomic_write_bytes(directory / WEIGHTS, weights)
     _atomic_write_bytes(directory / CONFIG, json.dumps(payload, indent=2, sort_keys=True).encode())
     return directory
 
@@ -61,5 +64,13 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
     missing = [n for n in (WEIGHTS, CONFIG) if not (directory / n).exists()]
     if missing:
         raise FileNotFoundError(f"checkpoint {directory} is missing {missing}")
-    payload = json.loads((directory / CONFIG).read_text())
-    return load_file(str(directory / WEIGHTS)), payload["config"], payload.get("extra", {})
+    try:
+        payload = json.loads((directory / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"checkpoint config {directory / CONFIG} is damaged ({e}); retrain the model") from e
+    weights = (directory / WEIGHTS).read_bytes()
+    digest = hashlib.sha256(weights).hexdigest()
+    if payload.get("sha256", digest) != digest:  # checkpoints written before digests load unchecked
+        raise ValueError(f"checkpoint weights {directory / WEIGHTS} are damaged (sha256 {digest[:12]}, "
+                         f"expected {payload['sha256'][:12]}); retrain the model that wrote them")
+    return load(weights), payload["config"], payload.get("extra", {})

@@ -61,4 +61,9 @@ def score_candidates(scorer, features, query_rows, cand_rows, batch: int = 8,
                 progress(min(i + batch, n), n)
     finally:
         scorer.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, cand_rows.shape[1] if cand_rows.ndim == 2 else 0), np.float32)
+    scores = np.concatenate(out) if out else None
+    if scores is not None and not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise ValueError(f"the reranker gave {bad} of {scores.size} scores that are not finite: its weights "
+                         "or inputs are damaged; retrain it (or roll back the champion)")
+    return scores if scores is not None else np.zeros((0, cand_rows.shape[1] if cand_rows.ndim == 2 else 0), np.float32)

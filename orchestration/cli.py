@@ -206,9 +206,11 @@ def cmd_dev(args) -> int:
 def cmd_sql(args) -> int:
     import duckdb
 
-    from assets.store.query import connect
+    from assets.store.query import check_read_only, connect
 
-    con = connect(_home())
+    if not args.write:
+        check_read_only(args.query)
+    con = connect(_home(), read_only=not args.write)
     try:
         result = con.sql(args.query)
     except duckdb.Error as e:
@@ -287,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sql", help="query the lake with DuckDB; every table asset is a view")
     s.add_argument("query")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--max-rows", type=int, default=40)
+    s.add_argument("--max-rows", type=int, default=40, help="rows printed as a table (default 40)")
+    s.add_argument("--write", action="store_true",
+                   help="allow statements that write (COPY, CREATE, ATTACH, ...) and files outside the lake")
     s.set_defaults(func=cmd_sql)
     p.commands = list(sub.choices)  # for `did you mean` in main()
     return p

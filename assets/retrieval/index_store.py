@@ -63,6 +63,9 @@ def load_index(home: Home, mmap: bool = True):
     index = read_index(index_dir(home) / "faiss.index", mmap=mmap)
     apply_params(index, state["params"])
     ids = read_parquet(index_dir(home) / "ids.parquet")["image_id"].to_numpy()
+    if not index.ntotal == len(ids) == state["n"]:  # files of different builds (a crash between writes)
+        raise ValueError(f"the index in {index_dir(home)} holds {index.ntotal} vectors for {len(ids)} ids "
+                         f"(state: {state['n']}); rematerialise faiss_index to rebuild it")
     return index, ids, state
 
 
@@ -90,7 +93,9 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         index = read_index(index_dir(home) / "faiss.index", mmap=False)
         xb_new = _stack([partitions[k] for k in new_keys])
         drift = quantizer_drift(index, xb_new)
-        if drift > DRIFT_THRESHOLD:
+        if index.ntotal != state["n"]:  # the index file of another build than the state (a crash)
+            reason, index = f"the index file holds {index.ntotal} vectors, its state {state['n']}", None
+        elif drift > DRIFT_THRESHOLD:
             reason, index = f"quantizer drift {drift:.2f} > {DRIFT_THRESHOLD}", None
 
     if reason is not None:

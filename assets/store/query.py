@@ -5,6 +5,10 @@ that has been written: a partitioned one reads `lake/<name>/*.parquet` (union by
 unpartitioned one its file. Nothing is loaded until queried, so queries run out of core
 (with `memory_limit`, DuckDB spills to disk past it). A remote home is read through fsspec,
 never by a DuckDB extension. This is the one DuckDB connection of the pipeline.
+
+`read_only=True` (what `lensless sql` uses) also confines the connection to the lake: file
+access only below `<home>/lake`, no extension installs, settings locked; and only statements
+that read (`SELECT`, `EXPLAIN`, `PRAGMA`, `SHOW`, `DESCRIBE`) are run (`check_read_only`).
 """
 
 from __future__ import annotations
@@ -14,9 +18,20 @@ import duckdb
 from assets.store.files import Home
 from assets.store.lake import TABLES, has_table, table_path
 
+READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
 
-def connect(home: Home, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view per written lake table."""
+
+def check_read_only(query: str) -> None:
+    """Raise ValueError naming the first statement of `query` that would do more than read."""
+    for statement in duckdb.extract_statements(query):
+        if statement.type not in READ_STATEMENTS:
+            raise ValueError(f"{statement.type.name} statements change things; lensless sql only reads "
+                             "(pass --write to allow them)")
+
+
+def connect(home: Home, memory_limit: str | None = None, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view per written lake table (`read_only`: confined
+    to reading the lake, see the module doc)."""
     con = duckdb.connect()
     if memory_limit:
         con.sql(f"SET memory_limit='{memory_limit}'")
@@ -30,4 +45,9 @@ def connect(home: Home, memory_limit: str | None = None) -> duckdb.DuckDBPyConne
         path = home.path("lake", name) if table.partitioned else table_path(home, name)
         glob = f"{path.as_posix()}/*.parquet" if table.partitioned else path.as_posix()
         con.sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name=true)")
+    if read_only:
+        if home.local:
+            con.execute("SET allowed_directories = $dirs", {"dirs": [f"{home.local_dir('lake')}/"]})
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     return con

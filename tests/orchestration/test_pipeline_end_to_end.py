@@ -141,6 +141,10 @@ def test_sql_views_cover_the_tables(pipeline, capsys):
     assert json.loads(capsys.readouterr().out.strip())[0]["n"] == 16 * 20
     assert main(["sql", "SELECT count(DISTINCT query) AS q FROM candidates", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip())[0]["q"] == 16
+    home, _ = pipeline
+    into_lake = home.local_dir("lake", "raw_images", "x.parquet")
+    assert main(["sql", f"COPY candidates TO '{into_lake}'"]) == 2  # read-only by default
+    assert "lensless sql only reads" in capsys.readouterr().err and not into_lake.exists()
 
 
 def test_promote_and_rollback(pipeline, capsys):

@@ -77,3 +77,23 @@ def test_a_vanished_partition_rebuilds(home):
 def test_no_partitions_is_an_error(home):
     with pytest.raises(AssertionError, match="no embedding partitions"):
         update_index(home, {}, "enc1", CFG, log=quiet)
+
+
+def test_index_files_of_different_builds_are_refused_then_rebuilt(home):
+    """A crash after faiss.index was replaced but before ids/state: no duplicate answers."""
+    import shutil
+
+    from assets.retrieval.index_store import index_dir
+
+    parts = {"b1": partition("a", 300, E[0], 0)}
+    update_index(home, parts, "enc1", CFG, log=quiet)
+    saved = index_dir(home) / "old.index"
+    shutil.copy(index_dir(home) / "faiss.index", saved)
+    parts["b2"] = partition("b", 20, E[0], 1)
+    update_index(home, parts, "enc1", CFG, log=quiet)  # 320 vectors
+    shutil.copy(saved, index_dir(home) / "faiss.index")  # the ids and state of 320, an index of 300
+    with pytest.raises(ValueError, match="holds 300 vectors for 320 ids"):
+        load_index(home)
+    parts["b3"] = partition("c", 10, E[0], 2)
+    again = update_index(home, parts, "enc1", CFG, log=quiet)
+    assert again["mode"] == "rebuild" and again["n"] == 330 and load_index(home)[0].ntotal == 330

@@ -74,3 +74,23 @@ def test_home_from_the_environment_or_a_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert Home.from_env().local_dir() == tmp_path / ".lensless"
     assert not Home.at("s3://bucket/lensless").local
+
+
+def test_read_only_connection_reads_the_lake_and_nothing_else(home, tmp_path):
+    import duckdb
+
+    from assets.store.query import check_read_only
+
+    write_table(home, "raw_images", rows("a", 2), "a")
+    con = connect(home, read_only=True)
+    assert con.execute("SELECT count(*) FROM raw_images").fetchall()[0][0] == 2
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    for query in (f"SELECT * FROM read_text('{outside}')", f"COPY raw_images TO '{tmp_path / 'x.parquet'}'",
+                  "SET enable_external_access = true", "INSTALL httpfs"):
+        with pytest.raises(duckdb.Error):
+            con.execute(query)
+    check_read_only("SELECT 1; EXPLAIN SELECT 1; DESCRIBE raw_images")
+    for query in ("COPY raw_images TO 'x.parquet'", "SELECT 1; ATTACH 'a.db'", "CREATE TABLE t (a INT)"):
+        with pytest.raises(ValueError, match="lensless sql only reads"):
+            check_read_only(query)
