@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import traceback
 from collections.abc import Sequence
@@ -193,13 +192,10 @@ def cmd_dev(args) -> int:
     from orchestration.instance import ensure_dagster_home
 
     home = ensure_dagster_home()
-    dagster = shutil.which("dagster")
-    if dagster is None:
-        print("`dagster` is not on PATH; install lensless with `make install`", file=sys.stderr)
-        return 2
     target = ["-w", "workspace.yaml"] if os.path.exists("workspace.yaml") else ["-m", "orchestration.definitions"]
     print(f"DAGSTER_HOME={home}; UI on http://{args.host}:{args.port}", file=sys.stderr)
-    os.execv(dagster, [dagster, "dev", *target, "-h", args.host, "-p", str(args.port)])
+    # this interpreter runs Dagster, so `.venv/bin/lensless dev` works without an activated venv
+    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", *target, "-h", args.host, "-p", str(args.port)])
     return 0  # not reached
 
 

@@ -51,6 +51,8 @@ run_monitoring:
   poll_interval_seconds: 60
 telemetry:
   enabled: false
+nux:
+  enabled: false  # no "join the community" modal over the UI
 """
 
 

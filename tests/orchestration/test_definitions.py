@@ -35,3 +35,18 @@ def test_cli_help_version_and_did_you_mean(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("lensless ")
+
+
+def test_dev_runs_dagster_with_this_interpreter(lensless_home, monkeypatch):
+    """`.venv/bin/lensless dev` must work without the venv on PATH."""
+    import sys
+
+    from orchestration.cli import main
+
+    calls = []
+    monkeypatch.setattr("os.execv", lambda path, argv: calls.append((path, argv)))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["dev", "--port", "3999"]) == 0
+    path, argv = calls[0]
+    assert path == sys.executable and argv[1:4] == ["-m", "dagster", "dev"] and argv[-2:] == ["-p", "3999"]
+    assert "nux:\n  enabled: false" in (lensless_home.local_dir("dagster") / "dagster.yaml").read_text()
