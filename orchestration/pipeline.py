@@ -68,6 +68,8 @@ def ingest(home: Home, source: str, engagement: str | None = None, label_depth: 
         register_source(home, os.path.abspath(engagement) if "://" not in engagement else engagement)
     resumed = resume_unfinished(home)
     listing = list_source(source, label_depth=label_depth)
+    if listing.files.height + listing.skipped.height == 0:
+        raise ValueError(f"source {source!r} holds no files: nothing to ingest, and it is not watched")
     fresh = new_entries(home, listing)
     if limit is not None:
         if limit < 1:

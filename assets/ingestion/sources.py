@@ -84,14 +84,9 @@ def list_source(source: str, label_depth: int = 1) -> Listing:
     fs, root_path = fsspec.core.url_to_fs(root)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     local = protocol in ("file", "local")
-    rows = []
+    rows = []  # (uri, path relative to the root, size, mtime, reason it is skipped or None)
     if local:
-        for dirpath, dirnames, filenames in os.walk(root_path):
-            dirnames.sort()
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                st = os.stat(full)
-                rows.append((full, os.path.relpath(full, root_path), st.st_size, st.st_mtime))
+        rows = _walk_local(root_path)
     else:
         for path, info in sorted(fs.find(root_path, detail=True).items()):
             if info.get("type") == "directory":
@@ -100,14 +95,15 @@ def list_source(source: str, label_depth: int = 1) -> Listing:
             if isinstance(mtime, datetime):
                 mtime = mtime.timestamp()
             uri = fs.unstrip_protocol(path)
-            rows.append((uri, os.path.relpath(path, root_path.rstrip("/")), int(info.get("size") or 0), float(mtime)))
+            rows.append((uri, os.path.relpath(path, root_path.rstrip("/")), int(info.get("size") or 0), float(mtime),
+                         None))
     records = []
-    for uri, rel, size, mtime in rows:
+    for uri, rel, size, mtime, problem in rows:
         parts = rel.replace(os.sep, "/").split("/")
         ext = os.path.splitext(parts[-1])[1].lower()
         hidden = parts[-1].startswith(".")
-        reason = None if (ext in SUPPORTED_EXTENSIONS and not hidden) else (
-            "hidden_file" if hidden else f"unsupported_extension:{ext or '(none)'}")
+        reason = problem or (None if (ext in SUPPORTED_EXTENSIONS and not hidden) else (
+            "hidden_file" if hidden else f"unsupported_extension:{ext or '(none)'}"))
         records.append({"uri": uri, "label": _label(parts, label_depth), "size": size,
                         "mtime": float(mtime), "skipped_reason": reason, "source": source})
     frame = pl.DataFrame(records, schema=BATCH_SCHEMA)
@@ -124,6 +120,37 @@ def known_files(home: Home) -> set[tuple[str, int, float]]:
     """(uri, size, mtime) of every file already put in a batch, skipped ones included."""
     frame = read_table(home, "batch_files")
     return set(zip(frame["uri"].to_list(), frame["size"].to_list(), frame["mtime"].to_list(), strict=True))
+
+
+def _walk_local(root: str) -> list[tuple]:
+    """Rows of `list_source` for a local folder. Nothing that cannot be read aborts the listing:
+    an unreadable folder, a dangling or looping link, a link out of the source, or a linked
+    folder (not followed) is a skipped row with its reason."""
+    rows = []
+    real_root = os.path.realpath(root)
+
+    def skipped(path: str, reason: str) -> None:
+        rows.append((path, os.path.relpath(path, root), 0, 0.0, reason))
+
+    def unreadable(error: OSError) -> None:
+        skipped(error.filename, f"unreadable_folder:{error.strerror or error}")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        dirnames.sort()
+        for name in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            skipped(os.path.join(dirpath, name), "linked_folder_not_followed")
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full) and not os.path.realpath(full).startswith(real_root + os.sep):
+                skipped(full, "link_outside_source")
+                continue
+            try:
+                st = os.stat(full)
+            except OSError as e:  # a dangling link, a link loop, a file gone since the walk
+                skipped(full, f"unreadable_file:{e.strerror or e}")
+                continue
+            rows.append((full, os.path.relpath(full, root), st.st_size, st.st_mtime, None))
+    return rows
 
 
 def unfinished_batches(home: Home) -> list[str]:

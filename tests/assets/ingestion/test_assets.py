@@ -164,3 +164,45 @@ def test_fsspec_memory_source(home):
     assert sorted(manifest["label"]) == ["lamps", "mugs", "mugs"]
     assert all(u.startswith("memory://") for u in manifest["uri"])
     assert read_table(home, "skipped", [batch])["reason"].to_list() == ["unsupported_extension:.md"]
+
+
+def test_bad_entries_in_a_source_are_skipped_with_their_reason_not_fatal(home, tmp_path):
+    """A dangling link, a link loop, a link out of the source, a linked folder and an
+    unreadable folder are skipped rows; the readable images are still ingested."""
+    import os
+
+    src = tmp_path / "src"
+    (src / "ok").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((40, 40, 3), 80 * i, np.uint8)).save(src / "ok" / f"{i}.png")
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(outside)
+    os.symlink(src / "ok" / "missing.png", src / "ok" / "dangling.png")
+    os.symlink(src / "ok" / "loop.png", src / "ok" / "loop.png")
+    os.symlink(outside, src / "ok" / "escape.png")
+    os.symlink(src / "ok", src / "linked")
+    locked = src / "locked"
+    locked.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(locked / "x.png")
+    locked.chmod(0)
+    try:
+        listing = list_source(str(src))
+    finally:
+        locked.chmod(0o755)
+    reasons = {os.path.basename(u): r for u, r in zip(listing.skipped["uri"], listing.skipped["skipped_reason"],
+                                                      strict=True)}
+    readable = ["0.png", "1.png"] + (["x.png"] if os.geteuid() == 0 else [])  # root reads any folder
+    assert sorted(os.path.basename(u) for u in listing.files["uri"]) == readable
+    assert reasons["dangling.png"].startswith("unreadable_file:") and reasons["loop.png"].startswith("unreadable_file:")
+    assert reasons["escape.png"] == "link_outside_source" and reasons["linked"] == "linked_folder_not_followed"
+    if os.geteuid() != 0:
+        assert reasons["locked"].startswith("unreadable_folder:")
+
+
+def test_an_empty_source_is_refused_and_not_watched(lensless_home, tmp_path, capsys):
+    from assets.ingestion.sources import watched_sources
+    from orchestration.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["ingest", str(tmp_path / "empty")]) == 2
+    assert "holds no files" in capsys.readouterr().err and watched_sources(lensless_home) == []
