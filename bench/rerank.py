@@ -50,6 +50,7 @@ from models.full_vlm import FullVLMConfig, build_full_vlm, write_tiny_checkpoint
 from models.gutted_vlm import GuttedConfig, build_gutted
 from models.ranking_metrics import bootstrap_ci, ndcg_at_k, positive_first_relevance
 from models.scoring import feature_tensor
+from models.timing import interleaved, summarise
 from models.train_reranker import RerankerTrainConfig, evaluate, train_reranker
 
 STYLE_RGB = np.array([[220, 40, 40], [40, 170, 60], [50, 80, 220], [230, 200, 40]], np.float32)
@@ -128,7 +129,8 @@ def retrieval_ndcg(emb, groups, k=10):
 
 
 def measure_costs(inputs: dict, n_candidates: int, repeats: int) -> dict:
-    """FLOPs, best-of-`repeats` ms per 1k and tokens per candidate, both cache modes, side by side.
+    """FLOPs, ms per 1k (median of `repeats` interleaved timings) and tokens per candidate, both
+    cache modes, side by side.
 
     `inputs`: {name: (model, query features, candidate features)} on the same queries.
     """
@@ -138,16 +140,19 @@ def measure_costs(inputs: dict, n_candidates: int, repeats: int) -> dict:
         model, q, c = inputs[name]
         tag = "cache" if cache else "nocache"
         cost[name][f"flops_per_candidate_{tag}"] = flops_per_candidate(model, q, c, use_cache=cache)
-    # the FLOP count warmed each cell up; interleave the timed calls so machine noise hits
-    # every cell alike, and keep the best
-    times = {cell: [] for cell in cells}
-    for _ in range(repeats):
-        for name, cache in cells:
-            model, q, c = inputs[name]
-            ms = ms_per_1k_candidates(model, q, c, use_cache=cache, repeats=1, warmup=0)
-            times[(name, cache)].append(ms)
+    # the FLOP count warmed each cell up; the timed calls are interleaved so machine noise hits
+    # every cell alike (models/timing.py), and the median of the repeats is kept
+    def call(name, cache):
+        model, q, c = inputs[name]
+        return lambda: ms_per_1k_candidates(model, q, c, use_cache=cache, repeats=1, warmup=0)
+
+    times = interleaved({cell: call(*cell) for cell in cells}, repeats=repeats, warmup=0)
     for (name, cache), ts in times.items():
-        cost[name][f"ms_per_1k_{'cache' if cache else 'nocache'}"] = min(ts)
+        n = inputs[name][2].shape[0] * inputs[name][2].shape[1]
+        ms = summarise(ts, scale=1e6 / n)
+        tag = "cache" if cache else "nocache"
+        cost[name][f"ms_per_1k_{tag}"] = ms["median"]
+        cost[name][f"ms_per_1k_{tag}_range"] = [ms["min"], ms["max"]]
     for name, (model, _, _) in inputs.items():
         cached = model.uses_cache(n_candidates)
         row, tag = cost[name], "cache" if cached else "nocache"

@@ -6,8 +6,9 @@ Measured (any scorer, gutted or full VLM, either KV-cache mode):
   counts the full Lq × Lk rectangle, so it sits a little above the causal analytic count.
 - `ms_per_1k_candidates`: best-of-N wall time of that scoring call, per 1,000 candidates.
 - `tokens_per_candidate`: LLM tokens per image and per scored candidate.
-- `measure_cost`: the three above on real inputs (rows of a feature table: raw pixels for the
-  full VLM, so its vision tower is part of the cost).
+- `measure_costs`: the three above for several scorers on the same real inputs (rows of a
+  feature table: raw pixels for the full VLM, so its vision tower is part of the cost), their
+  timings interleaved (`models/timing.py`): the median and the range of the repeats.
 
 Analytic (`analytic_flops`, `cost_rows`), forward FLOPs = 2 × multiply-accumulates:
 - LLM, per token at absolute index t (0-based), summed over L layers:
@@ -37,6 +38,7 @@ from models.device import synchronize
 from models.gutted_vlm import GuttedConfig
 from models.qwen3vl_configs import config_dims
 from models.scoring import CANDIDATES, feature_tensor
+from models.timing import interleaved, summarise
 
 
 # SDPA FLOPs, counted the same way for every backend (the full Lq × Lk rectangle, causal
@@ -106,17 +108,34 @@ def tokens_per_candidate(scorer, candidates_per_query: int = CANDIDATES) -> dict
     }
 
 
-def measure_cost(scorer, features, query_rows, cand_rows, repeats: int = 3) -> dict:
-    """FLOPs, measured ms per 1,000 candidates and LLM tokens per candidate of scoring the
-    candidates `cand_rows` (Q, K) of `query_rows` (Q,) of `features` in one call."""
-    feats = feature_tensor(features[np.asarray(query_rows)])
-    cands = feature_tensor(features[np.asarray(cand_rows)])
-    scorer.eval()
-    return {
-        "flops_per_candidate": flops_per_candidate(scorer, feats, cands),
-        "ms_per_1k_candidates": ms_per_1k_candidates(scorer, feats, cands, repeats=repeats),
-        "tokens_per_candidate": float(tokens_per_candidate(scorer, cands.shape[1])["per_candidate_cache"]),
-    }
+def measure_costs(scorers: dict, query_rows, cand_rows, repeats: int = 5) -> dict[str, dict]:
+    """Cost of scoring the candidates `cand_rows` (Q, K) of `query_rows` (Q,), for each
+    `{name: (scorer, features)}`: FLOPs, LLM tokens, and ms per 1,000 candidates as the
+    median of `repeats` timings interleaved across the scorers (`ms_per_1k_candidates_range`:
+    their min and max), so that machine load hits every scorer alike."""
+    inputs = {name: (scorer.eval(), feature_tensor(features[np.asarray(query_rows)]),
+                     feature_tensor(features[np.asarray(cand_rows)])) for name, (scorer, features) in scorers.items()}
+    n = int(np.asarray(cand_rows).size)
+
+    def call(scorer, q, c):
+        def run():
+            with torch.inference_mode():
+                scorer.score(q, c)
+        return run
+
+    device = next(iter(inputs.values()))[2].device
+    times = interleaved({name: call(*args) for name, args in inputs.items()}, repeats=repeats,
+                        sync=lambda: synchronize(device))
+    out = {}
+    for name, (scorer, q, c) in inputs.items():
+        ms = summarise(times[name], scale=1e6 / n)  # seconds per call -> ms per 1,000 candidates
+        out[name] = {
+            "flops_per_candidate": flops_per_candidate(scorer, q, c),
+            "ms_per_1k_candidates": ms["median"], "ms_per_1k_candidates_range": [ms["min"], ms["max"]],
+            "timing_repeats": ms["repeats"],
+            "tokens_per_candidate": float(tokens_per_candidate(scorer, c.shape[1])["per_candidate_cache"]),
+        }
+    return out
 
 
 def _llm_flops(text: dict, start: int, n_tokens: int) -> float:

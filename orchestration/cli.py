@@ -78,15 +78,14 @@ def cmd_ingest(args) -> int:
 
 
 def _print_report(report: dict) -> None:
-    from assets.evaluation.report import reports_dir, summary_rows
+    from assets.evaluation.report import decision_rows, promotion_line, reports_dir, summary_rows
     from assets.plots import md_table
 
     print(md_table(summary_rows(report)))
-    cr = report["cost_ratio"]
-    print(f"\ngutted vs full VLM: {cr['flops']:.1f}x fewer FLOPs, {cr['ms']:.1f}x less time per candidate "
-          f"({report['dataset']['queries']} queries, {report['dataset']['images']} images)")
-    if "_promotion" in report:
-        print(report["_promotion"])
+    print(f"\n{report['dataset']['queries']} queries, {report['dataset']['images']} images; "
+          "ms/1k: median [range] of interleaved repeats\n")
+    print(md_table(decision_rows(report)))
+    print(report["_promotion"] if "_promotion" in report else promotion_line(report))
     print(f"report: {reports_dir(_home()) / report['run_id'] / 'report.html'}")
 
 

@@ -9,7 +9,13 @@ import polars as pl
 from assets.embeddings.assets import image_encoder
 from assets.evaluation.metrics import list_metrics, paired_difference_ci, summarise
 from assets.evaluation.promotion import CHALLENGER, CHAMPION, promotion_decision
-from assets.evaluation.report import latest_report, quality_cost_plot, summary_rows, write_report
+from assets.evaluation.report import (
+    decision_rows,
+    latest_report,
+    quality_cost_plot,
+    summary_rows,
+    write_report,
+)
 from assets.evaluation.systems import (
     candidate_grid,
     candidate_lists,
@@ -121,6 +127,9 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
     champion = _champion_comparison(pointers(home, CHAMPION)["current"], per_query["gutted"]["ndcg_at_10"],
                                     extra.get("champion_ndcg"))
     vs_retrieval = paired_difference_ci(per_query["gutted"]["ndcg_at_10"], per_query["retrieval"]["ndcg_at_10"])
+    comparisons = {f"gutted_vs_{bar}": _paired(per_query, "gutted", bar) for bar in ("retrieval", "full_vlm", "popularity")}
+    if champion["ndcg_diff_ci"] is not None:
+        comparisons["challenger_vs_champion"] = {"diff": champion["ndcg_diff"], "ci": champion["ndcg_diff_ci"]}
     report = {
         "run_id": context.run_id, "created_at": datetime.now(timezone.utc).isoformat(),
         **inputs["header"], "systems": systems,
@@ -129,6 +138,7 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
         "production_estimate": production_estimate(extra["gutted_config"]),
         "challenger": {"version": pointers(home, CHALLENGER)["current"], **champion,
                        "retrieval_ndcg_diff": vs_retrieval[0], "retrieval_ndcg_diff_ci": list(vs_retrieval[1:])},
+        "comparisons": comparisons,
     }
     by_label = _per_label(per_query, inputs["query_labels"])
     folder = write_report(home, report, {"Per-label NDCG@10": by_label,
@@ -144,10 +154,17 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
         **({"champion_ndcg_diff": champion["ndcg_diff"], "champion_ndcg_diff_ci_high": champion["ndcg_diff_ci"][1]}
            if champion["ndcg_diff_ci"] else {}),
         "report": dg.MetadataValue.path(str(folder / "report.html")),
+        "decision": dg.MetadataValue.md(md_table(decision_rows(report))),
         "systems": dg.MetadataValue.md(md_table(summary_rows(report))),
         "per_label": dg.MetadataValue.md(md_table(by_label)),
         "quality_vs_cost": dg.MetadataValue.md(md_image(quality_cost_plot(report))),
     })
+
+
+def _paired(per_query: dict, a: str, b: str) -> dict:
+    """Paired NDCG@10 difference a − b on the same queries, with its bootstrap 95% interval."""
+    mean, lo, hi = paired_difference_ci(per_query[a]["ndcg_at_10"], per_query[b]["ndcg_at_10"])
+    return {"diff": mean, "ci": [lo, hi]}
 
 
 def _champion_comparison(version: str | None, challenger: np.ndarray, champion: np.ndarray | None) -> dict:

@@ -13,12 +13,13 @@ import json
 import os
 from pathlib import Path
 
+from assets.evaluation.promotion import promotion_decision
 from assets.store.files import Home, read_json, write_bytes, write_json
 
 SYSTEMS = ("random", "popularity", "retrieval", "gutted", "full_vlm")
 REQUIRED = {
     "run_id": str, "created_at": str, "dataset": dict, "encoder": dict, "index": dict, "systems": dict,
-    "cost_ratio": dict, "production_estimate": dict,
+    "cost_ratio": dict, "production_estimate": dict, "comparisons": dict,
 }
 SYSTEM_FIELDS = ("ndcg_at_10", "ndcg_at_10_ci", "recall_at_10", "recall_at_50", "mrr",
                  "flops_per_candidate", "ms_per_1k_candidates", "tokens_per_candidate")
@@ -138,6 +139,78 @@ def history_plot(reports: list[dict]) -> bytes:
     return png
 
 
+COMPARISONS = {"gutted_vs_retrieval": ("gutted", "retrieval"), "gutted_vs_full_vlm": ("gutted", "full_vlm"),
+               "gutted_vs_popularity": ("gutted", "popularity"), "challenger_vs_champion": ("challenger", "champion")}
+
+
+def verdict(ci: list[float]) -> str:
+    """What a paired 95% interval of a difference says."""
+    lo, hi = ci
+    return "better" if lo > 0 else "worse" if hi < 0 else "no significant difference"
+
+
+def _cost_line(report: dict, a: str, b: str) -> str:
+    systems = report["systems"]
+    if b == "full_vlm":
+        return f"{report['cost_ratio']['flops']:.1f}x fewer FLOPs, {report['cost_ratio']['ms']:.1f}x less time"
+    if b == "retrieval":
+        return f"{systems['gutted']['ms_per_1k_candidates'] / systems['retrieval']['ms_per_1k_candidates']:,.0f}x retrieval's time"
+    return "same model" if b == "champion" else "-"
+
+
+def decision_rows(report: dict) -> list[dict]:
+    """One row per comparison that decides whether the gutted model is worth serving: the
+    paired NDCG@10 difference, its interval, the cost ratio and the verdict."""
+    rows = []
+    for key, (a, b) in COMPARISONS.items():
+        c = report["comparisons"].get(key)
+        if c is None:
+            continue
+        lo, hi = c["ci"]
+        rows.append({"comparison": f"{a} vs {b}".replace("_", " "),
+                     "NDCG@10 difference [95% CI]": f"{c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                     "cost": _cost_line(report, a, b), "verdict": verdict(c["ci"])})
+    return rows
+
+
+def promotion_line(report: dict) -> str:
+    """What the promotion gate says of this report's challenger."""
+    passed, why = promotion_decision(report)
+    return f"challenger {report['challenger']['version']}: {'passes' if passed else 'stopped by'} the promotion gate ({why})"
+
+
+def forest_plot(report: dict) -> bytes:
+    """Paired NDCG@10 differences with their 95% intervals and a zero line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = [(f"{a} − {b}".replace("_", " "), report["comparisons"][k]) for k, (a, b) in COMPARISONS.items()
+             if k in report["comparisons"]]
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(items) + 1.2))
+    for i, (_, c) in enumerate(reversed(items)):
+        lo, hi = c["ci"]
+        color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:grey"
+        ax.errorbar(c["diff"], i, xerr=[[c["diff"] - lo], [hi - c["diff"]]], fmt="o", capsize=4, color=color)
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(range(len(items)), [label for label, _ in reversed(items)])
+    ax.set(xlabel="paired NDCG@10 difference (95% CI)", title="does the gutted model rank better?")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    png = _png(fig)
+    plt.close(fig)
+    return png
+
+
+def _ms(system: dict) -> str:
+    """Measured ms per 1,000 candidates: the median, and the range of interleaved repeats."""
+    if system["ms_per_1k_candidates"] is None:
+        return "-"
+    rng = system.get("ms_per_1k_candidates_range")
+    return f"{system['ms_per_1k_candidates']:.1f}" + (f" [{rng[0]:.0f}–{rng[1]:.0f}]" if rng else "")
+
+
 def summary_rows(report: dict) -> list[dict]:
     """One row per system for tables (markdown, HTML, the command line)."""
     rows = []
@@ -147,7 +220,7 @@ def summary_rows(report: dict) -> list[dict]:
         rows.append({"system": name, "NDCG@10": f"{s['ndcg_at_10']:.3f} [{lo:.3f}, {hi:.3f}]",
                      "R@10": round(s["recall_at_10"], 3), "R@50": round(s["recall_at_50"], 3), "MRR": round(s["mrr"], 3),
                      "GFLOPs/cand": "-" if s["flops_per_candidate"] is None else f"{s['flops_per_candidate'] / 1e9:.4f}",
-                     "ms/1k cand": "-" if s["ms_per_1k_candidates"] is None else f"{s['ms_per_1k_candidates']:.1f}",
+                     "ms/1k cand": _ms(s),
                      "tokens/cand": "-" if s["tokens_per_candidate"] is None else s["tokens_per_candidate"]})
     return rows
 
@@ -164,10 +237,13 @@ def render_html(report: dict, plots: dict[str, bytes], extra_tables: dict[str, l
     """A self-contained HTML page: headline, tables, embedded plots."""
     import base64
 
-    imgs = "".join(f'<h2>{html.escape(t)}</h2><img alt="{html.escape(t)}" src="data:image/png;base64,{base64.b64encode(p).decode()}">'
-                   for t, p in plots.items())
+    def img(title: str, png: bytes) -> str:
+        return f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+    plots = dict(plots)
+    forest = img("paired differences", plots.pop("Paired differences")) if "Paired differences" in plots else ""
+    imgs = "".join(f"<h2>{html.escape(t)}</h2>{img(t, p)}" for t, p in plots.items())
     tables = "".join(f"<h2>{html.escape(t)}</h2>{_html_table(rows)}" for t, rows in extra_tables.items())
-    cr = report["cost_ratio"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>lensless report {html.escape(report['run_id'])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:right}}
@@ -176,7 +252,8 @@ th{{background:#f3f3f3}}</style></head><body>
 <p>run <code>{html.escape(report['run_id'])}</code>, {html.escape(report['created_at'])};
 source {html.escape(str(report['dataset']['source']))}: {report['dataset']['images']} images,
 {report['dataset']['queries']} evaluation queries.</p>
-<p><b>Gutted vs full VLM:</b> {cr['flops']:.1f}× fewer FLOPs and {cr['ms']:.1f}× less measured time per candidate.</p>
+<h2>Decision</h2>{_html_table(decision_rows(report))}
+<p id="promotion"><b>Promotion:</b> {html.escape(promotion_line(report))}</p>{forest}
 <h2>Systems</h2>{_html_table(summary_rows(report))}{tables}{imgs}
 <h2>report.json</h2><pre>{html.escape(json.dumps(report, indent=2))}</pre></body></html>"""
 
@@ -186,7 +263,8 @@ def write_report(home: Home, report: dict, extra_tables: dict[str, list[dict]] |
     validate_report(report)
     folder = reports_dir(home) / report["run_id"]
     past = [r for r in history(home) if r["run_id"] != report["run_id"]] + [report]
-    plots = {"Quality against cost": quality_cost_plot(report), "Metric history": history_plot(past)}
+    plots = {"Paired differences": forest_plot(report), "Quality against cost": quality_cost_plot(report),
+             "Metric history": history_plot(past)}
     for name, png in plots.items():
         write_bytes(png, folder / (name.lower().replace(" ", "_") + ".png"))
     write_json(report, folder / "report.json")

@@ -23,7 +23,7 @@ from assets.store.files import Home
 from assets.store.lake import read_table
 from assets.store.models import current_dir, pointers, version_dir
 from models.checkpoint import load_checkpoint
-from models.cost import PRODUCTION, analytic_flops, measure_cost
+from models.cost import PRODUCTION, analytic_flops, measure_costs
 from models.scoring import score_candidates
 from models.train_reranker import load_reranker
 
@@ -104,8 +104,8 @@ def system_rankings(home: Home, inputs: dict, seed: int = 0, cost_queries: int =
     rankings["full_vlm"] = ranked_ids(ids, c_rows, full_scores)
 
     gutted = load_reranker(current_dir(home, "gutted_reranker"))
-    costs = {"gutted": measure_cost(gutted, inputs["emb"], q_rows[:cost_queries], c_rows[:cost_queries]),
-             "full_vlm": measure_cost(full, pixels, q_rows[:cost_queries], c_rows[:cost_queries])}
+    costs = measure_costs({"gutted": (gutted, inputs["emb"]), "full_vlm": (full, pixels)},
+                          q_rows[:cost_queries], c_rows[:cost_queries])
     state = load_state(home)
     d = inputs["emb"].shape[1]
     costs["retrieval"] = {"flops_per_candidate": 2.0 * d, "ms_per_1k_candidates": 1e6 / (state["qps"] * k),

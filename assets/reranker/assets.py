@@ -15,7 +15,7 @@ from assets.retrieval.assets import faiss_index
 from assets.store.lake import write_table
 from assets.store.models import pointers, save_version, set_current
 from assets.store.resource import LenslessHome
-from models.cost import measure_cost
+from models.cost import measure_costs
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, build_gutted
 from models.train_reranker import RerankerTrainConfig, save_reranker, train_reranker
@@ -91,7 +91,7 @@ def _train(context, home, kind: str, scorer, features, ids: list[str],
     started = time.perf_counter()
     metrics = train_reranker(scorer, features, train, val, cfg, progress=lambda m: context.log.info(f"{kind}: {m}"))
     seconds = time.perf_counter() - started
-    cost = measure_cost(scorer, features, val[:4, 0], val[:4, 1:])
+    cost = measure_costs({kind: (scorer, features)}, val[:4, 0], val[:4, 1:])[kind]
     version = save_version(home, kind, lambda d: save_reranker(scorer, d, metrics))
     set_current(home, kind, version, reason=f"run {context.run_id}")
     plots = {
@@ -106,7 +106,7 @@ def _train(context, home, kind: str, scorer, features, ids: list[str],
         "engagement_events": engagement_count(home),
         "trained_parameters": int(metrics["trained_params"]), "train_seconds": round(seconds, 1),
         "train_device": metrics["device"],
-        **{k: float(v) for k, v in cost.items()},
+        **{k: float(v) for k, v in cost.items() if not isinstance(v, list)},
         "cost": dg.MetadataValue.md(md_table([{"metric": k, "value": v} for k, v in cost.items()])),
         **plots,
     })

@@ -69,6 +69,23 @@ def test_production_rows_show_the_gutted_saving():
         analytic_flops("Qwen3-VL-2B", resolution=100)
 
 
+def test_measure_costs_times_both_scorers_interleaved(models):
+    import numpy as np
+
+    from models.cost import measure_costs
+
+    gutted, full = models
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(12, gutted.cfg.embed_dim)).astype(np.float32)
+    pix = rng.integers(0, 256, (12, RES, RES, 3), dtype=np.uint8)
+    q, c = np.array([0, 1]), np.array([[2, 3, 4, 5], [6, 7, 8, 9]])
+    cost = measure_costs({"gutted": (gutted, emb), "full_vlm": (full, pix)}, q, c, repeats=3)
+    for row in cost.values():
+        lo, hi = row["ms_per_1k_candidates_range"]
+        assert 0 < lo <= row["ms_per_1k_candidates"] <= hi and row["timing_repeats"] == 3
+    assert cost["full_vlm"]["flops_per_candidate"] > cost["gutted"]["flops_per_candidate"]
+
+
 def test_production_estimate_follows_the_trained_gutted_config():
     from models.gutted_vlm import GuttedConfig
 

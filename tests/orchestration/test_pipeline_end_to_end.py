@@ -50,7 +50,24 @@ def test_report_matches_schema(pipeline):
     assert ch["retrieval_ndcg_diff"] == pytest.approx(
         per_system["gutted"]["ndcg_at_10"] - per_system["retrieval"]["ndcg_at_10"], abs=1e-9)
     page = (home.local_dir("reports") / "latest" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 2 and "http://" not in page and "https://" not in page
+    assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
+    # the decision comes first: each comparison with its paired interval and verdict, then promotion
+    assert page.index("<h2>Decision</h2>") < page.index("<h2>Systems</h2>")
+    vs = on_disk["comparisons"]["gutted_vs_retrieval"]
+    assert vs["diff"] == pytest.approx(ch["retrieval_ndcg_diff"]) and vs["ci"] == ch["retrieval_ndcg_diff_ci"]
+    assert set(on_disk["comparisons"]) >= {"gutted_vs_retrieval", "gutted_vs_full_vlm", "gutted_vs_popularity"}
+    for c in on_disk["comparisons"].values():
+        assert c["ci"][0] <= c["diff"] <= c["ci"][1]
+    assert "gutted vs full vlm" in page and "passes the promotion gate" in page
+
+
+def test_cli_report_ends_with_the_decision(pipeline, capsys):
+    from orchestration.cli import main
+
+    assert main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert "| comparison | NDCG@10 difference [95% CI] | cost | verdict |" in out
+    assert "gutted vs retrieval" in out and "the promotion gate" in out
 
 
 def test_index_recall_is_the_tuners_one_measurement(pipeline):
