@@ -311,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # instance migrations: chatter, not progress
+    if not args.verbose:  # training progress reaches the terminal once, through Dagster's log
+        logging.getLogger("models").setLevel(logging.WARNING)
     from assets.store.files import writer_lock
     from orchestration.runner import StepFailed
 
