@@ -23,7 +23,7 @@ from assets.evaluation.systems import (
     production_estimate,
     system_rankings,
 )
-from assets.plots import md_image, md_table
+from assets.plots import md_image
 from assets.reranker.aligned import aligned_catalog, rows_of
 from assets.reranker.assets import full_vlm_reranker, gutted_reranker, training_pairs
 from assets.retrieval.assets import faiss_index
@@ -147,18 +147,43 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
                                        for k, v in report["production_estimate"].items()]})
     context.log.info(f"report written to {folder}/report.html")
     return dg.MaterializeResult(metadata={
-        **{f"{name}_ndcg_at_10": s["ndcg_at_10"] for name, s in systems.items()},
-        "cost_ratio_flops": report["cost_ratio"]["flops"], "cost_ratio_ms": report["cost_ratio"]["ms"],
+        **{f"{name}_ndcg_at_10": _round(s["ndcg_at_10"]) for name, s in systems.items()},
+        "cost_ratio_flops": _round(report["cost_ratio"]["flops"]), "cost_ratio_ms": _round(report["cost_ratio"]["ms"]),
         "queries": report["dataset"]["queries"],
-        "retrieval_ndcg_diff": vs_retrieval[0], "retrieval_ndcg_diff_ci_high": vs_retrieval[2],
-        **({"champion_ndcg_diff": champion["ndcg_diff"], "champion_ndcg_diff_ci_high": champion["ndcg_diff_ci"][1]}
-           if champion["ndcg_diff_ci"] else {}),
+        "retrieval_ndcg_diff": _round(vs_retrieval[0]), "retrieval_ndcg_diff_ci_low": _round(vs_retrieval[1]),
+        "retrieval_ndcg_diff_ci_high": _round(vs_retrieval[2]),
+        **({"champion_ndcg_diff": _round(champion["ndcg_diff"]),
+            "champion_ndcg_diff_ci_low": _round(champion["ndcg_diff_ci"][0]),
+            "champion_ndcg_diff_ci_high": _round(champion["ndcg_diff_ci"][1])} if champion["ndcg_diff_ci"] else {}),
         "report": dg.MetadataValue.path(str(folder / "report.html")),
-        "decision": dg.MetadataValue.md(md_table(decision_rows(report))),
-        "systems": dg.MetadataValue.md(md_table(summary_rows(report))),
-        "per_label": dg.MetadataValue.md(md_table(by_label)),
+        "decision": _table(decision_rows(report)),
+        "systems": _table(summary_rows(report)),
+        "per_label": _table(by_label),
         "quality_vs_cost": dg.MetadataValue.md(md_image(quality_cost_plot(report))),
     })
+
+
+def _round(x: float) -> float:
+    """Four significant digits: what a person reads in the UI's metadata."""
+    return float(f"{x:.4g}")
+
+
+def _table(rows: list[dict]) -> dg.MetadataValue:
+    """Rows as a Dagster table (a real table in the UI, not a markdown blob)."""
+    if not rows:
+        return dg.MetadataValue.md("_(none)_")
+    kinds = {int: "int", float: "float", bool: "bool"}
+    columns = {name: {type(r[name]) for r in rows} for name in rows[0]}
+    kind = {name: kinds[ts.pop()] if len(ts) == 1 and next(iter(ts)) in kinds else "string" for name, ts in columns.items()}
+
+    def cell(name: str, v):
+        if kind[name] == "string":
+            return str(v)
+        return round(v, 4) if isinstance(v, float) else v
+
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, k) for name, k in kind.items()])
+    records = [dg.TableRecord({name: cell(name, v) for name, v in r.items()}) for r in rows]
+    return dg.MetadataValue.table(records=records, schema=schema)
 
 
 def _paired(per_query: dict, a: str, b: str) -> dict:

@@ -66,7 +66,8 @@ def latest_report(home: Home) -> dict:
     """The newest report.json (`reports/latest`); FileNotFoundError when there is none yet."""
     path = reports_dir(home) / "latest" / "report.json"
     if not path.exists():
-        raise FileNotFoundError(f"no report at {path}: materialise evaluation_report first")
+        raise FileNotFoundError(f"no report yet at {path}: run `lensless demo` or `lensless run --source ...` "
+                                "(or materialise evaluation_report)")
     return read_json(path)
 
 

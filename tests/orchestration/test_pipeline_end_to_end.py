@@ -61,6 +61,22 @@ def test_report_matches_schema(pipeline):
     assert "gutted vs full vlm" in page and "passes the promotion gate" in page
 
 
+def test_report_metadata_is_readable_in_the_ui(pipeline):
+    """Rounded floats, both ends of intervals, tables with a schema."""
+    import dagster as dg
+
+    from orchestration.instance import get_instance
+
+    event = get_instance().get_latest_materialization_event(dg.AssetKey("evaluation_report"))
+    meta = event.asset_materialization.metadata
+    assert {"retrieval_ndcg_diff_ci_low", "retrieval_ndcg_diff_ci_high"} <= set(meta)
+    assert all(len(repr(meta[k].value)) <= 12 for k in meta if k.endswith("_ndcg_at_10"))
+    systems = meta["systems"].value
+    assert [c.name for c in systems.schema.columns][:2] == ["system", "NDCG@10"]
+    assert [r.data["system"] for r in systems.records] == ["random", "popularity", "retrieval", "gutted", "full_vlm"]
+    assert meta["decision"].value.records[0].data["comparison"] == "gutted vs retrieval"
+
+
 def test_cli_report_ends_with_the_decision(pipeline, capsys):
     from orchestration.cli import main
 
