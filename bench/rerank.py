@@ -44,8 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.cost import cost_rows, flops_per_candidate, ms_per_1k_candidates, tokens_per_candidate
-from models.device import resolve_device
+from models.cost import cost_rows, flops_per_candidate, scoring_call, tokens_per_candidate
+from models.device import resolve_device, synchronize
 from models.full_vlm import FullVLMConfig, build_full_vlm, write_tiny_checkpoint
 from models.gutted_vlm import GuttedConfig, build_gutted
 from models.ranking_metrics import bootstrap_ci, ndcg_at_k, positive_first_relevance
@@ -142,11 +142,9 @@ def measure_costs(inputs: dict, n_candidates: int, repeats: int) -> dict:
         cost[name][f"flops_per_candidate_{tag}"] = flops_per_candidate(model, q, c, use_cache=cache)
     # the FLOP count warmed each cell up; the timed calls are interleaved so machine noise hits
     # every cell alike (models/timing.py), and the median of the repeats is kept
-    def call(name, cache):
-        model, q, c = inputs[name]
-        return lambda: ms_per_1k_candidates(model, q, c, use_cache=cache, repeats=1, warmup=0)
-
-    times = interleaved({cell: call(*cell) for cell in cells}, repeats=repeats, warmup=0)
+    device = next(iter(inputs.values()))[2].device
+    times = interleaved({(name, cache): scoring_call(*inputs[name], use_cache=cache) for name, cache in cells},
+                        repeats=repeats, warmup=0, sync=lambda: synchronize(device))
     for (name, cache), ts in times.items():
         n = inputs[name][2].shape[0] * inputs[name][2].shape[1]
         ms = summarise(ts, scale=1e6 / n)

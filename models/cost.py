@@ -28,8 +28,6 @@ Analytic (`analytic_flops`, `cost_rows`), forward FLOPs = 2 × multiply-accumula
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -80,20 +78,18 @@ def ms_per_1k_candidates(
     """Wall milliseconds of one scoring call, scaled to 1,000 candidates: the best of
     `repeats` timed calls, the usual estimator on a shared machine (noise only adds time).
     On a GPU the clock stops after the queued kernels finish."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
     n = cand_feats.shape[0] * cand_feats.shape[1]
-    device = cand_feats.device
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            synchronize(device)
-            t0 = time.perf_counter()
-            scorer.score(query_feats, cand_feats, use_cache=use_cache)
-            synchronize(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+    times = interleaved({"score": scoring_call(scorer, query_feats, cand_feats, use_cache)}, repeats=repeats,
+                        warmup=warmup, sync=lambda: synchronize(cand_feats.device))["score"]
     return min(times) * 1000.0 * 1000.0 / n
+
+
+def scoring_call(scorer, query_feats, cand_feats, use_cache: bool | None = None):
+    """A function of no arguments that scores the candidates once (what the timings time)."""
+    def run():
+        with torch.inference_mode():
+            scorer.score(query_feats, cand_feats, use_cache=use_cache)
+    return run
 
 
 def tokens_per_candidate(scorer, candidates_per_query: int = CANDIDATES) -> dict:
@@ -116,15 +112,8 @@ def measure_costs(scorers: dict, query_rows, cand_rows, repeats: int = 5) -> dic
     inputs = {name: (scorer.eval(), feature_tensor(features[np.asarray(query_rows)]),
                      feature_tensor(features[np.asarray(cand_rows)])) for name, (scorer, features) in scorers.items()}
     n = int(np.asarray(cand_rows).size)
-
-    def call(scorer, q, c):
-        def run():
-            with torch.inference_mode():
-                scorer.score(q, c)
-        return run
-
     device = next(iter(inputs.values()))[2].device
-    times = interleaved({name: call(*args) for name, args in inputs.items()}, repeats=repeats,
+    times = interleaved({name: scoring_call(*args) for name, args in inputs.items()}, repeats=repeats,
                         sync=lambda: synchronize(device))
     out = {}
     for name, (scorer, q, c) in inputs.items():

@@ -40,7 +40,7 @@ def _pairs_as_rows(pairs, image_ids: list[str], rows: np.ndarray | None = None) 
 
 def engagement_pairs(home: Home, split: str) -> pl.DataFrame | None:
     """Co-engagement pairs of one split, or None without an engagement log."""
-    per_split = coengagement(home)
+    per_split = coengagement(home, splits=(split,))
     return None if per_split is None else per_split[split]
 
 

@@ -126,10 +126,10 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
         ("flops_per_candidate", "ms_per_1k_candidates", "tokens_per_candidate")))} for name, m in per_query.items()}
     champion = _champion_comparison(pointers(home, CHAMPION)["current"], per_query["gutted"]["ndcg_at_10"],
                                     extra.get("champion_ndcg"))
-    vs_retrieval = paired_difference_ci(per_query["gutted"]["ndcg_at_10"], per_query["retrieval"]["ndcg_at_10"])
     comparisons = {f"gutted_vs_{bar}": _paired(per_query, "gutted", bar) for bar in ("retrieval", "full_vlm", "popularity")}
     if champion["ndcg_diff_ci"] is not None:
         comparisons["challenger_vs_champion"] = {"diff": champion["ndcg_diff"], "ci": champion["ndcg_diff_ci"]}
+    vs_retrieval = comparisons["gutted_vs_retrieval"]
     report = {
         "run_id": context.run_id, "created_at": datetime.now(timezone.utc).isoformat(),
         **inputs["header"], "systems": systems,
@@ -137,7 +137,7 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
                        "ms": systems["full_vlm"]["ms_per_1k_candidates"] / systems["gutted"]["ms_per_1k_candidates"]},
         "production_estimate": production_estimate(extra["gutted_config"]),
         "challenger": {"version": pointers(home, CHALLENGER)["current"], **champion,
-                       "retrieval_ndcg_diff": vs_retrieval[0], "retrieval_ndcg_diff_ci": list(vs_retrieval[1:])},
+                       "retrieval_ndcg_diff": vs_retrieval["diff"], "retrieval_ndcg_diff_ci": vs_retrieval["ci"]},
         "comparisons": comparisons,
     }
     by_label = _per_label(per_query, inputs["query_labels"])
@@ -150,8 +150,8 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
         **{f"{name}_ndcg_at_10": _round(s["ndcg_at_10"]) for name, s in systems.items()},
         "cost_ratio_flops": _round(report["cost_ratio"]["flops"]), "cost_ratio_ms": _round(report["cost_ratio"]["ms"]),
         "queries": report["dataset"]["queries"],
-        "retrieval_ndcg_diff": _round(vs_retrieval[0]), "retrieval_ndcg_diff_ci_low": _round(vs_retrieval[1]),
-        "retrieval_ndcg_diff_ci_high": _round(vs_retrieval[2]),
+        "retrieval_ndcg_diff": _round(vs_retrieval["diff"]), "retrieval_ndcg_diff_ci_low": _round(vs_retrieval["ci"][0]),
+        "retrieval_ndcg_diff_ci_high": _round(vs_retrieval["ci"][1]),
         **({"champion_ndcg_diff": _round(champion["ndcg_diff"]),
             "champion_ndcg_diff_ci_low": _round(champion["ndcg_diff_ci"][0]),
             "champion_ndcg_diff_ci_high": _round(champion["ndcg_diff_ci"][1])} if champion["ndcg_diff_ci"] else {}),

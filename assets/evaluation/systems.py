@@ -92,10 +92,8 @@ def system_rankings(home: Home, inputs: dict, seed: int = 0, cost_queries: int =
     popular += [i for i in ids if i not in set(popular)]  # unengaged images last, in catalog order
     rankings["popularity"] = [[i for i in popular[: k + 1] if i != ids[q]][:k] for q in q_rows]
 
-    reranked = read_table(home, "reranked_candidates").sort("query", "rank")
-    grouped = reranked.group_by("query", maintain_order=True).agg(pl.col("image_id"))
-    by_q = dict(zip(grouped["query"], grouped["image_id"], strict=True))
-    rankings["gutted"] = [list(by_q[q]) for q in inputs["queries"]]
+    by_q = candidate_lists(read_table(home, "reranked_candidates"))  # in the reranker's rank order
+    rankings["gutted"] = [by_q[q] for q in inputs["queries"]]
 
     log("scoring candidates with the full-VLM baseline (vision tower on pixels)")
     pixels = aligned_pixels(home, inputs["frame"])

@@ -74,13 +74,14 @@ def _split_events(home: Home, config: SplitConfig):
     return con
 
 
-def coengagement(home: Home, config: SplitConfig = SplitConfig()) -> dict[str, pl.DataFrame] | None:
-    """Co-engagement pairs (a, b, n) per split; None when there is no engagement log."""
+def coengagement(home: Home, config: SplitConfig = SplitConfig(),
+                 splits: tuple[str, ...] = SPLITS) -> dict[str, pl.DataFrame] | None:
+    """Co-engagement pairs (a, b, n) of each of `splits`; None when there is no engagement log."""
     con = _split_events(home, config)
     if con is None:
         return None
     out = {}
-    for split in SPLITS:
+    for split in splits:
         out[split] = con.sql(f"""
             WITH e AS (SELECT DISTINCT user_id, image_id FROM split_events WHERE split = '{split}')
             SELECT x.image_id AS a, y.image_id AS b, count(*) AS n

@@ -92,10 +92,9 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
     if reason is None and new_keys:
         index = read_index(index_dir(home) / "faiss.index", mmap=False)
         xb_new = _stack([partitions[k] for k in new_keys])
-        drift = quantizer_drift(index, xb_new)
         if index.ntotal != state["n"]:  # the index file of another build than the state (a crash)
             reason, index = f"the index file holds {index.ntotal} vectors, its state {state['n']}", None
-        elif drift > DRIFT_THRESHOLD:
+        elif (drift := quantizer_drift(index, xb_new)) > DRIFT_THRESHOLD:
             reason, index = f"quantizer drift {drift:.2f} > {DRIFT_THRESHOLD}", None
 
     if reason is not None:

@@ -109,6 +109,13 @@ def writer_lock(home: Home, command: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _temporary(local: Path) -> tuple[int, str]:
+    """A new temporary file beside `local`, named `.<name>.<random>.tmp` (what
+    `remove_temporaries` looks for): (fd, path)."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
+
+
 def atomic_write(path: UPath | str | os.PathLike, write: Callable[[Any], None], fsync: bool = True) -> UPath:
     """Call `write(fileobj)` so that readers see either the old file or the complete new one.
 
@@ -120,8 +127,7 @@ def atomic_write(path: UPath | str | os.PathLike, write: Callable[[Any], None], 
             write(f)
         return path
     local = Path(path.path)
-    local.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
+    fd, tmp = _temporary(local)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -210,9 +216,7 @@ class NpyWriter:
         self.rows = 0
         self._header_len = len(_npy_header(self.shape, self.dtype))
         if is_local(self.path):
-            local = Path(self.path.path)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
+            fd, self._tmp = _temporary(Path(self.path.path))
             self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         else:
             self._tmp = None
