@@ -15,12 +15,14 @@ Analytic (`analytic_flops`, `cost_rows`), forward FLOPs = 2 × multiply-accumula
   2·H·(nq·hd + 2·nkv·hd) [q, k, v] + 2·nq·hd·H [o] + 6·H·I [gated MLP] + 4·nq·hd·(t + 1)
   [scores and values over t + 1 keys]. The yes−no head adds 2·H.
 - Prompt: prefix = T_img + 2 tokens (query image between vision markers), suffix =
-  T_img + 2 + q tokens (candidate image, markers, question). With the KV cache the prefix
+  T_img + 2 + p + q tokens (candidate image, markers, p = 1 engagement-prior token when the
+  model has one, question). With the KV cache the prefix
   runs once per query, so a candidate costs suffix + prefix / C; without it, prefix + suffix.
 - Vision tower per image of R px: N = (R / p)^2 patches, T_img = N / m^2 LLM tokens;
   patch embed 2·N·(3·tp·p^2)·Hv; per block 2·N·4·Hv^2 + 4·N·Hv·Iv + 4·N^2·Hv; each of the
   1 + n_deepstack mergers 2·T_img·((m^2·Hv)^2 + m^2·Hv·H). The query image's tower runs once
-  per query: a candidate pays its own image plus 1 / C of the query's.
+  per query: a candidate pays its own image plus 1 / C of the query's (H / C for a user's
+  history of H images, whose prefix is H · (T_img + 2) tokens).
 - Gutted: T_img = k soft tokens from a projector MLP, 2·(d·h_p + h_p·k·H) per image, with k,
   d and h_p from the trained model's `GuttedConfig`. The in-house encoder is not counted: its
   embeddings are computed once at ingestion and reused by every query, like an index.
@@ -35,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from models.device import synchronize
 from models.gutted_vlm import GuttedConfig
 from models.qwen3vl_configs import config_dims
-from models.scoring import CANDIDATES, feature_tensor
+from models.scoring import CANDIDATES, feature_tensor, prior_tensor, query_inputs
 from models.timing import interleaved, summarise
 
 
@@ -59,11 +61,12 @@ _SDPA = {getattr(torch.ops.aten, n): _sdpa_flop for n in _SDPA_OPS if hasattr(to
 PRODUCTION = ("Qwen3-VL-2B", "Qwen3-VL-4B", "Qwen3-VL-8B")
 
 
-def flops_per_candidate(scorer, query_feats, cand_feats, use_cache: bool | None = None) -> float:
+def flops_per_candidate(scorer, query_feats, cand_feats, use_cache: bool | None = None, prior=None,
+                        history=None) -> float:
     """Counted forward FLOPs of scoring (B, C) candidates, divided by B·C."""
     counter = FlopCounterMode(display=False, custom_mapping=_SDPA)
     with torch.inference_mode(), counter:
-        scorer.score(query_feats, cand_feats, use_cache=use_cache)
+        scorer.score(query_feats, cand_feats, use_cache=use_cache, prior=prior, history=history)
     return counter.get_total_flops() / cand_feats.shape[0] / cand_feats.shape[1]
 
 
@@ -84,18 +87,22 @@ def ms_per_1k_candidates(
     return min(times) * 1000.0 * 1000.0 / n
 
 
-def scoring_call(scorer, query_feats, cand_feats, use_cache: bool | None = None):
+def scoring_call(scorer, query_feats, cand_feats, use_cache: bool | None = None, prior=None, history=None):
     """A function of no arguments that scores the candidates once (what the timings time)."""
     def run():
         with torch.inference_mode():
-            scorer.score(query_feats, cand_feats, use_cache=use_cache)
+            scorer.score(query_feats, cand_feats, use_cache=use_cache, prior=prior, history=history)
     return run
 
 
-def tokens_per_candidate(scorer, candidates_per_query: int = CANDIDATES) -> dict:
-    """LLM tokens: per image, per prompt, and per candidate with and without the KV cache."""
+def tokens_per_candidate(scorer, candidates_per_query: int = CANDIDATES, history: float = 1) -> dict:
+    """LLM tokens: per image, per prompt, and per candidate with and without the KV cache, for
+    a query of `history` images (1: one query image)."""
     t_img = scorer.tokens_per_image()
-    prefix, suffix = t_img + 2, t_img + 2 + len(scorer.question_ids)
+    if t_img == 0:  # no language model (the sequential peer)
+        return {"image_tokens": 0, "prompt_tokens": 0, "per_candidate_nocache": 0, "per_candidate_cache": 0}
+    images = history + (history > 1 and scorer.cfg.history_summary)  # a history ends with its summary image
+    prefix, suffix = images * (t_img + 2), t_img + 2 + scorer.prior_tokens() + len(scorer.question_ids)
     return {
         "image_tokens": t_img,
         "prompt_tokens": prefix + suffix,
@@ -104,25 +111,30 @@ def tokens_per_candidate(scorer, candidates_per_query: int = CANDIDATES) -> dict
     }
 
 
-def measure_costs(scorers: dict, query_rows, cand_rows, repeats: int = 5) -> dict[str, dict]:
-    """Cost of scoring the candidates `cand_rows` (Q, K) of `query_rows` (Q,), for each
-    `{name: (scorer, features)}`: FLOPs, LLM tokens, and ms per 1,000 candidates as the
-    median of `repeats` timings interleaved across the scorers (`ms_per_1k_candidates_range`:
-    their min and max), so that machine load hits every scorer alike."""
-    inputs = {name: (scorer.eval(), feature_tensor(features[np.asarray(query_rows)]),
-                     feature_tensor(features[np.asarray(cand_rows)])) for name, (scorer, features) in scorers.items()}
+def measure_costs(scorers: dict, query_rows, cand_rows, repeats: int = 5, prior=None) -> dict[str, dict]:
+    """Cost of scoring the candidates `cand_rows` (Q, K) of `query_rows` (Q,) or histories
+    (Q, H), for each `{name: (scorer, features)}` or `(scorer, features, its own query_rows)`
+    (with the rows' engagement buckets `prior` (N,)): FLOPs, LLM tokens, and ms per 1,000
+    candidates as the median of `repeats` timings interleaved across the scorers
+    (`ms_per_1k_candidates_range`: their min and max), so that machine load hits every
+    scorer alike."""
+    rows_of = {name: np.asarray(spec[2] if len(spec) > 2 else query_rows) for name, spec in scorers.items()}
+    inputs = {name: (spec[0].eval(), *query_inputs(spec[1], rows_of[name]),
+                     feature_tensor(spec[1][np.asarray(cand_rows)])) for name, spec in scorers.items()}
+    p = None if prior is None else prior_tensor(prior, cand_rows)
     n = int(np.asarray(cand_rows).size)
-    device = next(iter(inputs.values()))[2].device
-    times = interleaved({name: scoring_call(*args) for name, args in inputs.items()}, repeats=repeats,
-                        sync=lambda: synchronize(device))
+    device = next(iter(inputs.values()))[3].device
+    times = interleaved({name: scoring_call(scorer, q, c, prior=p, history=h) for name, (scorer, q, h, c) in inputs.items()},
+                        repeats=repeats, sync=lambda: synchronize(device))
     out = {}
-    for name, (scorer, q, c) in inputs.items():
+    for name, (scorer, q, h, c) in inputs.items():
         ms = summarise(times[name], scale=1e6 / n)  # seconds per call -> ms per 1,000 candidates
         out[name] = {
-            "flops_per_candidate": flops_per_candidate(scorer, q, c),
+            "flops_per_candidate": flops_per_candidate(scorer, q, c, prior=p, history=h),
             "ms_per_1k_candidates": ms["median"], "ms_per_1k_candidates_range": [ms["min"], ms["max"]],
             "timing_repeats": ms["repeats"],
-            "tokens_per_candidate": float(tokens_per_candidate(scorer, c.shape[1])["per_candidate_cache"]),
+            "tokens_per_candidate": float(tokens_per_candidate(
+                scorer, c.shape[1], (rows_of[name] >= 0).sum() / len(rows_of[name]))["per_candidate_cache"]),
         }
     return out
 
@@ -165,32 +177,38 @@ def analytic_flops(
     question_tokens: int = 12,
     candidates_per_query: int = CANDIDATES,
     use_cache: bool = True,
+    history: int = 1,
 ) -> dict:
     """Forward FLOPs per scored candidate for a named Qwen3-VL: full VLM vs a gutted model of
     `gutted`'s k, d and projector width (default: `GuttedConfig()`), see the module doc.
-    `question_tokens` is the question's length in Qwen's tokenizer."""
+    `question_tokens` is the question's length in Qwen's tokenizer; `history` is the number
+    of query images (a user's history; 1 for related images), the same for both models."""
     gutted = gutted or GuttedConfig()
     num_tokens, embed_dim, proj_hidden = gutted.num_tokens, gutted.embed_dim, gutted.proj_hidden
+    prior = int(gutted.prior_buckets > 0)  # both models read the same prior token
     if num_tokens < 1:
         raise ValueError(f"num_tokens (k) must be >= 1, got {num_tokens}")
     dims = config_dims(name)
     text, c = dims["text"], candidates_per_query
     vision, t_full = _vision_flops(dims["vision"], text["hidden_size"], resolution)
 
+    images = history + (history > 1 and gutted.history_summary)  # a history ends with its summary image
+
     def per_candidate(t_img: int) -> float:
-        prefix, suffix = t_img + 2, t_img + 2 + question_tokens
+        prefix, suffix = images * (t_img + 2), t_img + 2 + prior + question_tokens
         pre = _llm_flops(text, 0, prefix)
         post = _llm_flops(text, prefix, suffix) + 2 * text["hidden_size"]
         return post + (pre / c if use_cache else pre)
 
     per_image_proj = 2 * (embed_dim * proj_hidden + proj_hidden * num_tokens * text["hidden_size"])
     full_llm, gut_llm = per_candidate(t_full), per_candidate(num_tokens)
-    full = {"vision": vision * (1 + 1 / c), "llm": full_llm}
-    gutted = {"projector": per_image_proj * (1 + 1 / c), "llm": gut_llm}
+    full = {"vision": vision * (1 + history / c), "llm": full_llm}
+    gutted = {"projector": per_image_proj * (1 + history / c), "llm": gut_llm}
     full_total, gut_total = sum(full.values()), sum(gutted.values())
     return {
         "model": name,
         "resolution": resolution,
+        "history": history,
         "image_tokens_full": t_full,
         "image_tokens_gutted": num_tokens,
         "full_vision_gflops": full["vision"] / 1e9,

@@ -27,7 +27,7 @@ from transformers import Qwen3VLForConditionalGeneration
 
 from models.gutted_vlm import base_identity, random_language_model
 from models.qwen3vl_configs import config_names, qwen3vl_config
-from models.rerank_head import DEFAULT_QUESTION, ImageTokens, PromptScorer
+from models.rerank_head import DEFAULT_QUESTION, PRIOR_BUCKETS, ImageTokens, PromptScorer
 from models.tokenizer import build_tiny_tokenizer, encode_text, load_tokenizer, single_token_id
 
 IMAGE_MEAN = 0.5  # Qwen3-VL processor normalisation
@@ -43,7 +43,9 @@ class FullVLMConfig:
     no: str = " no"
     use_kv_cache: bool = True  # run the long query prefix once per query, not once per candidate
     cache_min_candidates: int = 2  # the long prefix pays from 2 candidates
-    seed: int = 0  # random init of a named base
+    prior_buckets: int = PRIOR_BUCKETS  # engagement-prior token per candidate (0 = none)
+    history_summary: bool = True  # a user's history ends with the mean of its images' tokens
+    seed: int = 0  # random init of a named base and of the prior
 
 
 def write_tiny_checkpoint(directory: str | Path, seed: int = 0, max_shard_size=None) -> Path:
@@ -107,6 +109,8 @@ class FullVLMReranker(PromptScorer):
             encode_text(tokenizer, cfg.question),
             vlm.config.vision_start_token_id,
             vlm.config.vision_end_token_id,
+            cfg.prior_buckets,
+            cfg.seed,
         )
         for p in self.vlm.parameters():
             p.requires_grad_(False)
@@ -116,9 +120,11 @@ class FullVLMReranker(PromptScorer):
         return self.vlm.model.language_model
 
     def stage1_parameters(self) -> list[nn.Parameter]:
-        """Parameters trained in stage 1: the vision→LLM mergers (main + deepstack)."""
+        """Parameters trained in stage 1: the vision→LLM mergers (main + deepstack) and the
+        prompt's prior."""
         visual = self.vlm.model.visual
-        return list(visual.merger.parameters()) + list(visual.deepstack_merger_list.parameters())
+        return (list(visual.merger.parameters()) + list(visual.deepstack_merger_list.parameters())
+                + self.prompt_parameters())
 
     def grid(self) -> int:
         """Merged grid side: LLM tokens per image = grid()^2."""
@@ -185,18 +191,6 @@ class FullVLMReranker(PromptScorer):
             for j, m in enumerate(visual.deepstack_merger_list)
         ]
         return ImageTokens(embeds, grid=(self.grid(), self.grid()), deepstack=deepstack)
-
-    def score(self, query_feats, cand_feats, use_cache: bool | None = None) -> torch.Tensor:
-        """query pixels (B, H, W, 3), candidate pixels (B, C, H, W, 3) -> scores (B, C).
-
-        Prepared tower states (from `prepare_features`) are accepted in place of pixels."""
-        self.check_features(query_feats, "query_feats")
-        self.check_features(cand_feats, "cand_feats")
-        b, c = cand_feats.shape[:2]
-        q = self.encode(query_feats)
-        cand = self.encode(cand_feats.reshape(b * c, *cand_feats.shape[2:]))  # (B*C, T, H)
-        use_cache = self.uses_cache(c) if use_cache is None else use_cache
-        return self.score_tokens(q, cand, c, use_cache)
 
 
 def build_full_vlm(cfg: FullVLMConfig | None = None) -> FullVLMReranker:

@@ -23,7 +23,7 @@ from transformers import Qwen3VLConfig, Qwen3VLTextModel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
 
 from models.qwen3vl_configs import config_names, qwen3vl_config
-from models.rerank_head import DEFAULT_QUESTION, ImageTokens, PromptScorer
+from models.rerank_head import DEFAULT_QUESTION, PRIOR_BUCKETS, ImageTokens, PromptScorer
 from models.tokenizer import build_tiny_tokenizer, encode_text, load_tokenizer, single_token_id
 
 LM_PREFIX = "model.language_model."
@@ -42,7 +42,9 @@ class GuttedConfig:
     use_kv_cache: bool = True  # run the query prefix once per query, not once per candidate
     # The short prefix pays in time only with enough candidates per query; below this, no cache.
     cache_min_candidates: int = 16
-    seed: int = 0  # random init of a named base (LM) and of the projector
+    prior_buckets: int = PRIOR_BUCKETS  # engagement-prior token per candidate (0 = none)
+    history_summary: bool = True  # a user's history ends with the mean of its images' tokens
+    seed: int = 0  # random init of a named base (LM), the projector and the prior
 
 
 def base_identity(base: str, seed: int) -> dict:
@@ -144,13 +146,15 @@ class GuttedReranker(PromptScorer):
             encode_text(tokenizer, cfg.question),
             config.vision_start_token_id,
             config.vision_end_token_id,
+            cfg.prior_buckets,
+            cfg.seed,
         )
         for p in self.lm.parameters():
             p.requires_grad_(False)
 
     def stage1_parameters(self) -> list[nn.Parameter]:
-        """Parameters trained in stage 1: the projector."""
-        return list(self.projector.parameters())
+        """Parameters trained in stage 1: the projector and the prompt's prior."""
+        return list(self.projector.parameters()) + self.prompt_parameters()
 
     def check_features(self, feats: torch.Tensor, what: str = "features") -> None:
         """Raise when features are not float (…, d) with d == cfg.embed_dim."""
@@ -168,16 +172,6 @@ class GuttedReranker(PromptScorer):
     def tokens_per_image(self) -> int:
         """LLM tokens one image costs (soft tokens, without the two vision markers)."""
         return self.cfg.num_tokens
-
-    def score(self, query_feats, cand_feats, use_cache: bool | None = None) -> torch.Tensor:
-        """query_feats (B, d), cand_feats (B, C, d) -> scores (B, C)."""
-        self.check_features(query_feats, "query_feats")
-        self.check_features(cand_feats, "cand_feats")
-        b, c = cand_feats.shape[:2]
-        q = self.encode(query_feats)  # (B, k, H)
-        cand = self.encode(cand_feats.reshape(b * c, -1))  # (B*C, k, H)
-        use_cache = self.uses_cache(c) if use_cache is None else use_cache
-        return self.score_tokens(q, cand, c, use_cache)
 
 
 def random_language_model(config: Qwen3VLConfig, seed: int) -> Qwen3VLTextModel:

@@ -4,7 +4,18 @@ Both models turn an image into a run of LLM-space tokens (k projected soft token
 gutted model, the vision tower's merged patch tokens for the full VLM) and feed the same
 Qwen3-VL language model the same prompt:
 
-    [vision_start] query tokens [vision_end] [vision_start] candidate tokens [vision_end] question
+    [vision_start] query tokens [vision_end] [vision_start] candidate tokens [vision_end] prior question
+
+For the "for a user" task the query is a history: each of the user's H past images enters
+the prefix between its own vision markers, oldest first (`history_block`; users with fewer
+images are left padded), followed (`history_summary`, on by default) by one summary image
+whose tokens are the mean of the history's tokens, so the question "is the candidate
+relevant to this image?" that the related-images task teaches applies to the whole history.
+The KV cache of that prefix serves all the user's candidates.
+
+`prior` is one learned token per candidate: its engagement count in the train split, in log2
+buckets (`prior_bucket`), so both rerankers read the same behavioural signal beside the
+images (none when the model's `prior_buckets` is 0).
 
 The score is `h_last · (w_yes − w_no)`, the yes−no logit difference computed from the last
 position only, so full-vocabulary logits are never materialised. Sequences are left padded
@@ -20,11 +31,19 @@ import functools
 import inspect
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
 DEFAULT_QUESTION = "Is the second image relevant to the first? Answer:"
+PRIOR_BUCKETS = 16  # engagement buckets: 0, 1, 2-3, 4-7, ... up to 2^14 and more
+
+
+def prior_bucket(counts, buckets: int = PRIOR_BUCKETS) -> np.ndarray:
+    """Engagement counts -> int64 buckets floor(log2(1 + n)), capped at `buckets` - 1."""
+    n = np.maximum(np.asarray(counts, dtype=np.float64), 0)
+    return np.minimum(np.floor(np.log2(1 + n)), buckets - 1).astype(np.int64)
 
 
 @dataclass
@@ -115,6 +134,57 @@ def image_block(img: ImageTokens, start_embed: torch.Tensor, end_embed: torch.Te
         visual=visual,
         deepstack=None if img.deepstack is None else [d.reshape(-1, h) for d in img.deepstack],
     )
+
+
+def token_block(embeds: torch.Tensor) -> Block:
+    """A run of per-row tokens (N, L, H), positioned like text."""
+    n, length, _ = embeds.shape
+    return Block(
+        embeds=embeds,
+        mask=torch.ones(n, length, dtype=torch.long, device=embeds.device),
+        pos=text_positions(length)[:, None, :].expand(3, n, length).to(embeds.device),
+        next_pos=torch.full((n,), length, device=embeds.device),
+    )
+
+
+def history_summary(img: ImageTokens, present: torch.Tensor) -> ImageTokens:
+    """B*H images (row-major) -> B*(H+1): each row's images followed by their summary, the mean
+    of its present images' tokens (and deepstack features), which is always present."""
+    b, h = present.shape
+    weight = present.to(img.embeds.dtype)[..., None, None] / present.sum(1).clamp(min=1)[:, None, None, None]
+
+    def add(x: torch.Tensor) -> torch.Tensor:  # (B*H, T, D) -> (B*(H+1), T, D)
+        x = x.view(b, h, *x.shape[1:])
+        return torch.cat([x, (x * weight).sum(1, keepdim=True)], dim=1).flatten(0, 1)
+
+    deepstack = None if img.deepstack is None else [add(d) for d in img.deepstack]
+    return ImageTokens(add(img.embeds), img.grid, deepstack)
+
+
+def history_block(img: ImageTokens, present: torch.Tensor, start_embed: torch.Tensor,
+                  end_embed: torch.Tensor) -> Block:
+    """Each row's present images as [vision_start] tokens [vision_end] runs, one after another.
+
+    `img` holds B*H images (row-major: row i's H images), `present` (B, H) bool says which
+    are real; each row gets its present images in order, positioned one after another, and
+    rows are left padded to the longest."""
+    b, h = present.shape
+    per = image_block(img, start_embed, end_embed)  # (B*H, T+2): every image positioned from 0
+    t = img.embeds.shape[1]
+    rows = []
+    for i in range(b):
+        picked = [i * h + j for j in range(h) if bool(present[i, j])]
+        if not picked:
+            raise ValueError(f"query {i} has an empty history")
+        offsets = torch.cumsum(per.next_pos[picked], 0) - per.next_pos[picked]  # where each image starts
+        row = {"embeds": per.embeds[picked].reshape(-1, per.embeds.shape[-1]),
+               "pos": torch.cat([per.pos[:, r] + off for r, off in zip(picked, offsets, strict=True)], dim=1),
+               "next_pos": int(per.next_pos[picked].sum())}
+        if per.visual is not None:
+            row["visual"] = per.visual[picked].reshape(-1)
+            row["deepstack"] = [torch.cat([d[r * t: (r + 1) * t] for r in picked]) for d in per.deepstack]
+        rows.append(row)
+    return pack_left(rows)
 
 
 def text_block(embeds: torch.Tensor, n: int) -> Block:
@@ -212,36 +282,87 @@ class PromptScorer(nn.Module):
     """Base of both rerankers: owns the prompt (markers, question) and the yes−no head.
 
     Subclasses set `self.lm` (or a property), call `_init_prompt`, and implement
-    `encode(feats) -> ImageTokens`.
+    `encode(feats) -> ImageTokens`; their `stage1_parameters` include `prompt_parameters()`.
     """
 
     kind = "base"
 
-    def _init_prompt(self, lm, head_rows: torch.Tensor, question_ids, start_id: int, end_id: int):
+    def _init_prompt(self, lm, head_rows: torch.Tensor, question_ids, start_id: int, end_id: int,
+                     prior_buckets: int = 0, seed: int = 0):
         # head_rows: (2, H) output-embedding rows of " yes" and " no"; frozen buffers.
         self.register_buffer("head_vec", (head_rows[0] - head_rows[1]).detach().clone())
         self.register_buffer("question_ids", torch.tensor(question_ids, dtype=torch.long))
         self.register_buffer("marker_ids", torch.tensor([start_id, end_id], dtype=torch.long))
+        self.prior = None
+        if prior_buckets > 0:
+            table = lm.embed_tokens.weight
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                self.prior = nn.Embedding(prior_buckets, table.shape[1], dtype=table.dtype)
+                nn.init.normal_(self.prior.weight, std=float(table.detach().float().std()))
+
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        """Trained parameters of the prompt itself: the prior's embedding, when there is one."""
+        return [] if self.prior is None else list(self.prior.parameters())
+
+    def prior_tokens(self) -> int:
+        """Tokens the engagement prior adds to each candidate's suffix (0 or 1)."""
+        return int(self.prior is not None)
 
     def _markers(self):
         emb = self.lm.embed_tokens(self.marker_ids)  # (2, H)
         return emb[0:1], emb[1:2]
 
-    def prompt_blocks(self, q: ImageTokens, c: ImageTokens) -> tuple[Block, Block]:
-        """Prefix (one row per query) and suffix (one row per candidate) of the prompt."""
+    def prompt_blocks(self, q: ImageTokens, c: ImageTokens, prior: torch.Tensor | None = None,
+                      history: torch.Tensor | None = None) -> tuple[Block, Block]:
+        """Prefix (one row per query) and suffix (one row per candidate) of the prompt;
+        `prior` (B*C,) holds the candidates' engagement buckets (None: bucket 0, unknown).
+        With `history` (B, H) bool, `q` holds B*H history images and says which are real."""
         start, end = self._markers()
-        prefix = image_block(q, start, end)  # (B, Tq+2)
+        if history is None:
+            prefix = image_block(q, start, end)  # (B, Tq+2)
+        else:
+            if self.cfg.history_summary:  # the mean of the history as one more image, the most recent
+                q = history_summary(q, history)
+                history = torch.cat([history, torch.ones_like(history[:, :1])], dim=1)
+            prefix = history_block(q, history, start, end)  # (B, <= H*(Tq+2)), left padded
         cand = image_block(c, start, end)  # (B*C, Tc+2)
+        if self.prior is not None:
+            n = cand.embeds.shape[0]
+            buckets = torch.zeros(n, dtype=torch.long) if prior is None else prior.reshape(n).long()
+            buckets = buckets.clamp(0, self.prior.num_embeddings - 1).to(cand.embeds.device)
+            cand = concat(cand, token_block(self.prior(buckets)[:, None, :]))  # (B*C, Tc+3)
         question = text_block(self.lm.embed_tokens(self.question_ids), cand.embeds.shape[0])
         return prefix, concat(cand, question)
 
-    def uses_cache(self, n_cand: int) -> bool:
-        """Whether scoring `n_cand` candidates per query reuses the query prefix (KV cache)."""
-        return bool(self.cfg.use_kv_cache) and n_cand >= self.cfg.cache_min_candidates
+    def score(self, query_feats, cand_feats, use_cache: bool | None = None, prior=None, history=None) -> torch.Tensor:
+        """Query features (B, ...) or, with `history` (B, H) bool, a history (B, H, ...);
+        candidate features (B, C, ...); prior buckets (B, C) or None -> scores (B, C)."""
+        self.check_features(query_feats, "query_feats")
+        self.check_features(cand_feats, "cand_feats")
+        b, c = cand_feats.shape[:2]
+        if history is not None:
+            query_feats = query_feats.reshape(-1, *query_feats.shape[2:])  # (B*H, ...)
+            history = history.reshape(b, -1).bool()
+        q = self.encode(query_feats)
+        cand = self.encode(cand_feats.reshape(b * c, *cand_feats.shape[2:]))
+        if use_cache is None:
+            use_cache = self.uses_cache(c, 1 if history is None else int(history.sum(1).max()))
+        return self.score_tokens(q, cand, c, use_cache, prior, history)
 
-    def score_tokens(self, q: ImageTokens, c: ImageTokens, n_cand: int, use_cache: bool):
-        """Scores (B, C) of B query images against B*C candidate images (row-major)."""
-        prefix, suffix = self.prompt_blocks(q, c)
+    def uses_cache(self, n_cand: int, prefix_images: int = 1) -> bool:
+        """Whether scoring `n_cand` candidates per query reuses the query prefix (KV cache):
+        from `cache_min_candidates` for a one-image prefix, from 2 candidates for a history
+        (a prefix of several images is long, and long prefixes pay from 2)."""
+        least = self.cfg.cache_min_candidates if prefix_images <= 1 else 2
+        return bool(self.cfg.use_kv_cache) and n_cand >= least
+
+    def score_tokens(self, q: ImageTokens, c: ImageTokens, n_cand: int, use_cache: bool,
+                     prior: torch.Tensor | None = None, history: torch.Tensor | None = None):
+        """Scores (B, C) of B queries against B*C candidate images (row-major), with the
+        candidates' engagement buckets `prior` (B, C); a query is one image, or with
+        `history` (B, H) bool, H images of which the present ones form the prefix."""
+        prefix, suffix = self.prompt_blocks(q, c, prior, history)
         b = prefix.embeds.shape[0]
         if use_cache:
             cache = DynamicCache(config=self.lm.config)

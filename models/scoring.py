@@ -5,6 +5,9 @@ candidates, the full-VLM baseline, the champion comparison and `recommend` all c
 Features are indexed by row (`features[query_rows]`, `features[cand_rows]`) one batch of
 queries at a time, so a catalog of pixels is never copied whole; they may be embeddings
 (N, d), uint8 pixels (N, S, S, 3), or a scorer's prepared features already on its device.
+`prior` (N,) holds each row's engagement bucket (`models.rerank_head.prior_bucket`), indexed
+the same way for the candidates. A query is one row, or a user's history: a row of H row
+indices, oldest first, left padded with -1 (`query_rows` (Q, H)).
 """
 
 from __future__ import annotations
@@ -30,6 +33,23 @@ def feature_tensor(features) -> torch.Tensor:
     return t if t.dtype == torch.uint8 else t.float()
 
 
+def query_inputs(features, rows, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(query features, history mask or None) of query `rows`: (B,) one image each, or (B, H)
+    histories padded with -1 (the mask marks the real images)."""
+    rows = np.asarray(rows)
+    feats = feature_tensor(features[np.maximum(rows, 0)])
+    history = None if rows.ndim == 1 else torch.as_tensor(rows >= 0)
+    if device is not None:
+        feats = feats.to(device)
+        history = None if history is None else history.to(device)
+    return feats, history
+
+
+def prior_tensor(prior, rows) -> torch.Tensor:
+    """Engagement buckets of `rows` (any shape) from the per-row `prior` (N,), as int64."""
+    return torch.as_tensor(np.asarray(prior)[np.asarray(rows)], dtype=torch.long)
+
+
 def device_of(scorer) -> torch.device:
     """The device of a scorer's parameters."""
     return next(scorer.parameters()).device
@@ -38,12 +58,13 @@ def device_of(scorer) -> torch.device:
 @torch.no_grad()
 def score_candidates(scorer, features, query_rows, cand_rows, batch: int = 8,
                      progress: Callable[[int, int], None] | None = None,
-                     query_features=None) -> np.ndarray:
+                     query_features=None, prior=None) -> np.ndarray:
     """Scores (Q, K) float32 of each query's K candidates, `batch` queries at a time.
 
     `query_rows` (Q,) and `cand_rows` (Q, K) index `features`. `query_features` (Q, ...)
-    replaces `features[query_rows]` for queries outside the catalog. The scorer's training
-    mode is restored afterwards.
+    replaces `features[query_rows]` for queries outside the catalog. `prior` (N,) gives the
+    candidates' engagement buckets (None: unknown). The scorer's training mode is restored
+    afterwards.
     """
     query_rows, cand_rows = np.asarray(query_rows), np.asarray(cand_rows)
     n = len(cand_rows)
@@ -53,10 +74,11 @@ def score_candidates(scorer, features, query_rows, cand_rows, batch: int = 8,
     out = []
     try:
         for i in range(0, n, batch):
-            q = features[query_rows[i: i + batch]] if query_features is None else query_features[i: i + batch]
-            q = feature_tensor(q).to(device)
+            q, history = query_inputs(features, query_rows[i: i + batch], device) if query_features is None else (
+                feature_tensor(query_features[i: i + batch]).to(device), None)
             c = feature_tensor(features[cand_rows[i: i + batch]]).to(device)
-            out.append(scorer.score(q, c).float().cpu().numpy())
+            p = None if prior is None else prior_tensor(prior, cand_rows[i: i + batch])
+            out.append(scorer.score(q, c, prior=p, history=history).float().cpu().numpy())
             if progress is not None:
                 progress(min(i + batch, n), n)
     finally:

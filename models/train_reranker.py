@@ -3,7 +3,10 @@
 `train_reranker(scorer, features, groups, val_groups, cfg)` is generic over any scorer with
 `score(query_feats (B, ...), cand_feats (B, C, ...)) -> (B, C)`, `stage1_parameters()` and an
 `lm` attribute. Each group row is [query_idx, positive_idx, neg_idx...] into `features`
-(float (N, d) embeddings for the gutted model, uint8 (N, S, S, 3) pixels for the full VLM).
+(float (N, d) embeddings for the gutted model, uint8 (N, S, S, 3) pixels for the full VLM),
+and `prior` (N,), when given, is each row's engagement bucket, read as the candidate's prior.
+For the "for a user" task, `queries` (U, H) holds each user's history rows (oldest first,
+left padded with -1) and a group's column 0 indexes it instead of `features`.
 The loss is listwise softmax cross-entropy with the candidate order shuffled per group, so
 the positive's column carries no signal. Stage 1 trains the projector only; stage 2 injects
 LoRA (peft) into the language model and trains it with the projector. Each stage stops early
@@ -32,7 +35,8 @@ from models.device import resolve_device
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, base_identity, build_gutted
 from models.ranking_metrics import ndcg_at_k, positive_first_relevance
-from models.scoring import device_of, feature_tensor, score_candidates
+from models.scoring import device_of, feature_tensor, prior_tensor, query_inputs, score_candidates
+from models.sequential import SequentialConfig, build_sequential
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +72,16 @@ def _as_tensor(features, scorer=None) -> torch.Tensor:
     return t if prepare is None else prepare(t)
 
 
-def _check_groups(groups, n_items: int, what: str) -> np.ndarray:
+def _check_groups(groups, n_items: int, what: str, n_queries: int) -> np.ndarray:
     groups = np.asarray(groups)
     if groups.ndim != 2 or groups.shape[1] < 3 or not np.issubdtype(groups.dtype, np.integer):
         raise ValueError(
             f"{what} must be an int array (G, 2+n) of [query, positive, negatives...] with n >= 1, "
             f"got shape {groups.shape} dtype {groups.dtype}"
         )
-    if groups.min() < 0 or groups.max() >= n_items:
-        raise ValueError(
-            f"{what} index {groups.max()} / {groups.min()} out of range [0, {n_items})"
-        )
+    for part, n in ((groups[:, :1], n_queries), (groups[:, 1:], n_items)):
+        if part.min() < 0 or part.max() >= n:
+            raise ValueError(f"{what} index {part.max()} / {part.min()} out of range [0, {n})")
     return groups
 
 
@@ -95,7 +98,8 @@ def _trainable_names(scorer) -> set[str]:
 
 
 def _has_lora(scorer) -> bool:
-    return any("lora_" in n for n, _ in scorer.lm.named_parameters())
+    lm = getattr(scorer, "lm", None)  # the sequential peer has no language model
+    return lm is not None and any("lora_" in n for n, _ in lm.named_parameters())
 
 
 def add_lora(scorer, cfg: RerankerTrainConfig) -> None:
@@ -113,20 +117,25 @@ def add_lora(scorer, cfg: RerankerTrainConfig) -> None:
         inject_adapter_in_model(lcfg, scorer.lm)
 
 
-def evaluate(scorer, features, groups, batch: int = 16, k: int = 10) -> dict:
+def evaluate(scorer, features, groups, batch: int = 16, k: int = 10, prior=None, queries=None) -> dict:
     """Score groups (positive in column 1) and return mean NDCG@k plus the raw scores."""
     groups = np.asarray(groups)
-    scores = score_candidates(scorer, _as_tensor(features, scorer), groups[:, 0], groups[:, 1:], batch)  # (G, C)
+    query_rows = groups[:, 0] if queries is None else np.asarray(queries)[groups[:, 0]]
+    scores = score_candidates(scorer, _as_tensor(features, scorer), query_rows, groups[:, 1:], batch,
+                              prior=prior)  # (G, C)
     ndcg = ndcg_at_k(scores, positive_first_relevance(*scores.shape), k)
     return {"ndcg": float(ndcg.mean()), "per_group": ndcg, "scores": scores}
 
 
-def _train_step(scorer, feats, g: torch.Tensor, gen, opt, params, clip: float) -> float:
+def _train_step(scorer, feats, g: torch.Tensor, gen, opt, params, clip: float, prior=None, queries=None) -> float:
     """One listwise step on groups g (B, 1 + C); candidate order shuffled per group."""
     cands = g[:, 1:]  # (B, C), positive in column 0
     perm = torch.argsort(torch.rand(cands.shape, generator=gen), dim=1)
     target = (perm == 0).float().argmax(1)  # (B,) where the positive landed
-    logits = scorer.score(feats[g[:, 0]], feats[torch.gather(cands, 1, perm)])  # (B, C)
+    shuffled = torch.gather(cands, 1, perm)
+    p = None if prior is None else prior_tensor(prior, shuffled.numpy())
+    q, history = query_inputs(feats, g[:, 0].numpy() if queries is None else queries[g[:, 0].numpy()])
+    logits = scorer.score(q, feats[shuffled], prior=p, history=history)  # (B, C)
     loss = F.cross_entropy(logits, target.to(logits.device))
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -149,16 +158,32 @@ def _stage_params(scorer, stage: int, cfg: RerankerTrainConfig) -> list[dict]:
     return groups
 
 
-def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen, emit):
+def _epoch_batches(lengths: np.ndarray, size: int, gen: torch.Generator) -> list[np.ndarray]:
+    """One epoch's batches of group indices, in a random order. Groups whose queries are one
+    image and groups whose queries are histories are batched apart (a history would left-pad
+    every one-image prompt of its batch to its own length); with one kind, plain shuffled
+    batches."""
+    kinds = [np.flatnonzero(lengths == 1), np.flatnonzero(lengths > 1)]
+    batches = []
+    for members in (k for k in kinds if len(k)):
+        order = members[torch.randperm(len(members), generator=gen).numpy()]
+        batches += [order[i: i + size] for i in range(0, len(order), size)]
+    if all(len(k) for k in kinds):
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).numpy()]
+    return batches
+
+
+def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen, emit, prior=None, queries=None):
     """Stage 1 then stage 2 with early stopping; the scorer ends at the best state seen.
     Returns (untrained val NDCG@10, best {ndcg, stage, step, state}, loss curve, val curve, steps)."""
     step, curve_loss, curve_val = 0, [], []
-    first = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
+    first = evaluate(scorer, feats, val_groups, cfg.eval_batch, prior=prior, queries=queries)["ndcg"]
     best = {"ndcg": first, "stage": 0, "step": 0, "state": trained_state(scorer)}
     curve_val.append({"stage": 0, "step": 0, "val_ndcg10": first})
     emit({"event": "eval", "stage": 0, "step": 0, "val_ndcg10": first})
     log.info("untrained val NDCG@10 %.4f", first)
-    n_batches = max(1, -(-len(groups) // cfg.batch_groups))
+    lengths = np.ones(len(groups), dtype=np.int64) if queries is None else (queries[groups[:, 0]] >= 0).sum(1)
+    n_batches = len(_epoch_batches(lengths, cfg.batch_groups, torch.Generator().manual_seed(0)))
     eval_at = set(np.linspace(0, n_batches, cfg.evals_per_epoch + 1, dtype=int)[1:].tolist())
 
     for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
@@ -170,17 +195,14 @@ def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen
         stale = 0
         scorer.train()
         for epoch in range(epochs):
-            order = torch.randperm(len(groups), generator=gen).numpy()
-            for bi in range(n_batches):
-                g = torch.as_tensor(
-                    groups[order[bi * cfg.batch_groups : (bi + 1) * cfg.batch_groups]]
-                )
-                loss = _train_step(scorer, feats, g, gen, opt, params, cfg.grad_clip)
+            for bi, batch in enumerate(_epoch_batches(lengths, cfg.batch_groups, gen)):
+                g = torch.as_tensor(groups[batch])
+                loss = _train_step(scorer, feats, g, gen, opt, params, cfg.grad_clip, prior, queries)
                 step += 1
                 curve_loss.append({"stage": stage, "step": step, "loss": loss})
                 if bi + 1 not in eval_at:
                     continue
-                val = evaluate(scorer, feats, val_groups, cfg.eval_batch)["ndcg"]
+                val = evaluate(scorer, feats, val_groups, cfg.eval_batch, prior=prior, queries=queries)["ndcg"]
                 mean_loss = float(np.mean([c["loss"] for c in curve_loss[-n_batches:]]))
                 curve_val.append({"stage": stage, "step": step, "val_ndcg10": val})
                 emit({"event": "eval", "stage": stage, "epoch": epoch, "step": step,
@@ -213,6 +235,8 @@ def train_reranker(
     val_groups,
     cfg: RerankerTrainConfig | None = None,
     progress: Callable[[dict], None] | None = None,
+    prior=None,
+    queries=None,
 ) -> dict:
     """Train `scorer` in place (stage 1 projector, stage 2 LoRA + projector); return metrics:
     best and untrained val NDCG@10, loss and val curves, trained parameter count, seconds."""
@@ -221,21 +245,29 @@ def train_reranker(
         raise ValueError(f"batch_groups must be >= 1, got {cfg.batch_groups}")
     feats = _as_tensor(features)
     scorer.check_features(feats, "features")
-    groups = _check_groups(groups, len(feats), "groups")
-    val_groups = _check_groups(val_groups, len(feats), "val_groups")
+    n_queries = len(feats) if queries is None else len(queries)
+    groups = _check_groups(groups, len(feats), "groups", n_queries)
+    val_groups = _check_groups(val_groups, len(feats), "val_groups", n_queries)
+    if queries is not None:
+        queries = np.asarray(queries, dtype=np.int64)
+        if queries.ndim != 2 or queries.max(initial=-1) >= len(feats) or (queries.max(axis=1) < 0).any():
+            raise ValueError(f"queries must be (U, H) histories of rows below {len(feats)}, -1 for none, "
+                             f"each with at least one image; got shape {queries.shape}")
     emit = progress or (lambda _m: None)
     t0 = time.perf_counter()
     home = device_of(scorer)
     device = resolve_device(cfg.device)
     gen = torch.Generator().manual_seed(cfg.seed)  # on the CPU: same batches on any device
     if cfg.stage2_epochs > 0 and not _has_lora(scorer):
+        if getattr(scorer, "lm", None) is None:
+            raise ValueError(f"{scorer.kind} has no language model for LoRA: train it with stage2_epochs=0")
         add_lora(scorer, cfg)
     try:  # whatever happens, the scorer goes back frozen to the device it came on
         scorer.to(device)
         feats = _as_tensor(feats, scorer)  # moved (and tower-prepared) once, on the device
         log.info("training %s on %s", scorer.kind, device)
         first, best, curve_loss, curve_val, step = _run_stages(
-            scorer, feats, groups, val_groups, cfg, gen, emit
+            scorer, feats, groups, val_groups, cfg, gen, emit, prior, queries
         )
     finally:
         for p in scorer.parameters():
@@ -276,11 +308,13 @@ def save_reranker(scorer, directory, metrics: dict | None = None):
     extra = {"base": scorer.base_identity}
     if metrics is not None:
         extra["best_val_ndcg10"] = metrics.get("best_val_ndcg10")
+        extra["history"] = metrics.get("history")  # the most history images a user was read with
     return save_checkpoint(directory, trained_state(scorer), config, extra)
 
 
 # Every reranker kind: its config dataclass and builder (`scorer.kind` names it in checkpoints).
-RERANKERS = {"gutted": (GuttedConfig, build_gutted), "full_vlm": (FullVLMConfig, build_full_vlm)}
+RERANKERS = {"gutted": (GuttedConfig, build_gutted), "full_vlm": (FullVLMConfig, build_full_vlm),
+             "sequential": (SequentialConfig, build_sequential)}
 
 
 def load_reranker(directory):
@@ -291,13 +325,14 @@ def load_reranker(directory):
             f"checkpoint {directory} has kind {config.get('kind')!r}; valid: {', '.join(RERANKERS)}"
         )
     cfg_cls, build = RERANKERS[config["kind"]]
-    cfg = cfg_cls(**config["model"])
+    cfg = cfg_cls(**{"prior_buckets": 0, **config["model"]})  # saved before the prior: none
     want = extra.get("base")
-    have = base_identity(cfg.base, cfg.seed)
-    if want is not None and want != have:
-        raise ValueError(
-            f"base model changed since {directory} was saved: saved {want}, found {have}"
-        )
+    if hasattr(cfg, "base"):  # the frozen base must be the one trained on, before it is built
+        have = base_identity(cfg.base, cfg.seed)
+        if want is not None and want != have:
+            raise ValueError(
+                f"base model changed since {directory} was saved: saved {want}, found {have}"
+            )
     scorer = build(cfg)
     if config.get("lora"):
         lc = config["lora"]

@@ -24,8 +24,8 @@ ON_MISSING = (
     & ~dg.AutomationCondition.in_progress()
 ).with_label("train_when_missing")
 
-# A reranker's inputs live in the encoder's embedding space; training_pairs' data version names
-# that space, so a new encoder (and only that, or a person / sensor) retrains the rerankers.
+# A reranker's inputs live in the encoder's embedding space; the data version of training_pairs
+# and user_histories names that space, so a new encoder (and only that, or a person / sensor) retrains the rerankers.
 RETRAIN_ON_NEW_SPACE = (
     ON_MISSING
     | (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
@@ -38,8 +38,10 @@ CONDITIONS: dict[str, dg.AutomationCondition] = {
     "image_embeddings": EAGER,
     "faiss_index": EAGER,
     "training_pairs": EAGER,
+    "user_histories": EAGER,
     "gutted_reranker": RETRAIN_ON_NEW_SPACE,
     "full_vlm_reranker": RETRAIN_ON_NEW_SPACE,
+    "sequential_reranker": RETRAIN_ON_NEW_SPACE,
     "candidates": EAGER,
     "reranked_candidates": EAGER,
     "evaluation_report": EAGER,

@@ -5,6 +5,7 @@ in `$LENSLESS_HOME/dagster`, so what it does shows in `dagster dev` afterwards.
     lensless run --source PATH_OR_URL [--engagement FILE] [--limit N]
     lensless ingest SOURCE [--engagement FILE] [--label-depth N] [--json]
     lensless recommend IMAGE_PATH_OR_ID [-k 10] [--json]
+    lensless recommend --user USER_ID [-k 10] [--json]
     lensless report | promote [VERSION] | rollback
     lensless dev [--port P] [--host H]
     lensless sql "SELECT …"
@@ -81,10 +82,18 @@ def _print_report(report: dict) -> None:
     from assets.evaluation.report import decision_rows, promotion_line, reports_dir, summary_rows
     from assets.plots import md_table
 
+    print("Related images\n")
     print(md_table(summary_rows(report)))
     print(f"\n{report['dataset']['queries']} queries, {report['dataset']['images']} images; "
           "ms/1k: median [range] of interleaved repeats\n")
     print(md_table(decision_rows(report)))
+    users = report.get("user_task")
+    if users is not None:
+        print(f"\nFor a user ({users['users']} test users, history of {users['history_length']} images; "
+              f"the full VLM reads the latest {users['full_vlm_history']})\n")
+        print(md_table(summary_rows(users)))
+        print()
+        print(md_table(decision_rows(users)))
     print(report["_promotion"] if "_promotion" in report else promotion_line(report))
     print(f"report: {reports_dir(_home()) / report['run_id'] / 'report.html'}")
 
@@ -118,12 +127,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_recommend(args) -> int:
-    from assets.serving.recommend import recommend, serving_version
+    from assets.serving.recommend import recommend, recommend_for_user, serving_version
 
+    if (args.image is None) == (args.user is None):
+        raise ValueError("give an image (IMAGE_PATH_OR_ID) or a user (--user USER_ID), not both and not neither")
     home = _home()
     champion = serving_version(home)
-    results = recommend(home, args.image, k=args.k, rerank=not args.no_rerank and champion is not None,
-                        version=champion)
+    rerank = not args.no_rerank and champion is not None
+    if args.user is not None:
+        results = recommend_for_user(home, args.user, k=args.k, rerank=rerank, version=champion)
+    else:
+        results = recommend(home, args.image, k=args.k, rerank=rerank, version=champion)
     if args.no_rerank:
         order = "retrieval order (--no-rerank)"
     elif champion is None:
@@ -262,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("recommend", help="recommendations for a catalog image_id or any image file")
-    s.add_argument("image", help="image_id from the catalog, or a path/URL of an image file")
+    s = sub.add_parser("recommend", help="recommendations for a catalog image_id, any image file, or a user")
+    s.add_argument("image", nargs="?", help="image_id from the catalog, or a path/URL of an image file")
+    s.add_argument("--user", metavar="USER_ID", help="recommend for a user, from their engagement history")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--no-rerank", action="store_true", help="index order only")
     s.add_argument("--json", action="store_true", help="last line is a JSON list of {image_id, uri, score}")

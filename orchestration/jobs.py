@@ -21,8 +21,8 @@ retrain_job = dg.define_asset_job(
 
 reranker_retrain_job = dg.define_asset_job(
     "reranker_retrain_job",
-    selection=dg.AssetSelection.assets("gutted_reranker", "full_vlm_reranker"),
-    description="Retrain both rerankers on the current training pairs.",
+    selection=dg.AssetSelection.assets("gutted_reranker", "full_vlm_reranker", "sequential_reranker"),
+    description="Retrain the gutted reranker, the full VLM and the sequential peer on the current groups.",
 )
 
 evaluation_job = dg.define_asset_job(

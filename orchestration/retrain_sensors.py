@@ -70,9 +70,10 @@ def encoder_retrain_sensor(context: dg.SensorEvaluationContext, lensless_home: L
     return dg.SkipReason(f"catalog grew {grown:.1%} (threshold {fraction:.0%}), drift {drift} (threshold {threshold})")
 
 
-@dg.sensor(name="reranker_retrain_sensor", asset_selection=["gutted_reranker", "full_vlm_reranker"],
+@dg.sensor(name="reranker_retrain_sensor",
+           asset_selection=["gutted_reranker", "full_vlm_reranker", "sequential_reranker"],
            minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Retrains both rerankers when engagement grew past LENSLESS_RERANKER_RETRAIN_FRACTION "
+           description="Retrains the rerankers (gutted, full VLM, sequential peer) when engagement grew past LENSLESS_RERANKER_RETRAIN_FRACTION "
                        "or the latest report shows the challenger significantly worse than the champion.")
 def reranker_retrain_sensor(context: dg.SensorEvaluationContext, lensless_home: LenslessHome):
     """Retrain the rerankers on new engagement past a fraction, or when evaluation regressed."""

@@ -21,17 +21,24 @@ from assets.evaluation.systems import (
     candidate_lists,
     evaluation_inputs,
     production_estimate,
+    source_recall,
     system_rankings,
 )
+from assets.evaluation.users import user_task
 from assets.plots import md_image
-from assets.reranker.aligned import aligned_catalog, rows_of
-from assets.reranker.assets import full_vlm_reranker, gutted_reranker, training_pairs
+from assets.reranker.aligned import aligned_catalog, engagement_prior, rows_of
+from assets.reranker.assets import (
+    full_vlm_reranker,
+    gutted_reranker,
+    sequential_reranker,
+    training_pairs,
+    user_histories,
+)
 from assets.retrieval.assets import faiss_index
-from assets.retrieval.index_store import load_index
+from assets.retrieval.candidates import Queries, catalog_candidates, chosen_share
 from assets.store.lake import CANDIDATE_SCHEMA, read_table, write_table
 from assets.store.models import current_dir, pointers, set_current
 from assets.store.resource import LenslessHome
-from index.search import search
 from models.scoring import CANDIDATES, score_candidates
 from models.train_reranker import load_reranker
 
@@ -45,12 +52,15 @@ class CandidatesRunConfig(dg.Config):
 
 
 @dg.asset(group_name="evaluation", kinds={"faiss", "parquet"}, deps=[training_pairs, faiss_index],
-          code_version="candidates-v1")
+          code_version="candidates-v2")
 def candidates(context: dg.AssetExecutionContext, config: CandidatesRunConfig,
                lensless_home: LenslessHome) -> dg.MaterializeResult:
-    """The top-K images from `faiss_index` for every held-out evaluation query (itself excluded).
+    """K candidates for every held-out evaluation query (itself excluded), from two sources:
+    `faiss_index` neighbours and the train split's most engaged images, at the popular share
+    `training_pairs` chose on validation recall (`candidate_mix`).
 
-    Writes the `candidates` table (query, rank, image_id, score = cosine similarity).
+    Writes the `candidates` table (query, rank, image_id, score = cosine similarity, source),
+    ranked by cosine: the `retrieval` system's order.
     """
     home = lensless_home.get()
     queries = read_table(home, "evaluation_queries")
@@ -61,16 +71,15 @@ def candidates(context: dg.AssetExecutionContext, config: CandidatesRunConfig,
     frame, emb = aligned_catalog(home)
     ids = frame["image_id"].to_numpy()
     pos = rows_of(frame)
-    rows = np.array([pos[q] for q in queries["query"]])
-    index, _, _ = load_index(home)
-    scores, found = search(index, emb[rows], config.k + 1)
-    records = []
-    for q, row, srow, frow in zip(queries["query"], rows, scores, found, strict=True):
-        keep = [(s, i) for s, i in zip(srow, frow, strict=True) if i >= 0 and i != row][: config.k]
-        records += [{"query": q, "rank": r + 1, "image_id": ids[i], "score": float(s)} for r, (s, i) in enumerate(keep)]
+    found = catalog_candidates(home, frame, emb, Queries.images(emb, [pos[q] for q in queries["query"]]), config.k)
+    records = [{"query": q, "rank": r + 1, "image_id": ids[i], "score": float(s), "source": src}
+               for q, rows, scores, sources in zip(queries["query"], found.rows, found.scores, found.source, strict=True)
+               for r, (i, s, src) in enumerate(zip(rows, scores, sources, strict=True))]
     table = pl.DataFrame(records, schema=CANDIDATE_SCHEMA)
     write_table(home, "candidates", table)
-    return dg.MaterializeResult(metadata={"queries": queries.height, "k": config.k, "dagster/row_count": table.height})
+    return dg.MaterializeResult(metadata={
+        "queries": queries.height, "k": config.k, "popular_share": chosen_share(home),
+        "popular_candidates": int((found.source == "popular").sum()), "dagster/row_count": table.height})
 
 
 @dg.asset(group_name="evaluation", kinds={"pytorch", "parquet"}, deps=[candidates, gutted_reranker],
@@ -85,7 +94,7 @@ def reranked_candidates(context: dg.AssetExecutionContext, lensless_home: Lensle
     frame, emb = aligned_catalog(home)
     queries, q_rows, c_rows = candidate_grid(cands, frame)
     scorer = load_reranker(current_dir(home, CHALLENGER))
-    scores = score_candidates(scorer, emb, q_rows, c_rows,
+    scores = score_candidates(scorer, emb, q_rows, c_rows, prior=engagement_prior(home, frame),
                               progress=lambda d, n: context.log.info(f"gutted reranker: {d}/{n} queries"))
     table = _ranked_table(candidate_lists(cands), queries, scores)
     write_table(home, "reranked_candidates", table)
@@ -108,9 +117,12 @@ def _ranked_table(lists: dict[str, list[str]], queries: list[str], scores: np.nd
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb", "html"},
-          deps=[reranked_candidates, full_vlm_reranker, image_encoder], code_version="evaluation_report-v1")
+          deps=[reranked_candidates, full_vlm_reranker, sequential_reranker, user_histories, image_encoder],
+          code_version="evaluation_report-v2")
 def evaluation_report(context: dg.AssetExecutionContext, lensless_home: LenslessHome) -> dg.MaterializeResult:
-    """Quality and cost side by side: random, popularity, retrieval, gutted and full-VLM rerankers.
+    """Quality and cost side by side, for both tasks: related images (random, popularity,
+    retrieval, gutted and full-VLM rerankers) and for a user (`user_task`: the same plus the
+    sequential peer, with the user's history in the prompt).
 
     NDCG@10 (bootstrap 95% CI), Recall@10/50 and MRR against held-out relevance, a per-label
     breakdown, measured cost per candidate and the analytic production estimate; the
@@ -139,9 +151,16 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
         "challenger": {"version": pointers(home, CHALLENGER)["current"], **champion,
                        "retrieval_ndcg_diff": vs_retrieval["diff"], "retrieval_ndcg_diff_ci": vs_retrieval["ci"]},
         "comparisons": comparisons,
+        "candidate_sources": source_recall(home, inputs),
     }
+    users = user_task(home, inputs, log=context.log.info)
+    if users is not None:
+        report["user_task"] = users[0]
     by_label = _per_label(per_query, inputs["query_labels"])
+    sources = [{"source": n, "recall_at_k": round(r, 4)} for n, r in report["candidate_sources"]["recall_at_k"].items()]
     folder = write_report(home, report, {"Per-label NDCG@10": by_label,
+                                   f"Candidate sources (popular share {report['candidate_sources']['popular_share']:g})":
+                                       sources,
                                    "Production estimate (analytic, 448 px)": [
                                        {"model": k, **{kk: f"{vv:.3g}" for kk, vv in v.items()}}
                                        for k, v in report["production_estimate"].items()]})
@@ -159,8 +178,24 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
         "decision": _table(decision_rows(report)),
         "systems": _table(summary_rows(report)),
         "per_label": _table(by_label),
+        "candidate_sources": _table(sources),
         "quality_vs_cost": dg.MetadataValue.md(md_image(quality_cost_plot(report))),
+        **_user_metadata(report.get("user_task")),
     })
+
+
+def _user_metadata(users: dict | None) -> dict:
+    """The user task's headline numbers and tables for the UI (none without a user task)."""
+    if users is None:
+        return {"user_task": "none: no engagement log"}
+    vs = users["comparisons"]["gutted_vs_retrieval"]
+    return {
+        **{f"user_{name}_ndcg_at_10": _round(s["ndcg_at_10"]) for name, s in users["systems"].items()},
+        "user_retrieval_ndcg_diff": _round(vs["diff"]), "user_retrieval_ndcg_diff_ci_low": _round(vs["ci"][0]),
+        "user_retrieval_ndcg_diff_ci_high": _round(vs["ci"][1]), "user_test_users": users["users"],
+        "user_decision": _table(decision_rows(users)), "user_systems": _table(summary_rows(users)),
+        "user_quality_vs_cost": dg.MetadataValue.md(md_image(quality_cost_plot(users, "for a user: quality against cost"))),
+    }
 
 
 def _round(x: float) -> float:

@@ -3,7 +3,9 @@
 Unlike the group metrics in models/ranking_metrics.py (which only see the candidates they
 are given), these judge a system's top of list against EVERY relevant image of the query,
 so systems that rank different candidate sets are comparable:
-- NDCG@k: binary gains, log2 discount, ideal DCG from min(|relevant|, k) hits;
+- NDCG@k: the relevant images' gains (1 each for a set; graded when relevance is a
+  {image: gain} dict, e.g. a save 2 and a click 1), log2 discount, ideal DCG from the k
+  largest gains;
 - Recall@k: |relevant ∩ top-k| / |relevant|;
 - MRR: 1 / rank of the first relevant image (0 when none is listed).
 """
@@ -15,16 +17,19 @@ import numpy as np
 from models.ranking_metrics import bootstrap_ci
 
 
-def list_metrics(ranked: list[list[str]], relevant: list[set[str]]) -> dict[str, np.ndarray]:
+def list_metrics(ranked: list[list[str]], relevant: list[set[str] | dict[str, float]]) -> dict[str, np.ndarray]:
     """Per-query ndcg_at_10, recall_at_10, recall_at_50 and mrr arrays."""
     assert len(ranked) == len(relevant), f"{len(ranked)} ranked lists but {len(relevant)} relevant sets"
     discount = 1.0 / np.log2(np.arange(2, 12))
     out = {"ndcg_at_10": [], "recall_at_10": [], "recall_at_50": [], "mrr": []}
     for items, rel in zip(ranked, relevant, strict=True):
-        hits = np.array([i in rel for i in items], dtype=float)
+        gain = rel if isinstance(rel, dict) else dict.fromkeys(rel, 1.0)
+        hits = np.array([i in gain for i in items], dtype=float)
+        gains = np.array([gain.get(i, 0.0) for i in items[:10]], dtype=float)
         n_rel = max(1, len(rel))
-        ideal = discount[: min(len(rel), 10)].sum()
-        out["ndcg_at_10"].append(float(hits[:10] @ discount[: len(hits[:10])] / ideal) if ideal > 0 else 0.0)
+        best = np.sort(np.fromiter(gain.values(), dtype=float, count=len(gain)))[::-1][:10]
+        ideal = float(best @ discount[: len(best)])
+        out["ndcg_at_10"].append(float(gains @ discount[: len(gains)] / ideal) if ideal > 0 else 0.0)
         out["recall_at_10"].append(hits[:10].sum() / n_rel)
         out["recall_at_50"].append(hits[:50].sum() / n_rel)
         first = np.flatnonzero(hits)

@@ -20,7 +20,8 @@ def promotion_decision(report: dict) -> tuple[bool, str]:
 
     Promote unless the challenger is worse, beyond the confidence interval, than either bar:
     the current champion, or retrieval alone (the cosine order of the very candidates it
-    reranks), so a reranker that ranks worse than no reranker never serves. "Worse beyond
+    reranks) in either task (related images; for a user, when the report has one), so a
+    reranker that ranks worse than no reranker never serves. "Worse beyond
     the interval" means the paired bootstrap 95% interval of (challenger − bar) NDCG@10 on
     the same held-out queries lies entirely below zero. Before there is a champion, only
     retrieval is a bar.
@@ -28,6 +29,9 @@ def promotion_decision(report: dict) -> tuple[bool, str]:
     ch = report["challenger"]
     bars = [("retrieval", ch["retrieval_ndcg_diff"], ch["retrieval_ndcg_diff_ci"]),
             (f"champion {ch['champion']}", ch["ndcg_diff"], ch["ndcg_diff_ci"])]
+    if "user_task" in report:
+        c = report["user_task"]["comparisons"]["gutted_vs_retrieval"]
+        bars.append(("retrieval for a user", c["diff"], c["ci"]))
     verdicts = []
     worse = False
     for name, diff, ci in bars:

@@ -3,6 +3,9 @@
 `write_report(home, report)` writes `reports/<run_id>/report.json` and `report.html` (plots
 embedded as data URIs: quality against cost per system, and NDCG@10 of every system over
 the earlier reports), then points `reports/latest` at it (a symlink swapped atomically).
+A report holds two tasks: related images (its top-level `systems`, `comparisons`,
+`cost_ratio`) and, with an engagement log, for a user (`user_task`, the same fields); the
+tables and plots below take either as their `section`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from assets.evaluation.promotion import promotion_decision
 from assets.store.files import Home, read_json, write_bytes, write_json
 
 SYSTEMS = ("random", "popularity", "retrieval", "gutted", "full_vlm")
+USER_SYSTEMS = ("random", "popularity", "retrieval", "sequential", "gutted", "full_vlm")
 REQUIRED = {
     "run_id": str, "created_at": str, "dataset": dict, "encoder": dict, "index": dict, "systems": dict,
     "cost_ratio": dict, "production_estimate": dict, "comparisons": dict,
@@ -44,18 +48,25 @@ def validate_report(report: dict) -> None:
     for key in ("factory", "recall_at_10", "qps", "exact_qps"):
         if key not in report["index"]:
             raise ValueError(f"report.index lacks {key!r}")
-    if set(report["systems"]) != set(SYSTEMS):
-        raise ValueError(f"report.systems must be exactly {SYSTEMS}, got {sorted(report['systems'])}")
-    for name, sys_ in report["systems"].items():
-        missing = [f for f in SYSTEM_FIELDS if f not in sys_]
-        if missing:
-            raise ValueError(f"report.systems.{name} lacks {missing}")
-        ci = sys_["ndcg_at_10_ci"]
-        if not (isinstance(ci, list) and len(ci) == 2 and ci[0] <= sys_["ndcg_at_10"] + 1e-9 and sys_["ndcg_at_10"] <= ci[1] + 1e-9):
-            raise ValueError(f"report.systems.{name}.ndcg_at_10_ci {ci} does not bracket {sys_['ndcg_at_10']}")
-    for key in ("flops", "ms"):
-        if not isinstance(report["cost_ratio"].get(key), (int, float)):
-            raise ValueError(f"report.cost_ratio.{key} must be a number")
+    sections = [("report", report, SYSTEMS)]
+    if "user_task" in report:
+        if not isinstance(report["user_task"].get("history_length"), int):
+            raise ValueError("report.user_task.history_length must be an int")
+        sections.append(("report.user_task", report["user_task"], USER_SYSTEMS))
+    for where, section, names in sections:
+        if set(section["systems"]) != set(names):
+            raise ValueError(f"{where}.systems must be exactly {names}, got {sorted(section['systems'])}")
+        for name, sys_ in section["systems"].items():
+            missing = [f for f in SYSTEM_FIELDS if f not in sys_]
+            if missing:
+                raise ValueError(f"{where}.systems.{name} lacks {missing}")
+            ci = sys_["ndcg_at_10_ci"]
+            if not (isinstance(ci, list) and len(ci) == 2 and ci[0] <= sys_["ndcg_at_10"] + 1e-9
+                    and sys_["ndcg_at_10"] <= ci[1] + 1e-9):
+                raise ValueError(f"{where}.systems.{name}.ndcg_at_10_ci {ci} does not bracket {sys_['ndcg_at_10']}")
+        for key in ("flops", "ms"):
+            if not isinstance(section["cost_ratio"].get(key), (int, float)):
+                raise ValueError(f"{where}.cost_ratio.{key} must be a number")
     for model, row in report["production_estimate"].items():
         for key in ("full_flops_per_candidate", "gutted_flops_per_candidate", "ratio"):
             if not isinstance(row.get(key), (int, float)):
@@ -90,7 +101,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def quality_cost_plot(report: dict) -> bytes:
+def quality_cost_plot(section: dict, title: str = "quality against cost") -> bytes:
     """NDCG@10 (with its CI) against ms per 1k candidates, one point per system that has a cost."""
     import matplotlib
 
@@ -98,7 +109,7 @@ def quality_cost_plot(report: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for name, s in report["systems"].items():
+    for name, s in section["systems"].items():
         if s["ms_per_1k_candidates"] is None:
             ax.axhline(s["ndcg_at_10"], ls=":", lw=1, color="grey")
             ax.text(ax.get_xlim()[0], s["ndcg_at_10"], f" {name}", va="bottom", fontsize=8, color="grey")
@@ -107,7 +118,7 @@ def quality_cost_plot(report: dict) -> bytes:
         ax.errorbar(s["ms_per_1k_candidates"], s["ndcg_at_10"], yerr=[[s["ndcg_at_10"] - lo], [hi - s["ndcg_at_10"]]],
                     fmt="o", capsize=4, label=name)
     ax.set_xscale("log")
-    ax.set(xlabel="measured ms per 1,000 candidates (log)", ylabel="NDCG@10", title="quality against cost")
+    ax.set(xlabel="measured ms per 1,000 candidates (log)", ylabel="NDCG@10", title=title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -140,8 +151,9 @@ def history_plot(reports: list[dict]) -> bytes:
     return png
 
 
-COMPARISONS = {"gutted_vs_retrieval": ("gutted", "retrieval"), "gutted_vs_full_vlm": ("gutted", "full_vlm"),
-               "gutted_vs_popularity": ("gutted", "popularity"), "challenger_vs_champion": ("challenger", "champion")}
+COMPARISONS = {"gutted_vs_retrieval": ("gutted", "retrieval"), "gutted_vs_sequential": ("gutted", "sequential"),
+               "gutted_vs_full_vlm": ("gutted", "full_vlm"), "gutted_vs_popularity": ("gutted", "popularity"),
+               "challenger_vs_champion": ("challenger", "champion")}
 
 
 def verdict(ci: list[float]) -> str:
@@ -150,27 +162,32 @@ def verdict(ci: list[float]) -> str:
     return "better" if lo > 0 else "worse" if hi < 0 else "no significant difference"
 
 
-def _cost_line(report: dict, a: str, b: str) -> str:
-    systems = report["systems"]
+def _cost_line(section: dict, a: str, b: str) -> str:
+    systems, ratio = section["systems"], section["cost_ratio"]
     if b == "full_vlm":
-        return f"{report['cost_ratio']['flops']:.1f}x fewer FLOPs, {report['cost_ratio']['ms']:.1f}x less time"
-    if b == "retrieval":
-        return f"{systems['gutted']['ms_per_1k_candidates'] / systems['retrieval']['ms_per_1k_candidates']:,.0f}x retrieval's time"
+        line = f"{ratio['flops']:.1f}x fewer FLOPs, {ratio['ms']:.1f}x less time"
+        if "analytic_flops_at_equal_history" in ratio:
+            at = ratio["measured_at_history"]
+            line += (f" (history {at['gutted']} vs {at['full_vlm']} images; at equal history "
+                     f"{ratio['analytic_flops_at_equal_history']:.1f}x fewer FLOPs, analytic)")
+        return line
+    if b in ("retrieval", "sequential"):
+        return f"{systems['gutted']['ms_per_1k_candidates'] / systems[b]['ms_per_1k_candidates']:,.0f}x {b}'s time"
     return "same model" if b == "champion" else "-"
 
 
-def decision_rows(report: dict) -> list[dict]:
+def decision_rows(section: dict) -> list[dict]:
     """One row per comparison that decides whether the gutted model is worth serving: the
     paired NDCG@10 difference, its interval, the cost ratio and the verdict."""
     rows = []
     for key, (a, b) in COMPARISONS.items():
-        c = report["comparisons"].get(key)
+        c = section["comparisons"].get(key)
         if c is None:
             continue
         lo, hi = c["ci"]
         rows.append({"comparison": f"{a} vs {b}".replace("_", " "),
                      "NDCG@10 difference [95% CI]": f"{c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
-                     "cost": _cost_line(report, a, b), "verdict": verdict(c["ci"])})
+                     "cost": _cost_line(section, a, b), "verdict": verdict(c["ci"])})
     return rows
 
 
@@ -180,15 +197,15 @@ def promotion_line(report: dict) -> str:
     return f"challenger {report['challenger']['version']}: {'passes' if passed else 'stopped by'} the promotion gate ({why})"
 
 
-def forest_plot(report: dict) -> bytes:
+def forest_plot(section: dict, title: str = "does the gutted model rank better?") -> bytes:
     """Paired NDCG@10 differences with their 95% intervals and a zero line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    items = [(f"{a} − {b}".replace("_", " "), report["comparisons"][k]) for k, (a, b) in COMPARISONS.items()
-             if k in report["comparisons"]]
+    items = [(f"{a} − {b}".replace("_", " "), section["comparisons"][k]) for k, (a, b) in COMPARISONS.items()
+             if k in section["comparisons"]]
     fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(items) + 1.2))
     for i, (_, c) in enumerate(reversed(items)):
         lo, hi = c["ci"]
@@ -196,7 +213,7 @@ def forest_plot(report: dict) -> bytes:
         ax.errorbar(c["diff"], i, xerr=[[c["diff"] - lo], [hi - c["diff"]]], fmt="o", capsize=4, color=color)
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(range(len(items)), [label for label, _ in reversed(items)])
-    ax.set(xlabel="paired NDCG@10 difference (95% CI)", title="does the gutted model rank better?")
+    ax.set(xlabel="paired NDCG@10 difference (95% CI)", title=title)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     png = _png(fig)
@@ -212,11 +229,11 @@ def _ms(system: dict) -> str:
     return f"{system['ms_per_1k_candidates']:.1f}" + (f" [{rng[0]:.0f}–{rng[1]:.0f}]" if rng else "")
 
 
-def summary_rows(report: dict) -> list[dict]:
+def summary_rows(section: dict) -> list[dict]:
     """One row per system for tables (markdown, HTML, the command line)."""
     rows = []
-    for name in [n for n in SYSTEMS if n in report["systems"]]:
-        s = report["systems"][name]
+    for name in [n for n in USER_SYSTEMS if n in section["systems"]]:
+        s = section["systems"][name]
         lo, hi = s["ndcg_at_10_ci"]
         rows.append({"system": name, "NDCG@10": f"{s['ndcg_at_10']:.3f} [{lo:.3f}, {hi:.3f}]",
                      "R@10": round(s["recall_at_10"], 3), "R@50": round(s["recall_at_50"], 3), "MRR": round(s["mrr"], 3),
@@ -243,6 +260,8 @@ def render_html(report: dict, plots: dict[str, bytes], extra_tables: dict[str, l
 
     plots = dict(plots)
     forest = img("paired differences", plots.pop("Paired differences")) if "Paired differences" in plots else ""
+    users = report.get("user_task")
+    user_forest = img("for a user: paired differences", plots.pop("For a user: paired differences", b"")) if users else ""
     imgs = "".join(f"<h2>{html.escape(t)}</h2>{img(t, p)}" for t, p in plots.items())
     tables = "".join(f"<h2>{html.escape(t)}</h2>{_html_table(rows)}" for t, rows in extra_tables.items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>lensless report {html.escape(report['run_id'])}</title>
@@ -253,10 +272,22 @@ th{{background:#f3f3f3}}</style></head><body>
 <p>run <code>{html.escape(report['run_id'])}</code>, {html.escape(report['created_at'])};
 source {html.escape(str(report['dataset']['source']))}: {report['dataset']['images']} images,
 {report['dataset']['queries']} evaluation queries.</p>
-<h2>Decision</h2>{_html_table(decision_rows(report))}
-<p id="promotion"><b>Promotion:</b> {html.escape(promotion_line(report))}</p>{forest}
-<h2>Systems</h2>{_html_table(summary_rows(report))}{tables}{imgs}
+<p id="promotion"><b>Promotion:</b> {html.escape(promotion_line(report))}</p>
+<div style="display:flex;gap:2em;flex-wrap:wrap">
+<div><h2>Related images: decision</h2>{_html_table(decision_rows(report))}{forest}
+<h3>Systems</h3>{_html_table(summary_rows(report))}</div>
+{_user_html(users, user_forest)}
+</div>{tables}{imgs}
 <h2>report.json</h2><pre>{html.escape(json.dumps(report, indent=2))}</pre></body></html>"""
+
+
+def _user_html(users: dict | None, forest: str) -> str:
+    """The "for a user" column of report.html."""
+    if users is None:
+        return "<div><h2>For a user</h2><p>No user task: the catalog has no engagement log.</p></div>"
+    return (f"<div><h2>For a user: decision</h2><p>{users['users']} test users, history of "
+            f"{users['history_length']} images (the full VLM reads the latest {users['full_vlm_history']}).</p>"
+            f"{_html_table(decision_rows(users))}{forest}<h3>Systems</h3>{_html_table(summary_rows(users))}</div>")
 
 
 def write_report(home: Home, report: dict, extra_tables: dict[str, list[dict]] | None = None) -> Path:
@@ -264,8 +295,12 @@ def write_report(home: Home, report: dict, extra_tables: dict[str, list[dict]] |
     validate_report(report)
     folder = reports_dir(home) / report["run_id"]
     past = [r for r in history(home) if r["run_id"] != report["run_id"]] + [report]
-    plots = {"Paired differences": forest_plot(report), "Quality against cost": quality_cost_plot(report),
-             "Metric history": history_plot(past)}
+    plots = {"Paired differences": forest_plot(report, "related images: does the gutted model rank better?"),
+             "Quality against cost": quality_cost_plot(report, "related images: quality against cost")}
+    if "user_task" in report:
+        plots["For a user: paired differences"] = forest_plot(report["user_task"], "for a user: does the gutted model rank better?")
+        plots["For a user: quality against cost"] = quality_cost_plot(report["user_task"], "for a user: quality against cost")
+    plots["Metric history"] = history_plot(past)
     for name, png in plots.items():
         write_bytes(png, folder / (name.lower().replace(" ", "_") + ".png"))
     write_json(report, folder / "report.json")

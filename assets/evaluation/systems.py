@@ -3,8 +3,9 @@
 Systems, all judged on the same held-out queries and relevant sets:
 - `random`: K catalog images drawn at random (seeded);
 - `popularity`: the K most engaged images of the train split;
-- `retrieval`: the index's top-K by cosine similarity;
-- `gutted`: the retrieval candidates re-ranked by the challenger gutted reranker;
+- `retrieval`: the candidates (index neighbours merged with popular images,
+  `retrieval.candidates`) by cosine similarity;
+- `gutted`: the same candidates re-ranked by the challenger gutted reranker;
 - `full_vlm`: the same candidates re-ranked by the full-VLM baseline (pixels).
 Costs are measured here, side by side in one process, on the first queries' K candidates.
 """
@@ -17,7 +18,8 @@ import polars as pl
 from assets.evaluation.metrics import list_metrics
 from assets.ingestion.coengagement import popularity
 from assets.ingestion.sources import watched_sources
-from assets.reranker.aligned import aligned_catalog, aligned_pixels, rows_of
+from assets.reranker.aligned import aligned_catalog, aligned_pixels, engagement_prior, rows_of
+from assets.retrieval.candidates import Queries, catalog_candidates, chosen_share, recall_at
 from assets.retrieval.index_store import load_state
 from assets.store.files import Home
 from assets.store.lake import read_table
@@ -68,9 +70,23 @@ def evaluation_inputs(home: Home, log=print) -> dict:
         "index": {k2: state[k2] for k2 in ("factory", "params", "recall_at_10", "qps", "exact_qps", "n")},
     }
     log(f"evaluating {len(queries)} queries x {k} candidates ({source} relevance)")
-    return {"frame": frame, "emb": emb, "ids": ids, "queries": queries, "query_rows": query_rows,
+    return {"frame": frame, "emb": emb, "prior": engagement_prior(home, frame), "ids": ids, "queries": queries,
+            "query_rows": query_rows,
             "cand_rows": cand_rows, "relevant": [set(rel[q]) for q in queries],
             "query_labels": [labels[i] for i in query_rows], "header": header}
+
+
+def source_recall(home: Home, inputs: dict) -> dict:
+    """Recall@K of each candidate source alone (index neighbours, popular images) and of the
+    merged candidates the rerankers see, on the evaluation queries."""
+    frame, emb, q_rows, c_rows = inputs["frame"], inputs["emb"], inputs["query_rows"], inputs["cand_rows"]
+    pos, k = rows_of(frame), c_rows.shape[1]
+    relevant = [{pos[i] for i in r if i in pos} for r in inputs["relevant"]]
+    alone = {name: catalog_candidates(home, frame, emb, Queries.images(emb, q_rows), k, share=share).rows
+             for name, share in (("index", 0.0), ("popular", 1.0))}
+    return {"popular_share": chosen_share(home), "k": int(k),
+            "recall_at_k": {**{n: recall_at(rows, relevant) for n, rows in alone.items()},
+                            "merged": recall_at(c_rows, relevant)}}
 
 
 def ranked_ids(ids: list[str], rows: np.ndarray, scores: np.ndarray) -> list[list[str]]:
@@ -98,12 +114,13 @@ def system_rankings(home: Home, inputs: dict, seed: int = 0, cost_queries: int =
     log("scoring candidates with the full-VLM baseline (vision tower on pixels)")
     pixels = aligned_pixels(home, inputs["frame"])
     full = load_reranker(current_dir(home, "full_vlm_reranker"))
-    full_scores = score_candidates(full, pixels, q_rows, c_rows, progress=lambda d, n: log(f"full VLM: {d}/{n} queries"))
+    full_scores = score_candidates(full, pixels, q_rows, c_rows, prior=inputs["prior"],
+                                   progress=lambda d, n: log(f"full VLM: {d}/{n} queries"))
     rankings["full_vlm"] = ranked_ids(ids, c_rows, full_scores)
 
     gutted = load_reranker(current_dir(home, "gutted_reranker"))
     costs = measure_costs({"gutted": (gutted, inputs["emb"]), "full_vlm": (full, pixels)},
-                          q_rows[:cost_queries], c_rows[:cost_queries])
+                          q_rows[:cost_queries], c_rows[:cost_queries], prior=inputs["prior"])
     state = load_state(home)
     d = inputs["emb"].shape[1]
     costs["retrieval"] = {"flops_per_candidate": 2.0 * d, "ms_per_1k_candidates": 1e6 / (state["qps"] * k),
@@ -116,7 +133,8 @@ def system_rankings(home: Home, inputs: dict, seed: int = 0, cost_queries: int =
     if champ is not None and champ != chall:
         log(f"scoring the same candidates with champion {champ}")
         champion = load_reranker(version_dir(home, "gutted_reranker", champ))
-        ranked = ranked_ids(ids, c_rows, score_candidates(champion, inputs["emb"], q_rows, c_rows))
+        ranked = ranked_ids(ids, c_rows, score_candidates(champion, inputs["emb"], q_rows, c_rows,
+                                                             prior=inputs["prior"]))
         extra["champion_ndcg"] = list_metrics(ranked, inputs["relevant"])["ndcg_at_10"]
     return rankings, costs, extra
 

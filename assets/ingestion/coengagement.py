@@ -55,8 +55,10 @@ def image_splits(image_ids, config: SplitConfig = SplitConfig()) -> np.ndarray:
     return np.where(u < config.test, "test", np.where(u < config.test + config.val, "val", "train"))
 
 
-def _split_events(home: Home, config: SplitConfig):
-    """A connection with view `split_events(user_id, image_id, split)`; None without events."""
+def split_events(home: Home, config: SplitConfig):
+    """A connection with views `split_events(user_id, image_id, split)` (split NULL for events
+    no split uses) and `user_events(user_id, image_id, event, ts, user_split, after_cutoff)`
+    (every event, with its user's split); None without events."""
     if not has_table(home, "engagement_events"):
         return None
     con = connect(home, config.memory_limit)
@@ -65,19 +67,22 @@ def _split_events(home: Home, config: SplitConfig):
     cutoff = con.execute(f"SELECT quantile_disc(ts, {config.time_quantile}) FROM engagement_events").fetchall()[0][0]
     bucket = "CAST(('0x' || substr(md5(user_id), 1, 8)) AS BIGINT) % 1000"
     test_hi, val_hi = int(config.test * 1000), int((config.test + config.val) * 1000)
-    before, after = f"ts < TIMESTAMPTZ '{cutoff.isoformat()}'", f"ts >= TIMESTAMPTZ '{cutoff.isoformat()}'"
-    con.sql(f"""CREATE VIEW split_events AS SELECT user_id, image_id,
-        CASE WHEN {bucket} < {test_hi} THEN (CASE WHEN {after} THEN 'test' END)
-             WHEN {bucket} < {val_hi} THEN (CASE WHEN {before} THEN 'val' END)
-             ELSE (CASE WHEN {before} THEN 'train' END) END AS split
+    after = f"ts >= TIMESTAMPTZ '{cutoff.isoformat()}'"
+    con.sql(f"""CREATE VIEW user_events AS SELECT user_id, image_id, event, ts,
+        CASE WHEN {bucket} < {test_hi} THEN 'test' WHEN {bucket} < {val_hi} THEN 'val' ELSE 'train' END AS user_split,
+        {after} AS after_cutoff
         FROM engagement_events""")
+    con.sql("""CREATE VIEW split_events AS SELECT user_id, image_id,
+        CASE WHEN user_split = 'test' THEN (CASE WHEN after_cutoff THEN 'test' END)
+             ELSE (CASE WHEN NOT after_cutoff THEN user_split END) END AS split
+        FROM user_events""")
     return con
 
 
 def coengagement(home: Home, config: SplitConfig = SplitConfig(),
                  splits: tuple[str, ...] = SPLITS) -> dict[str, pl.DataFrame] | None:
     """Co-engagement pairs (a, b, n) of each of `splits`; None when there is no engagement log."""
-    con = _split_events(home, config)
+    con = split_events(home, config)
     if con is None:
         return None
     out = {}
@@ -93,7 +98,7 @@ def coengagement(home: Home, config: SplitConfig = SplitConfig(),
 
 def popularity(home: Home, config: SplitConfig = SplitConfig()) -> pl.DataFrame:
     """(image_id, n) engagement counts over the train split only (no test-period leakage)."""
-    con = _split_events(home, config)
+    con = split_events(home, config)
     if con is None:
         return pl.DataFrame(schema={"image_id": pl.Utf8, "n": pl.Int64})
     return con.sql("""SELECT image_id, count(*) AS n FROM split_events WHERE split = 'train'

@@ -2,7 +2,7 @@
 
 Row i is `image_id` i of the index (`indexes/ids.parquet`), so FAISS ids are rows: the
 reranker's training groups, the evaluation's candidates and `recommend` all address images by
-these rows, in embeddings (gutted model) or pixels (full VLM).
+these rows, in embeddings (gutted model) or pixels (full VLM), with each row's engagement prior.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from assets.ingestion.coengagement import SplitConfig, popularity
 from assets.retrieval.index_store import load_index
 from assets.store.files import Home
 from assets.store.lake import catalog, load_pixels, read_table
+from models.rerank_head import prior_bucket
 
 
 def aligned_catalog(home: Home) -> tuple[pl.DataFrame, np.ndarray]:
@@ -34,3 +36,15 @@ def aligned_pixels(home: Home, frame: pl.DataFrame) -> np.ndarray:
 def rows_of(frame: pl.DataFrame) -> dict[str, int]:
     """{image_id: row} of an aligned catalog."""
     return {k: i for i, k in enumerate(frame["image_id"].to_list())}
+
+
+def engagement_counts(home: Home, frame: pl.DataFrame, split: SplitConfig = SplitConfig()) -> np.ndarray:
+    """Train-split engagement count (int64) of every row of `frame`; 0 without engagement."""
+    pop = popularity(home, split)
+    n = dict(zip(pop["image_id"].to_list(), pop["n"].to_list(), strict=True))
+    return np.array([n.get(i, 0) for i in frame["image_id"].to_list()], dtype=np.int64)
+
+
+def engagement_prior(home: Home, frame: pl.DataFrame, split: SplitConfig = SplitConfig()) -> np.ndarray:
+    """The rerankers' prior (N,): each row's train-split engagement count in log2 buckets."""
+    return prior_bucket(engagement_counts(home, frame, split))

@@ -5,9 +5,11 @@ engagement, from labels over the image split (`image_splits`): the `test` images
 evaluation queries, never trained on by the encoder.
 
 Groups are int32 rows `[query, positive, neg_1 … neg_n]` of row indices into the aligned
-catalog (`reranker.aligned`), all drawn from the query's index neighbours (the candidates a
-reranker will see): a co-engaged neighbour as the positive, and hard negatives among the
-neighbours that are not co-engaged with it (and, with labels only, not of the same label).
+catalog (`reranker.aligned`), all drawn from the query's candidates as a reranker will see
+them (`retrieval.candidates`: index neighbours merged with popular images, at the share
+chosen here on validation recall): a co-engaged candidate as the positive, and hard
+negatives among the candidates that are not co-engaged with it (and, with labels only, not
+of the same label).
 Each group carries its strength, the number of users behind the (query, positive) pair, and
 the query's strongest pairs become its positives: one shared user is weak evidence (a user
 with 100 clicks co-engages ~5,000 pairs), and a training budget is best spent where evidence
@@ -30,11 +32,19 @@ from assets.ingestion.coengagement import (
     image_splits,
     strongest_first,
 )
-from assets.reranker.aligned import aligned_catalog
+from assets.reranker.aligned import aligned_catalog, rows_of
+from assets.reranker.histories import HistoryConfig, history_rows, stored_histories, user_histories
+from assets.retrieval.candidates import (
+    CandidateConfig,
+    Queries,
+    choose_share,
+    index_neighbours,
+    merge_sources,
+    popular_rows,
+)
 from assets.retrieval.index_store import load_index
 from assets.store.files import Home
-from assets.store.lake import GROUP_SCHEMA, QUERY_SCHEMA, read_table
-from index.search import search
+from assets.store.lake import GROUP_SCHEMA, QUERY_SCHEMA, has_table, read_table
 from models.scoring import CANDIDATES
 
 
@@ -42,7 +52,7 @@ from models.scoring import CANDIDATES
 class PairConfig:
     negatives: int = 7  # hard negatives per group, drawn from the neighbours
     max_groups_per_query: int = 4  # strongest positives kept per query image
-    neighbours: int = CANDIDATES  # index neighbours groups are drawn from (= the candidates a reranker sees)
+    neighbours: int = CANDIDATES  # candidates groups are drawn from (= the K a reranker sees)
     seed: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
 
@@ -68,7 +78,8 @@ def label_relevance(labels: list[str | None], queries: np.ndarray) -> dict[int, 
 
 
 def mine_groups(relevant: dict[int, dict[int, int]], neighbours: np.ndarray, config: PairConfig = PairConfig(),
-                labels: list[str | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                labels: list[str | None] | None = None, n_items: int | None = None,
+                exclude: dict[int, set[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(groups `[query, positive, n hard negatives]` (G, 2+n) int32, strength (G,) int32).
 
     `relevant[q]` maps each row relevant to q to the strength of that pair (co-engagement:
@@ -81,22 +92,28 @@ def mine_groups(relevant: dict[int, dict[int, int]], neighbours: np.ndarray, con
     fill the group. Queries without a relevant neighbour, or without n negatives at all, give
     none. A group's strength is its (query, positive) pair's.
 
+    A query is a catalog row (related images) or a user index (for a user, with `exclude[q]`
+    the user's history rows and `n_items` the catalog size): the rows in `exclude[q]`
+    (default: q itself) are never positives or negatives.
+
     Both come from the neighbourhood on purpose. With a positive from anywhere and the nearest
     non-relevant neighbours as negatives, "farther from the query" alone separated them: the
     positive ranked last by cosine in every group, and a reranker learned that shortcut (0.9
     validation NDCG@10, no gain on held-out candidates).
     """
     rng = np.random.default_rng(config.seed)
+    n_items = len(neighbours) if n_items is None else n_items
     groups, strength = [], []
     for q in sorted(relevant):
-        near = [int(j) for j in neighbours[q] if j >= 0 and j != q]
+        skip = {q} if exclude is None else exclude[q]
+        near = [int(j) for j in neighbours[q] if j >= 0 and j not in skip]
         positives = [j for j in near if j in relevant[q]]
         negatives = [j for j in near if j not in relevant[q] and (labels is None or labels[j] != labels[q])]
         if not positives:
             continue
         if len(negatives) < config.negatives:  # dense engagement: top up from the whole catalog
-            negatives += _far_negatives(q, set(relevant[q]), set(near), config.negatives - len(negatives),
-                                        len(neighbours), labels, rng)
+            negatives += _far_negatives(q, skip | set(relevant[q]) | set(near), config.negatives - len(negatives),
+                                        n_items, labels, rng)
             if len(negatives) < config.negatives:
                 continue
         for p in strongest_first([relevant[q][j] for j in positives], rng)[: config.max_groups_per_query]:
@@ -107,11 +124,12 @@ def mine_groups(relevant: dict[int, dict[int, int]], neighbours: np.ndarray, con
             np.asarray(strength, dtype=np.int32))
 
 
-def _far_negatives(q: int, relevant: set[int], near: set[int], n: int, n_items: int,
+def _far_negatives(q: int, taken: set[int], n: int, n_items: int,
                    labels: list[str | None] | None, rng: np.random.Generator) -> list[int]:
-    """Up to n random catalog rows that are not q, relevant, near, or (with labels) of q's label."""
+    """Up to n random catalog rows not in `taken` (the query's excluded, relevant and near
+    rows), nor (with labels) of q's label."""
     def ok(j: int) -> bool:
-        return j != q and j not in relevant and j not in near and (labels is None or labels[j] != labels[q])
+        return j not in taken and (labels is None or labels[j] != labels[q])
 
     out: list[int] = []
     for j in rng.integers(n_items, size=50 * n + 100):  # bounded tries: a saturated catalog gives up
@@ -140,13 +158,22 @@ def split_relevance(home: Home, frame: pl.DataFrame,
              for s in SPLITS}, "labels")
 
 
-def build_pairs(home: Home, config: PairConfig = PairConfig()) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """(train and val groups in GROUP_SCHEMA, evaluation queries in QUERY_SCHEMA, stats)."""
+def build_pairs(home: Home, config: PairConfig = PairConfig()) -> dict:
+    """{"training_pairs": train and val groups (GROUP_SCHEMA), "evaluation_queries": held-out
+    queries (QUERY_SCHEMA), "mix": `choose_share`'s popular share and recalls, "stats": counts}."""
     frame, emb = aligned_catalog(home)
     ids = frame["image_id"].to_list()
-    index, _, _ = load_index(home, mmap=True)
-    _, neighbours = search(index, emb, config.neighbours + 1)
     rel, source = split_relevance(home, frame, config)
+    index, _, _ = load_index(home, mmap=True)
+    everyone = Queries.images(emb, range(len(ids)))
+    near = index_neighbours(index, everyone.anchors, 2 * config.neighbours, everyone.exclude)
+    popular = popular_rows(home, frame)
+    val = sorted(rel["val"])
+    mix = choose_share(emb, [everyone.anchors[q] for q in val], [near[q] for q in val], popular,
+                       [everyone.exclude[q] for q in val], [set(rel["val"][q]) for q in val],
+                       CandidateConfig(k=config.neighbours))
+    neighbours = merge_sources(emb, everyone.anchors, near, popular, config.neighbours, mix["share"],
+                               everyone.exclude).rows
     mine_labels = frame["label"].to_list() if source == "labels" else None
     rows, counts = [], {}
     for split in ("train", "val"):
@@ -157,33 +184,120 @@ def build_pairs(home: Home, config: PairConfig = PairConfig()) -> tuple[pl.DataF
     queries = [{"query": ids[q], "relevant": sorted(ids[j] for j in r), "source": source}
                for q, r in sorted(rel["test"].items()) if r]
     stats = {**counts, "eval_queries": len(queries), "source": source,
-             "train_relevance_pairs": sum(len(r) for r in rel["train"].values())}
-    return pl.DataFrame(rows, schema=GROUP_SCHEMA), pl.DataFrame(queries, schema=QUERY_SCHEMA), stats
+             "train_relevance_pairs": sum(len(r) for r in rel["train"].values()), "popular_share": mix["share"]}
+    return {"training_pairs": pl.DataFrame(rows, schema=GROUP_SCHEMA),
+            "evaluation_queries": pl.DataFrame(queries, schema=QUERY_SCHEMA),
+            "mix": mix, "stats": stats}
 
 
-def load_groups(home: Home, ids: list[str], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Stored groups of `split` as ((G, 2+n) int rows into the aligned catalog, strength (G,)).
-    Groups naming an image the catalog no longer holds are left out."""
-    groups = read_table(home, "training_pairs").filter(pl.col("split") == split)
+def load_groups(home: Home, ids: list[str], split: str, table: str = "training_pairs",
+                queries: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stored groups of `split` in `table` as ((G, 2+n) int rows, strength (G,)): column 0
+    indexes `queries` (default: the catalog `ids`; user ids for `user_pairs`), the others
+    the aligned catalog. Groups naming an image the catalog no longer holds are left out."""
+    groups = read_table(home, table).filter(pl.col("split") == split)
     width = 2 + (len(groups["negatives"][0]) if groups.height else 0)
     strength = groups["strength"].to_numpy().astype(np.int64)
     pos = {k: i for i, k in enumerate(ids)}
+    qpos = pos if queries is None else {k: i for i, k in enumerate(queries)}
     out, kept = [], []
     for i, (q, p, negs) in enumerate(zip(groups["query"], groups["positive"], groups["negatives"], strict=True)):
-        if q in pos and p in pos and all(n in pos for n in negs):
-            out.append([pos[q], pos[p], *[pos[n] for n in negs]])
+        if q in qpos and p in pos and all(n in pos for n in negs):
+            out.append([qpos[q], pos[p], *[pos[n] for n in negs]])
             kept.append(i)
     return np.asarray(out, dtype=np.int64).reshape(-1, width), strength[kept]
 
 
-def budget_groups(home: Home, ids: list[str], max_train: int, max_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) groups a reranker trains on: the strongest stored groups within budget,
-    equal strengths in a seeded random order, returned in stored order."""
+def budget_groups(home: Home, ids: list[str], max_train: int, max_val: int, seed: int,
+                  table: str = "training_pairs", queries: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) groups a reranker trains on: the strongest stored groups of `table` within
+    budget, equal strengths in a seeded random order, returned in stored order."""
     rng = np.random.default_rng(seed)
     out = []
     for split, cap in (("train", max_train), ("val", max_val)):
-        groups, strength = load_groups(home, ids, split)
+        groups, strength = load_groups(home, ids, split, table, queries)
         if len(groups) > cap:
             groups = groups[np.sort(strongest_first(strength, rng)[:cap])]
         out.append(groups)
     return out[0], out[1]
+
+
+def build_user_pairs(home: Home, config: HistoryConfig = HistoryConfig(),
+                     pair_config: PairConfig = PairConfig()) -> dict:
+    """The user task's tables: {"user_histories" (USER_SCHEMA), "user_pairs": train and val
+    groups (GROUP_SCHEMA, query = user_id), "mix": the users' popular share, "stats"}.
+
+    A user's candidates are the index neighbours of their `recent` latest history images
+    merged with popular images (the share chosen on val users' recall); the positive is a
+    target among them (saves first: the gain is the group's strength), the negatives the
+    candidates that are not targets."""
+    frame, emb = aligned_catalog(home)
+    pos = rows_of(frame)
+    users = user_histories(home, config)
+    if users.height == 0:  # no engagement log (labels only): there is no user task
+        return {"user_histories": users, "user_pairs": pl.DataFrame(schema=GROUP_SCHEMA), "mix": None,
+                "stats": {"train_groups": 0, "val_groups": 0, "users": 0, "test_users": 0, "popular_share": None}}
+    hist = history_rows(users, pos, config.length)
+    queries = Queries.histories(emb, [h[h >= 0] for h in hist], config.recent)
+    index, _, _ = load_index(home, mmap=True)
+    near = index_neighbours(index, queries.anchors, 2 * pair_config.neighbours, queries.exclude)
+    popular = popular_rows(home, frame)
+    splits = users["split"].to_list()
+    gains = [{pos[t]: int(g) for t, g in zip(ts, gs, strict=True) if t in pos}
+             for ts, gs in zip(users["targets"].to_list(), users["gains"].to_list(), strict=True)]
+    val = [i for i, s in enumerate(splits) if s == "val"]
+    mix = choose_share(emb, [queries.anchors[i] for i in val], [near[i] for i in val], popular,
+                       [queries.exclude[i] for i in val], [set(gains[i]) for i in val],
+                       CandidateConfig(k=pair_config.neighbours))
+    cands = merge_sources(emb, queries.anchors, near, popular, pair_config.neighbours, mix["share"], queries.exclude)
+    ids, user_ids = frame["image_id"].to_list(), users["user_id"].to_list()
+    rows, counts = [], {}
+    for split in ("train", "val"):
+        relevant = {i: gains[i] for i, s in enumerate(splits) if s == split and gains[i]}
+        groups, strength = mine_groups(relevant, cands.rows, pair_config, n_items=len(ids),
+                                       exclude=dict(enumerate(queries.exclude)))
+        counts[f"{split}_groups"] = len(groups)
+        rows += [{"split": split, "query": user_ids[g[0]], "positive": ids[g[1]], "negatives": [ids[j] for j in g[2:]],
+                  "strength": int(n)} for g, n in zip(groups, strength, strict=True)]
+    stats = {**counts, "users": users.height, "test_users": splits.count("test"), "popular_share": mix["share"]}
+    return {"user_histories": users, "user_pairs": pl.DataFrame(rows, schema=GROUP_SCHEMA), "mix": mix, "stats": stats}
+
+
+def training_set(home: Home, ids: list[str], budgets: dict[str, tuple[int, int]], seed: int,
+                 history: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train groups, val groups, queries) of both tasks for one model: `budgets` maps
+    "training_pairs" and "user_pairs" to their (max train, max val) groups. Column 0 of a
+    group indexes `queries` (Q, history): a related-images query is its one image, a user
+    the latest `history` images of their history (oldest first); both left padded with -1."""
+    out = {"train": [], "val": []}
+    queries: list[np.ndarray] = []
+    for table, (max_train, max_val) in budgets.items():
+        if not has_table(home, table):
+            continue
+        if table == "user_pairs":
+            users = stored_histories(home)
+            keys = users["user_id"].to_list()
+            rows = history_rows(users, {k: i for i, k in enumerate(ids)}, history)
+        else:
+            keys, rows = ids, None
+        train, val = budget_groups(home, ids, max_train, max_val, seed, table, keys)
+        used = np.unique(np.concatenate([train[:, 0], val[:, 0]])) if len(train) + len(val) else np.zeros(0, np.int64)
+        renumber = {int(q): len(queries) + i for i, q in enumerate(used)}
+        for q in used:
+            row = np.full(history, -1, dtype=np.int64)
+            if rows is None:
+                row[-1] = q
+            else:
+                row[:] = rows[q]
+            queries.append(row)
+        for split, groups in (("train", train), ("val", val)):
+            if len(groups):
+                groups = groups.copy()
+                groups[:, 0] = [renumber[int(q)] for q in groups[:, 0]]
+                out[split].append(groups)
+    if not out["train"] or not out["val"]:
+        raise ValueError("no training groups: materialise training_pairs (and user_histories) first")
+    widths = {g.shape[1] for g in out["train"] + out["val"]}
+    if len(widths) > 1:
+        raise ValueError(f"the tasks' groups differ in size ({sorted(widths)}): mine both with the same negatives")
+    return np.concatenate(out["train"]), np.concatenate(out["val"]), np.stack(queries)

@@ -1,12 +1,17 @@
-"""Answer "what goes with this image?" for a catalog image or any image file. No Dagster here.
+"""Answer "what goes with this image?" for a catalog image or any image file, and "what next
+for this user?" from their engagement history. No Dagster here.
 
 A catalog `image_id` uses its stored embedding; a file path (or fsspec URL) is decoded with
-the ingestion decoder and embedded on the fly by the current encoder. The index returns
-`pool` candidates, the champion reranker scores them, and the top `k` come back with their
-URIs. Only a champion serves: a challenger that passed `challenger_not_worse` when it was
+the ingestion decoder and embedded on the fly by the current encoder. The candidates are the
+pipeline's (`retrieval.candidates`: index neighbours merged with popular images), `pool` of
+them; the champion reranker scores them, and the top `k` come back with their URIs. Only a champion serves: a challenger that passed `challenger_not_worse` when it was
 promoted (not worse than retrieval or the champion before it), or one promoted by hand.
 Before there is one, the candidates stay in retrieval order, because an unchecked
 challenger may rank worse than no reranker at all.
+
+For a user, the history is their latest H distinct engaged images; the candidates are the
+neighbours of the most recent ones merged with popular images (never an image already in
+the history), and the champion reads the whole history as soft tokens.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import numpy as np
 from assets.evaluation.promotion import CHALLENGER, CHAMPION
 from assets.ingestion.batch import image_id_of, read_bytes
 from assets.ingestion.decode import DecodePolicy, Quarantined, decode_image
-from assets.reranker.aligned import aligned_catalog
-from assets.retrieval.index_store import load_index
+from assets.reranker.aligned import aligned_catalog, engagement_prior, rows_of
+from assets.reranker.histories import HistoryConfig, serving_history
+from assets.retrieval.candidates import Queries, catalog_candidates
 from assets.store.files import Home
 from assets.store.models import current_dir, pointers, version_dir
-from index.search import search
 from models.embed import embed_pixels
 from models.encoder import ImageEncoder
 from models.scoring import CANDIDATES, score_candidates
@@ -65,18 +70,42 @@ def recommend(home: Home, query: str, k: int = 10, pool: int = CANDIDATES, reran
         raise ValueError(f"k must be >= 1, got {k}")
     frame, emb = aligned_catalog(home)
     vec, own_id = query_embedding(home, query, frame, emb)
-    index, _, _ = load_index(home)
-    k = min(k, frame.height)  # never more than the catalog holds
-    pool = min(max(pool, k), frame.height)
-    scores, rows = search(index, vec[None].astype(np.float32), pool + 1)
     ids, uris = frame["image_id"].to_list(), frame["uri"].to_list()
-    keep = [(float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0 and ids[r] != own_id][:pool]
-    cand_rows = np.array([r for _, r in keep])
+    k = min(k, frame.height - (own_id is not None))  # never more than the catalog holds
+    pool = min(max(pool, k), frame.height - (own_id is not None))
+    asked = Queries([vec[None].astype(np.float32)], [{ids.index(own_id)} if own_id is not None else set()])
+    found = catalog_candidates(home, frame, emb, asked, pool)
+    cand_rows = found.rows[0]
+    keep = [(float(s), int(r)) for s, r in zip(found.scores[0], cand_rows, strict=True)]
     version = (version or serving_version(home)) if rerank else None
     if version is not None and len(cand_rows):
         scorer = load_reranker(version_dir(home, CHALLENGER, version))
-        out = score_candidates(scorer, emb, [0], cand_rows[None], query_features=vec[None])[0]
+        out = score_candidates(scorer, emb, [0], cand_rows[None], query_features=vec[None],
+                               prior=engagement_prior(home, frame))[0]
         ranked = [(float(out[j]), int(cand_rows[j])) for j in np.argsort(-out, kind="stable")]
     else:
         ranked = keep
+    return [{"image_id": ids[r], "uri": uris[r], "score": s} for s, r in ranked[:k]]
+
+
+def recommend_for_user(home: Home, user_id: str, k: int = 10, pool: int = CANDIDATES, rerank: bool = True,
+                       version: str | None = None) -> list[dict]:
+    """Top-k recommendations for `user_id` from their history: [{"image_id", "uri", "score"}]."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    frame, emb = aligned_catalog(home)
+    pos, ids, uris = rows_of(frame), frame["image_id"].to_list(), frame["uri"].to_list()
+    history = np.array([pos[i] for i in serving_history(home, user_id) if i in pos], dtype=np.int64)
+    if not len(history):
+        raise ValueError(f"none of user {user_id!r}'s engaged images is in the index; rebuild it (lensless run)")
+    pool = min(max(pool, k), frame.height - len(history))
+    found = catalog_candidates(home, frame, emb, Queries.histories(emb, [history], HistoryConfig.recent), pool,
+                               task="users")
+    cand_rows = found.rows[0]
+    ranked = [(float(s), int(r)) for s, r in zip(found.scores[0], cand_rows, strict=True)]
+    version = (version or serving_version(home)) if rerank else None
+    if version is not None and len(cand_rows):
+        scorer = load_reranker(version_dir(home, CHALLENGER, version))
+        out = score_candidates(scorer, emb, history[None], cand_rows[None], prior=engagement_prior(home, frame))[0]
+        ranked = [(float(out[j]), int(cand_rows[j])) for j in np.argsort(-out, kind="stable")]
     return [{"image_id": ids[r], "uri": uris[r], "score": s} for s, r in ranked[:k]]

@@ -39,7 +39,14 @@ EVENT_SCHEMA = {"user_id": pl.Utf8, "image_id": pl.Utf8, "event": pl.Utf8, "ts":
 GROUP_SCHEMA = {"split": pl.Utf8, "query": pl.Utf8, "positive": pl.Utf8, "negatives": pl.List(pl.Utf8),
                 "strength": pl.Int32}
 QUERY_SCHEMA = {"query": pl.Utf8, "relevant": pl.List(pl.Utf8), "source": pl.Utf8}
-CANDIDATE_SCHEMA = {"query": pl.Utf8, "rank": pl.Int64, "image_id": pl.Utf8, "score": pl.Float64}
+# source: "index" (a nearest neighbour) or "popular" (a most engaged image of the train split)
+CANDIDATE_SCHEMA = {"query": pl.Utf8, "rank": pl.Int64, "image_id": pl.Utf8, "score": pl.Float64, "source": pl.Utf8}
+# one row per user with a history: its split, history (oldest first), targets and their gains
+USER_SCHEMA = {"user_id": pl.Utf8, "split": pl.Utf8, "history": pl.List(pl.Utf8), "targets": pl.List(pl.Utf8),
+               "gains": pl.List(pl.Int32)}
+# per task ("images", "users"): each popular share tried for the candidates, its recall@K on
+# validation queries, and the one chosen
+CANDIDATE_MIX_SCHEMA = {"task": pl.Utf8, "popular_share": pl.Float64, "val_recall": pl.Float64, "chosen": pl.Boolean}
 RERANKED_SCHEMA = {"query": pl.Utf8, "image_id": pl.Utf8, "retrieval_rank": pl.Int64, "score": pl.Float64,
                    "rank": pl.Int64}
 
@@ -52,7 +59,10 @@ TABLES: dict[str, Table] = {
     "image_embeddings": Table(EMBEDDING_SCHEMA, partitioned=True),
     "engagement_events": Table(EVENT_SCHEMA, partitioned=False),
     "training_pairs": Table(GROUP_SCHEMA, partitioned=False),
+    "user_histories": Table(USER_SCHEMA, partitioned=False),
+    "user_pairs": Table(GROUP_SCHEMA, partitioned=False),  # groups of the user task: query = user_id
     "evaluation_queries": Table(QUERY_SCHEMA, partitioned=False),
+    "candidate_mix": Table(CANDIDATE_MIX_SCHEMA, partitioned=False),
     "candidates": Table(CANDIDATE_SCHEMA, partitioned=False),
     "reranked_candidates": Table(RERANKED_SCHEMA, partitioned=False),
 }

@@ -52,7 +52,8 @@ def test_tokens_and_timing(models):
     gutted, full = models
     (q, c), _ = _inputs()
     t = tokens_per_candidate(gutted, candidates_per_query=4)
-    assert t["image_tokens"] == 4 and t["prompt_tokens"] == 2 * (4 + 2) + len(gutted.question_ids)
+    assert gutted.prior_tokens() == 1  # the engagement prior's token, in the suffix
+    assert t["image_tokens"] == 4 and t["prompt_tokens"] == 2 * (4 + 2) + 1 + len(gutted.question_ids)
     assert tokens_per_candidate(full)["image_tokens"] == (RES // 32) ** 2
     assert ms_per_1k_candidates(gutted, q, c, repeats=1, warmup=0) > 0
 

@@ -47,7 +47,8 @@ def test_forward_shape_tokens_and_no_nan(model):
 
 def test_score_equals_hf_forward_yes_no_logits(tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "tiny", seed=2)
-    model = build_full_vlm(FullVLMConfig(base=str(ckpt), resolution=RES))
+    # without the engagement prior, whose token the HF processor path has no place for
+    model = build_full_vlm(FullVLMConfig(base=str(ckpt), resolution=RES, prior_buckets=0))
     cfg = model.vlm.config
     q, c = _pixels(1), _pixels(1, 2, seed=3)
     with torch.no_grad():
@@ -80,11 +81,11 @@ def test_cache_and_prepared_states_match_pixels(model):
     torch.testing.assert_close(prepared, base, atol=1e-5, rtol=1e-5)
 
 
-def test_stage1_parameters_are_the_mergers(model):
+def test_stage1_parameters_are_the_mergers_and_the_prior(model):
     names = {
         n for n, p in model.named_parameters() if any(p is q for q in model.stage1_parameters())
     }
-    assert names and all("merger" in n for n in names)
+    assert "prior.weight" in names and all("merger" in n for n in names - {"prior.weight"})
 
 
 def test_named_config_shares_the_gutted_language_model(model):
@@ -113,3 +114,20 @@ def test_bfloat16_scores_track_float32(model):
         low = copy.deepcopy(model).to(torch.bfloat16).score(q, c)
     assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
     assert (low.float() - ref).abs().max() / ref.abs().max() < 0.1
+
+
+def test_a_pixel_history_keeps_deepstack_aligned_with_and_without_the_cache(model):
+    hist = _pixels(2 * 2, seed=6).view(2, 2, RES, RES, 3)
+    present = torch.tensor([[True, True], [False, True]])
+    c = _pixels(2, 3, seed=7)
+    with torch.no_grad():
+        base = model.score(hist, c, history=present, use_cache=False)
+        cached = model.score(hist, c, history=present, use_cache=True)  # with the summary image
+        torch.testing.assert_close(cached, base, atol=1e-5, rtol=1e-5)
+        model.cfg.history_summary = False
+        try:
+            plain = model.score(hist, c, history=present, use_cache=True)
+            one = model.score(hist[1:, 1], c[1:], use_cache=False)  # the padded user is one image
+        finally:
+            model.cfg.history_summary = True
+    torch.testing.assert_close(plain[1:], one, atol=1e-5, rtol=1e-5)

@@ -130,7 +130,7 @@ def test_kv_cache_only_where_it_pays(monkeypatch):
     model = build_gutted(GuttedConfig(cache_min_candidates=4)).eval()
     seen = []
     original = type(model).score_tokens
-    monkeypatch.setattr(type(model), "score_tokens", lambda self, q, c, n, use_cache: seen.append(use_cache)
+    monkeypatch.setattr(type(model), "score_tokens", lambda self, q, c, n, use_cache, prior=None, history=None: seen.append(use_cache)
                         or original(self, q, c, n, use_cache))
     for n_cand in (3, 4):
         model.score(*_inputs(c=n_cand))
@@ -226,3 +226,57 @@ def test_bfloat16_scores_track_float32(cache):
     assert err < 0.1, err
     # ranking by the bf16 scores keeps most of the fp32 order
     assert torch.corrcoef(torch.stack([low.float().flatten(), ref.flatten()]))[0, 1] > 0.95
+
+
+def test_the_prior_token_moves_scores_and_the_kv_cache_keeps_them():
+    model = build_gutted().eval()
+    q, c = _inputs(b=2, c=4)
+    low, high = torch.zeros(2, 4, dtype=torch.long), torch.full((2, 4), 9)
+    with torch.no_grad():
+        a = model.score(q, c, prior=low, use_cache=False)
+        torch.testing.assert_close(a, model.score(q, c, use_cache=False))  # no prior = bucket 0
+        b = model.score(q, c, prior=high, use_cache=False)
+        torch.testing.assert_close(b, model.score(q, c, prior=high, use_cache=True), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a, b)
+    assert model.prior_tokens() == 1 and set(model.prompt_parameters()) <= set(model.stage1_parameters())
+
+
+def test_a_history_prefix_scores_like_its_images_in_one_prompt_and_padding_changes_nothing():
+    """A user of 3 history images, alone or beside a user of 1 (left padded), with or without
+    the KV cache: the same scores. One history image is the related-images prompt (without
+    the history's summary image)."""
+    model = build_gutted(GuttedConfig(history_summary=False)).eval()
+    g = torch.Generator().manual_seed(3)
+    hist = torch.randn(2, 3, 128, generator=g)
+    present = torch.tensor([[True, True, True], [False, False, True]])
+    c = torch.randn(2, 4, 128, generator=g)
+    with torch.no_grad():
+        both = model.score(hist, c, history=present, use_cache=False)
+        cached = model.score(hist, c, history=present, use_cache=True)
+        alone = model.score(hist[:1], c[:1], history=present[:1], use_cache=False)
+        one = model.score(hist[1:, 2], c[1:], use_cache=False)  # the padded user is one image
+    torch.testing.assert_close(both, cached, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[:1], alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[1:], one, atol=1e-5, rtol=1e-5)
+    order = torch.tensor([[True, True, True]])
+    with torch.no_grad():  # the order of the history matters: it is a sequence
+        flipped = model.score(hist[:1].flip(1), c[:1], history=order, use_cache=False)
+    assert not torch.allclose(flipped, alone)
+
+
+def test_the_history_summary_is_one_more_image_the_mean_of_the_present_ones():
+    from models.rerank_head import ImageTokens, history_summary
+
+    tokens = torch.arange(2 * 3 * 2 * 1, dtype=torch.float32).view(6, 2, 1)  # 2 users x 3 images x 2 tokens
+    present = torch.tensor([[True, True, True], [False, True, True]])
+    out = history_summary(ImageTokens(tokens), present).embeds.view(2, 4, 2, 1)
+    torch.testing.assert_close(out[:, :3], tokens.view(2, 3, 2, 1))
+    torch.testing.assert_close(out[0, 3], tokens.view(2, 3, 2, 1)[0].mean(0))
+    torch.testing.assert_close(out[1, 3], tokens.view(2, 3, 2, 1)[1, 1:].mean(0))  # padding left out
+    model = build_gutted().eval()
+    q, c = torch.randn(1, 3, 128), torch.randn(1, 4, 128)
+    with torch.no_grad():
+        with_summary = model.score(q, c, history=torch.ones(1, 3, dtype=torch.bool))
+        model.cfg.history_summary = False
+        without = model.score(q, c, history=torch.ones(1, 3, dtype=torch.bool))
+    assert not torch.allclose(with_summary, without)

@@ -73,7 +73,7 @@ def test_checkpoint_holds_only_trained_tensors_and_round_trips(tmp_path):
     save_reranker(model, tmp_path / "ckpt")
     with safe_open(str(tmp_path / "ckpt" / "weights.safetensors"), "pt") as f:
         keys = list(f.keys())
-    assert keys and all(k.startswith("projector.") or "lora_" in k for k in keys), keys
+    assert keys and all(k.startswith(("projector.", "prior.")) or "lora_" in k for k in keys), keys
     assert any("lora_" in k for k in keys)
     loaded = load_reranker(tmp_path / "ckpt")
     np.testing.assert_allclose(
@@ -144,3 +144,92 @@ def test_scores_do_not_depend_on_candidate_order():
         a = model.score(q, c)
         b = model.score(q, c.flip(1)).flip(1)
     torch.testing.assert_close(a, b)
+
+
+def test_the_engagement_prior_is_learned_when_the_images_say_nothing():
+    """Embeddings are noise; only the candidates' engagement buckets separate the positive
+    (bucket 6) from the negatives (bucket 1). Train and validation use disjoint images, so
+    nothing about an image itself can be memorised. Trained with the prior, the model finds
+    it; the same model without it stays near chance."""
+    rng = np.random.default_rng(0)
+    n, n_neg = 128, 3
+    emb = rng.normal(size=(n, D)).astype(np.float32)
+    prior = np.ones(n, dtype=np.int64)
+    prior[:32] = 6  # images 0-31 are popular: 0-15 train positives, 16-31 validation ones
+
+    def groups(popular, rest, count):
+        return np.asarray([[q, p, *rng.choice(rest[rest != q], n_neg, replace=False)]
+                           for q, p in zip(rng.choice(rest, count), rng.choice(popular, count), strict=True)])
+
+    train = groups(np.arange(0, 16), np.arange(32, 80), 28)
+    val = groups(np.arange(16, 32), np.arange(80, 128), 16)
+    cfg = RerankerTrainConfig(stage1_epochs=6, stage2_epochs=0, batch_groups=4, lr=1e-2, patience=6)
+    with_prior = build_gutted(SMALL)
+    m = train_reranker(with_prior, emb, train, val, cfg, prior=prior)
+    chance = evaluate(with_prior, emb, val, prior=np.zeros(n, np.int64))["ndcg"]
+    assert m["best_val_ndcg10"] > 0.95
+    assert evaluate(with_prior, emb, val, prior=prior)["ndcg"] > chance + 0.2
+    without = train_reranker(build_gutted(GuttedConfig(**{**SMALL.__dict__, "prior_buckets": 0})), emb, train, val, cfg)
+    assert without["best_val_ndcg10"] < 0.85
+
+
+def test_prior_buckets_are_log2_and_capped():
+    from models.rerank_head import prior_bucket
+
+    assert prior_bucket([0, 1, 2, 3, 4, 7, 8, 10**9]).tolist() == [0, 1, 1, 2, 2, 3, 3, 15]
+    assert prior_bucket([5], buckets=2).tolist() == [1]
+
+
+def test_a_checkpoint_saved_without_the_prior_loads_without_it(tmp_path):
+    import json
+
+    model = build_gutted(GuttedConfig(**{**SMALL.__dict__, "prior_buckets": 0}))
+    save_reranker(model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["config"]["model"]["prior_buckets"]  # as written before the prior existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    loaded = load_reranker(tmp_path / "m")
+    assert loaded.prior is None and loaded.prior_tokens() == 0
+
+
+def test_the_sequential_peer_learns_a_users_taste_from_the_history_order_and_round_trips(tmp_path):
+    """Users' histories come from one of 4 clusters, and their targets are images of the
+    cluster of their MOST RECENT history images; older images are from another cluster.
+    The peer trains with the same loop (stage 1 only) and must beat chance clearly."""
+    from models.sequential import SequentialConfig, build_sequential
+
+    rng = np.random.default_rng(1)
+    label = np.repeat(np.arange(4), 30)
+    centers = rng.normal(size=(4, D))
+    emb = (centers[label] + 0.3 * rng.normal(size=(120, D))).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    users, groups = [], []
+    for u in range(80):
+        old, new = rng.choice(4, 2, replace=False)
+        hist = [*rng.choice(np.flatnonzero(label == old), 3), *rng.choice(np.flatnonzero(label == new), 2)]
+        users.append([-1, *hist])  # left padded to H = 6
+        pos = rng.choice(np.setdiff1d(np.flatnonzero(label == new), hist))
+        negs = rng.choice(np.flatnonzero(label != new), 3, replace=False)
+        groups.append([u, pos, *negs])
+    queries, groups = np.array(users), np.array(groups)
+    cfg = RerankerTrainConfig(stage1_epochs=8, stage2_epochs=0, batch_groups=8, lr=3e-3, patience=8)
+    peer = build_sequential(SequentialConfig(embed_dim=D, hidden=32))
+    m = train_reranker(peer, emb, groups[:60], groups[60:], cfg, queries=queries)
+    assert m["best_val_ndcg10"] > 0.85 > m["untrained_val_ndcg10"]
+    save_reranker(peer, tmp_path / "peer")
+    loaded = load_reranker(tmp_path / "peer")
+    np.testing.assert_allclose(evaluate(loaded, emb, groups[60:], queries=queries)["scores"],
+                               evaluate(peer, emb, groups[60:], queries=queries)["scores"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no language model"):
+        train_reranker(peer, emb, groups[:60], groups[60:], RerankerTrainConfig(stage2_epochs=1), queries=queries)
+
+
+def test_the_gutted_model_trains_on_user_histories():
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(40, D)).astype(np.float32)
+    queries = np.array([[-1, 1, 2], [3, 4, 5], [-1, -1, 6], [7, 8, 9]])
+    groups = np.array([[u, 10 + u, 20, 21, 22] for u in range(4)])
+    m = train_reranker(build_gutted(SMALL), emb, groups[:3], groups[3:], FAST, queries=queries)
+    assert np.isfinite(m["best_val_ndcg10"]) and m["steps"] > 0
+    with pytest.raises(ValueError, match=r"out of range \[0, 4\)"):  # column 0 indexes the 4 users
+        train_reranker(build_gutted(SMALL), emb, groups + np.array([[4, 0, 0, 0, 0]]), groups, FAST, queries=queries)

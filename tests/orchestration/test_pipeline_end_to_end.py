@@ -9,8 +9,12 @@ from PIL import Image
 
 TINY = {"ops": {
     "image_encoder": {"config": {"architecture": "tiny", "epochs": 2}},
-    "gutted_reranker": {"config": {"stage1_epochs": 1, "stage2_epochs": 1, "max_train_groups": 48}},
-    "full_vlm_reranker": {"config": {"stage1_epochs": 1, "stage2_epochs": 0, "max_train_groups": 48}},
+    "gutted_reranker": {"config": {"stage1_epochs": 1, "stage2_epochs": 1, "max_train_groups": 48,
+                                   "max_user_train_groups": 48}},
+    "full_vlm_reranker": {"config": {"stage1_epochs": 1, "stage2_epochs": 0, "max_train_groups": 48,
+                                     "max_user_train_groups": 48, "full_vlm_history": 2}},
+    "sequential_reranker": {"config": {"stage1_epochs": 1, "stage2_epochs": 1, "max_train_groups": 48,
+                                       "max_user_train_groups": 48}},
     "candidates": {"config": {"max_queries": 16, "k": 20}},
 }}
 
@@ -52,13 +56,57 @@ def test_report_matches_schema(pipeline):
     page = (home.local_dir("reports") / "latest" / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
     # the decision comes first: each comparison with its paired interval and verdict, then promotion
-    assert page.index("<h2>Decision</h2>") < page.index("<h2>Systems</h2>")
+    assert page.index("<h2>Related images: decision</h2>") < page.index("<h3>Systems</h3>")
     vs = on_disk["comparisons"]["gutted_vs_retrieval"]
     assert vs["diff"] == pytest.approx(ch["retrieval_ndcg_diff"]) and vs["ci"] == ch["retrieval_ndcg_diff_ci"]
     assert set(on_disk["comparisons"]) >= {"gutted_vs_retrieval", "gutted_vs_full_vlm", "gutted_vs_popularity"}
     for c in on_disk["comparisons"].values():
         assert c["ci"][0] <= c["diff"] <= c["ci"][1]
     assert "gutted vs full vlm" in page and "passes the promotion gate" in page
+
+
+def test_the_report_has_the_user_task_beside_related_images(pipeline):
+    from assets.evaluation.report import USER_SYSTEMS
+
+    home, _ = pipeline
+    on_disk = json.loads((home.local_dir("reports") / "latest" / "report.json").read_text())
+    users = on_disk["user_task"]
+    assert set(users["systems"]) == set(USER_SYSTEMS) and users["history_length"] == 20
+    assert users["full_vlm_history"] == 2 and users["users"] >= 1  # TINY caps the full VLM's history at 2
+    assert set(users["comparisons"]) == {"gutted_vs_retrieval", "gutted_vs_sequential", "gutted_vs_full_vlm",
+                                         "gutted_vs_popularity"}
+    assert users["cost_ratio"]["analytic_flops_at_equal_history"] > users["cost_ratio"]["flops"] > 1
+    assert users["systems"]["sequential"]["tokens_per_candidate"] == 0  # the peer has no LLM
+    assert users["systems"]["gutted"]["tokens_per_candidate"] > on_disk["systems"]["gutted"]["tokens_per_candidate"] - 1
+    sources = users["candidate_sources"]["recall_at_k"]
+    assert set(sources) == {"index", "popular", "merged"} and all(0 <= r <= 1 for r in sources.values())
+    page = (home.local_dir("reports") / "latest" / "report.html").read_text()
+    assert "<h2>For a user: decision</h2>" in page and "retrieval for a user" in page
+
+
+def test_user_histories_never_train_on_the_future(pipeline):
+    """Train and val users' histories and targets lie before the cut-off; test users' targets
+    after it, and no target is in its own history."""
+    import polars as pl
+
+    from assets.ingestion.coengagement import SplitConfig, split_events
+    from assets.store.lake import read_table
+
+    home, _ = pipeline
+    users = read_table(home, "user_histories")
+    assert set(users["split"]) <= {"train", "val", "test"} and users.height > 0
+    con = split_events(home, SplitConfig())
+    events = con.sql("SELECT user_id, image_id, after_cutoff FROM user_events").pl()
+    after = events.filter(pl.col("after_cutoff")).group_by("user_id").agg(pl.col("image_id"))
+    later = dict(zip(after["user_id"], after["image_id"].to_list(), strict=True))
+    for row in users.iter_rows(named=True):
+        assert not set(row["targets"]) & set(row["history"])
+        assert len(row["history"]) <= 20 and len(row["targets"]) == len(row["gains"])
+        assert set(row["gains"]) <= {1, 2}
+        if row["split"] == "test":
+            assert set(row["targets"]) <= set(later[row["user_id"]])
+    pairs = read_table(home, "user_pairs")
+    assert set(pairs["split"]) <= {"train", "val"} and set(pairs["query"]) <= set(users["user_id"])
 
 
 def test_report_metadata_is_readable_in_the_ui(pipeline):
@@ -146,6 +194,30 @@ def test_recommend_without_a_champion_keeps_retrieval_order(pipeline, monkeypatc
     assert [r["image_id"] for r in rec.recommend(home, query, k=10)] == retrieval
     assert main(["recommend", query, "-k", "3"]) == 0
     assert "retrieval order: no champion reranker yet" in capsys.readouterr().err
+
+
+def test_recommend_for_a_user_reads_their_history_and_never_repeats_it(pipeline, capsys):
+    import assets.serving.recommend as rec
+    from assets.reranker.histories import serving_history
+    from assets.store.lake import read_table
+    from orchestration.cli import main
+
+    home, _ = pipeline
+    user = read_table(home, "engagement_events")["user_id"][0]
+    history = set(serving_history(home, user))
+    assert 1 <= len(history) <= 20
+    assert main(["recommend", "--user", user, "-k", "5", "--json"]) == 0
+    captured = capsys.readouterr()
+    results = json.loads(captured.out.strip().splitlines()[-1])
+    assert "reranked by champion" in captured.err and len(results) == 5
+    assert not {r["image_id"] for r in results} & history
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
+    plain = rec.recommend_for_user(home, user, k=5, rerank=False)  # retrieval order: best cosine first
+    assert [r["score"] for r in plain] == sorted((r["score"] for r in plain), reverse=True)
+    assert main(["recommend", "--user", "nobody-at-all"]) == 2
+    assert "has no engagement" in capsys.readouterr().err
+    assert main(["recommend", "some-image", "--user", user]) == 2  # one or the other
 
 
 def test_recommend_bad_inputs_are_one_line_errors(pipeline, tmp_path, capsys):

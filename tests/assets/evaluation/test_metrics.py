@@ -37,3 +37,15 @@ def test_summary_and_paired_ci():
     assert mean == lo == hi == 0.0
     mean, lo, hi = paired_difference_ci(np.array([1.0, 0.9, 0.8, 1.0]), np.array([0.0, 0.1, 0.0, 0.2]))
     assert lo > 0, "a consistently better system has a positive interval"
+
+
+def test_graded_gains_weigh_a_save_over_a_click():
+    import math
+
+    save_first = list_metrics([["s", "c", "x"]], [{"s": 2.0, "c": 1.0}])["ndcg_at_10"][0]
+    click_first = list_metrics([["c", "s", "x"]], [{"s": 2.0, "c": 1.0}])["ndcg_at_10"][0]
+    ideal = 2 + 1 / math.log2(3)
+    assert save_first == 1.0 and math.isclose(click_first, (1 + 2 / math.log2(3)) / ideal)
+    # all gains 1: the same as a relevant set
+    assert list_metrics([["a", "x", "b"]], [{"a": 1.0, "b": 1.0}])["ndcg_at_10"][0] == \
+        list_metrics([["a", "x", "b"]], [{"a", "b"}])["ndcg_at_10"][0]

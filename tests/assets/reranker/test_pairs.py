@@ -112,3 +112,15 @@ def test_budget_keeps_the_strongest_groups(home):
     pos = {k: i for i, k in enumerate(known)}
     train, _ = budget_groups(home, known, max_train=2, max_val=2, seed=0)
     assert train[:, 0].tolist() == [pos["q1"], pos["q3"]]  # strengths stay with their own rows
+
+
+def test_a_users_groups_never_use_the_history_and_index_the_user_not_a_row():
+    """For a user, column 0 is the user's index (here 0, which is also a catalog row that
+    must stay usable) and the history rows are never positives or negatives."""
+    candidates = np.array([[0, 1, 5, 2, 3, 7, 4, 6]])
+    history = {0: {1, 2}}
+    groups, _ = mine_groups({0: rel(5, 1)}, candidates, CFG, n_items=10, exclude=history)
+    assert set(groups[:, 0]) == {0} and set(groups[:, 1]) == {5}  # 1 is a target but in the history
+    assert all(not set(row[2:]) & {1, 2, 5} for row in groups)
+    assert any(0 in row[2:] for row in mine_groups({0: rel(5)}, candidates, PairConfig(negatives=5, max_groups_per_query=1),
+                                                      n_items=10, exclude=history)[0])  # row 0 is a fine negative
