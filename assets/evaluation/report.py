@@ -14,6 +14,7 @@ import html
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 from assets.evaluation.promotion import promotion_decision
@@ -109,17 +110,19 @@ def quality_cost_plot(section: dict, title: str = "quality against cost") -> byt
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
+    free = {name: s for name, s in section["systems"].items() if s["ms_per_1k_candidates"] is None}
     for name, s in section["systems"].items():
-        if s["ms_per_1k_candidates"] is None:
-            ax.axhline(s["ndcg_at_10"], ls=":", lw=1, color="grey")
-            ax.text(ax.get_xlim()[0], s["ndcg_at_10"], f" {name}", va="bottom", fontsize=8, color="grey")
+        if name in free:
             continue
         lo, hi = s["ndcg_at_10_ci"]
         ax.errorbar(s["ms_per_1k_candidates"], s["ndcg_at_10"], yerr=[[s["ndcg_at_10"] - lo], [hi - s["ndcg_at_10"]]],
                     fmt="o", capsize=4, label=name)
     ax.set_xscale("log")
+    for name, s in free.items():  # systems without a measured cost: a labelled line, after the x range is known
+        ax.axhline(s["ndcg_at_10"], ls=":", lw=1, color="grey")
+        ax.text(ax.get_xlim()[0], s["ndcg_at_10"], f" {name}", va="bottom", fontsize=8, color="grey")
     ax.set(xlabel="measured ms per 1,000 candidates (log)", ylabel="NDCG@10", title=title)
-    ax.legend()
+    ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     png = _png(fig)
@@ -302,7 +305,7 @@ def write_report(home: Home, report: dict, extra_tables: dict[str, list[dict]] |
         plots["For a user: quality against cost"] = quality_cost_plot(report["user_task"], "for a user: quality against cost")
     plots["Metric history"] = history_plot(past)
     for name, png in plots.items():
-        write_bytes(png, folder / (name.lower().replace(" ", "_") + ".png"))
+        write_bytes(png, folder / (re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") + ".png"))
     write_json(report, folder / "report.json")
     write_bytes(render_html(report, plots, extra_tables or {}).encode(), folder / "report.html")
     latest, tmp_link = reports_dir(home) / "latest", reports_dir(home) / ".latest.tmp"

@@ -82,6 +82,9 @@ def test_the_report_has_the_user_task_beside_related_images(pipeline):
     assert set(sources) == {"index", "popular", "merged"} and all(0 <= r <= 1 for r in sources.values())
     page = (home.local_dir("reports") / "latest" / "report.html").read_text()
     assert "<h2>For a user: decision</h2>" in page and "retrieval for a user" in page
+    plots = {p.name for p in (home.local_dir("reports") / "latest").glob("*.png")}
+    assert {"for_a_user_paired_differences.png", "for_a_user_quality_against_cost.png"} <= plots
+    assert all(":" not in name for name in plots)  # names every object store and filesystem takes
 
 
 def test_user_histories_never_train_on_the_future(pipeline):
