@@ -135,12 +135,12 @@ class RerankerRunConfig(dg.Config):
     stage2_epochs: int = 2
     max_train_groups: int = 1000  # related-images groups
     max_val_groups: int = 300  # validation is scored at every evaluation: keep it cheap
-    max_user_train_groups: int = 1000  # "for a user" groups, in the same batches
+    max_user_train_groups: int = 500  # "for a user" groups, in the same batches
     max_user_val_groups: int = 150
     # The full VLM reads a history as pixels (49 tokens an image at 224 px) and trains on
     # the CPU in the demo: it sees the latest images of the history only (the report says
     # so, and gives the analytic cost at equal history).
-    full_vlm_history: int = 4
+    full_vlm_history: int = 2
     seed: int = 0
     device: str = RerankerTrainConfig.device  # "auto" (the GPU when torch sees one), "cpu", "cuda:N"
 
