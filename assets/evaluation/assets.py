@@ -21,7 +21,6 @@ from assets.evaluation.systems import (
     candidate_lists,
     evaluation_inputs,
     production_estimate,
-    source_recall,
     system_rankings,
 )
 from assets.evaluation.users import user_task
@@ -35,7 +34,7 @@ from assets.reranker.assets import (
     user_histories,
 )
 from assets.retrieval.assets import faiss_index
-from assets.retrieval.candidates import Queries, catalog_candidates, chosen_share
+from assets.retrieval.candidates import Queries, catalog_candidates, chosen_share, source_recall
 from assets.store.lake import CANDIDATE_SCHEMA, read_table, write_table
 from assets.store.models import current_dir, pointers, set_current
 from assets.store.resource import LenslessHome
@@ -142,6 +141,7 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
     if champion["ndcg_diff_ci"] is not None:
         comparisons["challenger_vs_champion"] = {"diff": champion["ndcg_diff"], "ci": champion["ndcg_diff_ci"]}
     vs_retrieval = comparisons["gutted_vs_retrieval"]
+    rows = rows_of(inputs["frame"])
     report = {
         "run_id": context.run_id, "created_at": datetime.now(timezone.utc).isoformat(),
         **inputs["header"], "systems": systems,
@@ -151,7 +151,9 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
         "challenger": {"version": pointers(home, CHALLENGER)["current"], **champion,
                        "retrieval_ndcg_diff": vs_retrieval["diff"], "retrieval_ndcg_diff_ci": vs_retrieval["ci"]},
         "comparisons": comparisons,
-        "candidate_sources": source_recall(home, inputs),
+        "candidate_sources": source_recall(
+            home, inputs["frame"], inputs["emb"], Queries.images(inputs["emb"], inputs["query_rows"]),
+            inputs["cand_rows"], [{rows[i] for i in r if i in rows} for r in inputs["relevant"]]),
     }
     users = user_task(home, inputs, log=context.log.info)
     if users is not None:

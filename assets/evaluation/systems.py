@@ -19,7 +19,6 @@ from assets.evaluation.metrics import list_metrics
 from assets.ingestion.coengagement import popularity
 from assets.ingestion.sources import watched_sources
 from assets.reranker.aligned import aligned_catalog, aligned_pixels, engagement_prior, rows_of
-from assets.retrieval.candidates import Queries, catalog_candidates, chosen_share, recall_at
 from assets.retrieval.index_store import load_state
 from assets.store.files import Home
 from assets.store.lake import read_table
@@ -74,19 +73,6 @@ def evaluation_inputs(home: Home, log=print) -> dict:
             "query_rows": query_rows,
             "cand_rows": cand_rows, "relevant": [set(rel[q]) for q in queries],
             "query_labels": [labels[i] for i in query_rows], "header": header}
-
-
-def source_recall(home: Home, inputs: dict) -> dict:
-    """Recall@K of each candidate source alone (index neighbours, popular images) and of the
-    merged candidates the rerankers see, on the evaluation queries."""
-    frame, emb, q_rows, c_rows = inputs["frame"], inputs["emb"], inputs["query_rows"], inputs["cand_rows"]
-    pos, k = rows_of(frame), c_rows.shape[1]
-    relevant = [{pos[i] for i in r if i in pos} for r in inputs["relevant"]]
-    alone = {name: catalog_candidates(home, frame, emb, Queries.images(emb, q_rows), k, share=share).rows
-             for name, share in (("index", 0.0), ("popular", 1.0))}
-    return {"popular_share": chosen_share(home), "k": int(k),
-            "recall_at_k": {**{n: recall_at(rows, relevant) for n, rows in alone.items()},
-                            "merged": recall_at(c_rows, relevant)}}
 
 
 def ranked_ids(ids: list[str], rows: np.ndarray, scores: np.ndarray) -> list[list[str]]:

@@ -23,9 +23,8 @@ from assets.reranker.histories import HistoryConfig, history_rows, stored_histor
 from assets.retrieval.candidates import (
     Queries,
     catalog_candidates,
-    chosen_share,
     popular_rows,
-    recall_at,
+    source_recall,
 )
 from assets.retrieval.index_store import load_state
 from assets.store.files import Home
@@ -111,7 +110,6 @@ def user_task(home: Home, inputs: dict, max_users: int = 400, seed: int = 0, cos
     gutted_cfg, full_history = models["gutted"][0].cfg, models["full_vlm"][1]
     equal = analytic_flops("tiny", resolution=models["full_vlm"][0].cfg.resolution, gutted=gutted_cfg,
                            history=HistoryConfig.length, question_tokens=len(models["gutted"][0].question_ids))
-    rel_rows = [{pos[t] for t in r} for r in relevant]
     section = {
         "history_length": HistoryConfig.length, "full_vlm_history": full_history, "users": users.height,
         "candidates_per_user": int(k), "systems": systems, "comparisons": comparisons,
@@ -119,9 +117,7 @@ def user_task(home: Home, inputs: dict, max_users: int = 400, seed: int = 0, cos
                        "ms": systems["full_vlm"]["ms_per_1k_candidates"] / systems["gutted"]["ms_per_1k_candidates"],
                        "measured_at_history": {"gutted": HistoryConfig.length, "full_vlm": full_history},
                        "analytic_flops_at_equal_history": equal["ratio"]},
-        "candidate_sources": {"popular_share": chosen_share(home, "users"), "k": int(k), "recall_at_k": {
-            "index": recall_at(catalog_candidates(home, frame, emb, queries, k, share=0.0).rows, rel_rows),
-            "popular": recall_at(catalog_candidates(home, frame, emb, queries, k, share=1.0).rows, rel_rows),
-            "merged": recall_at(cands.rows, rel_rows)}},
+        "candidate_sources": source_recall(home, frame, emb, queries, cands.rows, [{pos[t] for t in r} for r in relevant],
+                                           "users"),
     }
     return section, per_query

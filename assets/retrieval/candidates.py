@@ -166,3 +166,16 @@ def catalog_candidates(home: Home, frame: pl.DataFrame, emb: np.ndarray, queries
     share = chosen_share(home, task) if share is None else share
     near = index_neighbours(index, queries.anchors, 2 * k, queries.exclude)  # room for overlap with `popular`
     return merge_sources(emb, queries.anchors, near, popular_rows(home, frame), k, share, queries.exclude)
+
+
+def source_recall(home: Home, frame: pl.DataFrame, emb: np.ndarray, queries: Queries, merged: np.ndarray,
+                  relevant: list[set[int]], task: str = "images") -> dict:
+    """Recall@K of each source alone (index neighbours, popular images) and of the `merged`
+    candidates (Q, K) the rerankers see, against each query's relevant rows: the report's
+    `candidate_sources`."""
+    k = merged.shape[1]
+    alone = {name: catalog_candidates(home, frame, emb, queries, k, share=share).rows
+             for name, share in (("index", 0.0), ("popular", 1.0))}
+    return {"popular_share": chosen_share(home, task), "k": int(k),
+            "recall_at_k": {**{n: recall_at(rows, relevant) for n, rows in alone.items()},
+                            "merged": recall_at(merged, relevant)}}
