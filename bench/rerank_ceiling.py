@@ -82,7 +82,7 @@ def taste_of(home, frame) -> np.ndarray | None:
     """Each row's demo taste cluster, or None when the lake is not the demo catalog."""
     import polars as pl
 
-    found = sorted(home.local_dir("sources", "demo").glob("*/catalog.parquet"))
+    found = sorted(home.cache("sources", "demo").glob("*/catalog.parquet"))
     if not found:
         return None
     demo = pl.read_parquet(found[-1]).select("uri", "taste")

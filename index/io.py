@@ -5,6 +5,8 @@ in the same directory (same filesystem, so the rename is atomic), fsyncs it, ``o
 it over the old file and fsyncs the directory. A reader that has the old file mmapped keeps
 its (unlinked) inode and is not disturbed.
 
+``index_to_bytes`` / ``index_from_bytes`` are the same files as bytes, for object stores.
+
 ``read_index`` modes: mmap=True maps the codes instead of loading them (IVF inverted lists
 via IO_FLAG_MMAP, flat codes via IO_FLAG_MMAP_IFC), read-only; mmap=False loads into RAM
 and the result can be added to. Adding to an mmapped index aborts the process inside faiss, so
@@ -71,6 +73,21 @@ def read_index(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:
             return index
         LOG.info("faiss cannot mmap %s; loading it into RAM", path)
     return faiss.read_index(path)
+
+
+def index_to_bytes(index: faiss.Index) -> bytes:
+    """The index serialised as faiss writes it to a file (GPU indexes copied to CPU first),
+    for stores that take bytes rather than a path."""
+    import numpy as np
+
+    return np.asarray(faiss.serialize_index(index_to_cpu(index))).tobytes()
+
+
+def index_from_bytes(data: bytes) -> faiss.Index:
+    """An index from `index_to_bytes` output (loaded into RAM, so it can be added to)."""
+    import numpy as np
+
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
 def is_read_only(index: faiss.Index) -> bool:

@@ -47,22 +47,11 @@ def _home():
 
 
 def ensure_demo(n_images: int, size: int = 224, seed: int = 0) -> str:
-    """Render the demo catalog (idempotent: unchanged files are kept) and register its engagement.
+    """Render the demo catalog into the home and register its engagement (idempotent; see
+    `assets.ingestion.sources.render_demo`). Returns the folder, ingested like any source."""
+    from assets.ingestion.sources import render_demo
 
-    Each (images, size, seed) gets its own folder, so a smaller demo never picks up the
-    files of a larger one. Returns the folder, which is then ingested like any other source.
-    """
-    from assets.demo.catalog import DemoCatalogConfig, write_demo_catalog
-    from assets.ingestion.engagement import register_source
-    from assets.ingestion.sources import demo_root
-
-    home = _home()
-    config = DemoCatalogConfig(n_images=n_images, size=size, seed=seed)
-    dest = demo_root(home) / f"n{n_images}-s{size}-seed{seed}"
-    print(f"demo catalog: {n_images} images at {size} px → {dest}", file=sys.stderr)
-    write_demo_catalog(str(dest), config, progress=_progress_bar("render demo"))
-    register_source(home, str(dest / "engagement.parquet"))
-    return str(dest)
+    return render_demo(_home(), n_images, size, seed, progress=_progress_bar("render demo"))
 
 
 def cmd_ingest(args) -> int:
@@ -113,6 +102,19 @@ def cmd_run(args) -> int:
     report = run_all(_home(), args.source, args.engagement, args.limit)
     _print_report(report)
     return 0
+
+
+def cmd_submit(args) -> int:
+    from orchestration.submit import follow, submit_job
+
+    run_id = submit_job(args.job, args.partition)
+    print(f"submitted {args.job}: run {run_id}", file=sys.stderr)
+    if args.no_wait:
+        print(run_id)
+        return 0
+    status = follow(run_id)
+    print(f"run {run_id}: {status.value}")
+    return 0 if status.value == "SUCCESS" else 1
 
 
 def cmd_report(args) -> int:
@@ -272,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="ingest a deterministic sample of N new files")
     s.set_defaults(func=cmd_run)
 
+    s = sub.add_parser("submit", help="submit a job to the instance's run queue (daemon, run launcher, executor) "
+                                      "and follow it; needs a daemon: `lensless dev` or dagster-daemon")
+    s.add_argument("job", help="ingest_job, retrain_job, reranker_retrain_job or evaluation_job")
+    s.add_argument("--partition", help="the batch, for ingest_job")
+    s.add_argument("--no-wait", action="store_true", help="print the run id and return at once")
+    s.set_defaults(func=cmd_submit)
+
     s = sub.add_parser("report", help="print the latest evaluation summary")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_report)
@@ -325,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # instance migrations: chatter, not progress
+    for chatter in ("alembic", "botocore", "aiobotocore"):  # instance migrations, credential lookups
+        logging.getLogger(chatter).setLevel(logging.WARNING)
     if not args.verbose:  # training progress reaches the terminal once, through Dagster's log
         logging.getLogger("models").setLevel(logging.WARNING)
     from assets.store.files import writer_lock

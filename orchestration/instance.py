@@ -1,10 +1,16 @@
-"""The embedded Dagster instance: `DAGSTER_HOME = $LENSLESS_HOME/dagster` with our dagster.yaml.
+"""The Dagster instance: `$DAGSTER_HOME` when set, else `$LENSLESS_HOME/dagster`.
 
-`ensure_dagster_home()` writes `dagster.yaml` (SQLite storage so run history and lineage
-survive restarts, a run queue with a max-concurrent-runs limit, the `train` pool limited to
-one step at a time, telemetry off) and points `DAGSTER_HOME` at it. The `lensless` command
-line calls it before anything touches Dagster; `lensless dev` calls it before starting
-`dagster dev`. An existing `dagster.yaml` is left alone, so a Postgres one (deploy/) wins.
+`ensure_dagster_home()` picks the instance folder, writes `dagster.yaml` there unless one
+exists, and exports `DAGSTER_HOME`. Which folder:
+- `$DAGSTER_HOME`, when it is set (put `deploy/dagster-postgres.yaml` there as `dagster.yaml`
+  for a Postgres instance);
+- else `$LENSLESS_HOME/dagster` for a local home;
+- else, for a home on object storage, `Home.cache("dagster")` on this machine (Dagster keeps
+  its instance on a local disk or in Postgres, never in a bucket).
+The written `dagster.yaml` holds SQLite storage (run history and lineage survive restarts), a
+run queue with a max-concurrent-runs limit, pools limited to one step at a time (the one pool
+is `train`), telemetry off. An existing file is never rewritten. The `lensless` command line
+calls this before anything touches Dagster; `lensless dev` before starting `dagster dev`.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ import socket
 import sys
 from pathlib import Path
 
+from assets.compute import TRAIN_POOL
 from assets.store.files import Home
 
 MAX_CONCURRENT_RUNS = int(os.environ.get("LENSLESS_MAX_CONCURRENT_RUNS", "2"))
-POOL_LIMITS = {"train": 1}  # training saturates the machine; never two at once
+POOLS = (TRAIN_POOL,)  # every pool of the code location; dagster.yaml limits each to one step
 
 DAGSTER_YAML = """\
 # Written by lensless (orchestration/instance.py). Edit freely: it is not rewritten.
@@ -41,8 +48,9 @@ concurrency:
   runs:
     max_concurrent_runs: {max_runs}
   pools:
-    # Pools without an explicit limit (the `train` limit is set in the instance by lensless).
-    default_limit: 4
+    # The limit of every pool without its own (`dagster instance concurrency set`). The one
+    # pool is `train`: training saturates the machine, so never two training steps at once.
+    default_limit: 1
 run_monitoring:
   # the daemon (`lensless dev`, `dagster-daemon`) marks runs whose process died as failed,
   # which frees their pool slots; command-line runs are checked by the command line itself
@@ -57,11 +65,10 @@ nux:
 
 
 def dagster_home() -> Path:
-    """`$LENSLESS_HOME/dagster` (always local: Dagster's instance lives on this machine)."""
-    home = Home.from_env()
-    if not home.local:
-        return Path(os.path.abspath(".lensless-dagster"))
-    return home.local_dir("dagster")
+    """The instance folder (see the module doc): `$DAGSTER_HOME`, else one beside the home."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.path.abspath(os.path.expanduser(os.environ["DAGSTER_HOME"])))
+    return Home.from_env().cache("dagster")
 
 
 def ensure_dagster_home() -> Path:
@@ -76,15 +83,11 @@ def ensure_dagster_home() -> Path:
 
 
 def get_instance():
-    """The persistent instance, with pool limits applied (idempotent)."""
+    """The persistent instance."""
     from dagster import DagsterInstance
 
     ensure_dagster_home()
-    instance = DagsterInstance.get()
-    for pool, limit in POOL_LIMITS.items():
-        if instance.event_log_storage.get_concurrency_info(pool).slot_count != limit:
-            instance.event_log_storage.set_concurrency_slots(pool, limit)
-    return instance
+    return DagsterInstance.get()
 
 
 PID_TAG, HOST_TAG = "lensless/pid", "lensless/host"  # which process runs a command-line run
@@ -118,7 +121,7 @@ def release_dead_runs(instance) -> list[str]:
             instance.report_run_failed(run, f"the lensless process {pid} that ran it is gone (killed or crashed)")
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             released.append(run.run_id)
-    for pool in POOL_LIMITS:
+    for pool in POOLS:
         info = instance.event_log_storage.get_concurrency_info(pool)
         for run_id in {c.run_id for c in info.claimed_slots} | {p.run_id for p in info.pending_steps}:
             run = instance.get_run_by_id(run_id)

@@ -10,6 +10,13 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_dagster_home(monkeypatch):
+    """`ensure_dagster_home` exports DAGSTER_HOME and respects one already set: drop it before
+    and after each test, so no test reads the instance of another."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+
 @pytest.fixture
 def home(tmp_path):
     """A fresh, empty home for one test (not exported to the environment)."""

@@ -126,7 +126,7 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
     NDCG@10 (bootstrap 95% CI), Recall@10/50 and MRR against held-out relevance, a per-label
     breakdown, measured cost per candidate and the analytic production estimate; the
     challenger is compared with the current champion on the same queries. Written to
-    `reports/<run_id>/` (report.json, report.html with plots); `reports/latest` points to it.
+    `reports/<run_id>/` (report.json, report.html with plots); `reports/latest.json` names it.
     """
     home = lensless_home.get()
     inputs = evaluation_inputs(home, log=context.log.info)

@@ -2,7 +2,8 @@
 
 `write_report(home, report)` writes `reports/<run_id>/report.json` and `report.html` (plots
 embedded as data URIs: quality against cost per system, and NDCG@10 of every system over
-the earlier reports), then points `reports/latest` at it (a symlink swapped atomically).
+the earlier reports), then points `reports/latest.json` at it (one atomic write, on a disk or
+in a bucket).
 A report holds two tasks: related images (its top-level `systems`, `comparisons`,
 `cost_ratio`) and, with an engagement log, for a user (`user_task`, the same fields); the
 tables and plots below take either as their `section`.
@@ -13,9 +14,9 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
 import re
-from pathlib import Path
+
+from upath import UPath
 
 from assets.evaluation.promotion import promotion_decision
 from assets.store.files import Home, read_json, write_bytes, write_json
@@ -30,9 +31,19 @@ SYSTEM_FIELDS = ("ndcg_at_10", "ndcg_at_10_ci", "recall_at_10", "recall_at_50", 
                  "flops_per_candidate", "ms_per_1k_candidates", "tokens_per_candidate")
 
 
-def reports_dir(home: Home) -> Path:
+def reports_dir(home: Home) -> UPath:
     """`<home>/reports`."""
-    return home.local_dir("reports")
+    return home.path("reports")
+
+
+def latest_dir(home: Home) -> UPath:
+    """The newest report's folder (`reports/latest.json` names it); FileNotFoundError when
+    there is none yet."""
+    pointer = reports_dir(home) / "latest.json"
+    if not pointer.exists():
+        raise FileNotFoundError(f"no report yet in {reports_dir(home)}: run `lensless demo` or "
+                                "`lensless run --source ...` (or materialise evaluation_report)")
+    return reports_dir(home) / read_json(pointer)["run_id"]
 
 
 def validate_report(report: dict) -> None:
@@ -75,12 +86,8 @@ def validate_report(report: dict) -> None:
 
 
 def latest_report(home: Home) -> dict:
-    """The newest report.json (`reports/latest`); FileNotFoundError when there is none yet."""
-    path = reports_dir(home) / "latest" / "report.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no report yet at {path}: run `lensless demo` or `lensless run --source ...` "
-                                "(or materialise evaluation_report)")
-    return read_json(path)
+    """The newest report.json; FileNotFoundError when there is none yet."""
+    return read_json(latest_dir(home) / "report.json")
 
 
 def history(home: Home) -> list[dict]:
@@ -91,7 +98,7 @@ def history(home: Home) -> list[dict]:
     out = []
     for d in root.iterdir():
         f = d / "report.json"
-        if d.is_dir() and not d.is_symlink() and f.exists():
+        if d.is_dir() and f.exists():
             out.append(read_json(f))
     return sorted(out, key=lambda r: r["created_at"])
 
@@ -293,7 +300,7 @@ def _user_html(users: dict | None, forest: str) -> str:
             f"{_html_table(decision_rows(users))}{forest}<h3>Systems</h3>{_html_table(summary_rows(users))}</div>")
 
 
-def write_report(home: Home, report: dict, extra_tables: dict[str, list[dict]] | None = None) -> Path:
+def write_report(home: Home, report: dict, extra_tables: dict[str, list[dict]] | None = None) -> UPath:
     """Validate and write report.json + report.html under reports/<run_id>/; update `latest`."""
     validate_report(report)
     folder = reports_dir(home) / report["run_id"]
@@ -308,9 +315,5 @@ def write_report(home: Home, report: dict, extra_tables: dict[str, list[dict]] |
         write_bytes(png, folder / (re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") + ".png"))
     write_json(report, folder / "report.json")
     write_bytes(render_html(report, plots, extra_tables or {}).encode(), folder / "report.html")
-    latest, tmp_link = reports_dir(home) / "latest", reports_dir(home) / ".latest.tmp"
-    if tmp_link.is_symlink() or tmp_link.exists():
-        tmp_link.unlink()
-    os.symlink(folder.name, tmp_link)
-    os.replace(tmp_link, latest)
+    write_json({"run_id": report["run_id"]}, reports_dir(home) / "latest.json")
     return folder

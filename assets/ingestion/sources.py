@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -31,7 +32,7 @@ import polars as pl
 from upath import UPath
 
 from assets.ingestion.decode import SUPPORTED_EXTENSIONS
-from assets.store.files import Home
+from assets.store.files import Home, read_parquet, upload_tree, write_parquet
 from assets.store.lake import (
     BATCH_SCHEMA,
     add_to_registry,
@@ -56,6 +57,34 @@ class Listing:
 def demo_root(home: Home) -> UPath:
     """Where demo catalogs are rendered, one folder per (images, size, seed)."""
     return home.path("sources", "demo")
+
+
+def render_demo(home: Home, n_images: int, size: int = 224, seed: int = 0, progress=None) -> str:
+    """Render the demo catalog under `demo_root` and register its engagement file; returns
+    its folder, which is then ingested like any other source.
+
+    Each (images, size, seed) gets its own folder, so a smaller demo never picks up the files
+    of a larger one; unchanged files are kept. The renderer writes local files, into
+    `Home.cache` (the home itself when local); for a home on object storage they are then
+    uploaded, with the catalog's and engagement's image URIs pointing at the uploaded copies.
+    """
+    from assets.demo.catalog import DemoCatalogConfig, write_demo_catalog
+    from assets.ingestion.engagement import register_source
+
+    name = f"n{n_images}-s{size}-seed{seed}"
+    dest, local = demo_root(home) / name, home.cache("sources", "demo", name)
+    print(f"demo catalog: {n_images} images at {size} px → {dest}", file=sys.stderr)
+    write_demo_catalog(str(local), DemoCatalogConfig(n_images=n_images, size=size, seed=seed), progress=progress)
+    if not home.local:
+        tables = {"catalog.parquet": "uri", "engagement.parquet": "image_uri"}
+        uploaded = upload_tree(local, dest, skip_same_size=True, exclude=set(tables))
+        for table, column in tables.items():
+            frame = read_parquet(local / table)
+            write_parquet(frame.with_columns(pl.col(column).str.replace(str(local), dest.as_posix(), literal=True)),
+                          dest / table)
+        print(f"demo catalog: uploaded {uploaded} new images to {dest}", file=sys.stderr)
+    register_source(home, str(dest / "engagement.parquet"))
+    return str(dest)
 
 
 def resolve_source(source: str) -> str:

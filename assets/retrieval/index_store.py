@@ -9,21 +9,21 @@ It then tunes search parameters to the recall target on held-out queries (a seed
 of the stored vectors, searched against exact inner-product kNN). The tuner's measurement
 (tie-aware recall@10 at the chosen parameters, QPS against exact search, `met_target`) is
 the one stored in the state file and read by the `index_recall` check. It writes the index,
-the row-id → image_id table and the state, each atomically, in `<home>/indexes/` (local
-files: faiss needs a path).
+the row-id → image_id table and the state, each atomically, in `<home>/indexes/`: a local
+home gets faiss's own files (memory-mapped when read), an object store the same bytes in one
+PUT (`_write_index`, `_read_index`).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
+from upath import UPath
 
-from assets.store.files import Home, read_json, read_parquet, write_json, write_parquet
+from assets.store.files import Home, read_json, read_parquet, write_bytes, write_json, write_parquet
 from index.build import (
     DRIFT_THRESHOLD,
     add_vectors,
@@ -32,7 +32,7 @@ from index.build import (
     needs_rebuild,
     quantizer_drift,
 )
-from index.io import read_index, write_index_atomic
+from index.io import index_from_bytes, index_to_bytes, read_index, write_index_atomic
 from index.tune import apply_params, tune_index
 
 
@@ -44,9 +44,28 @@ class IndexConfig:
     seed: int = 0
 
 
-def index_dir(home: Home) -> Path:
+def index_dir(home: Home) -> UPath:
     """`<home>/indexes`."""
-    return home.local_dir("indexes")
+    return home.path("indexes")
+
+
+def _read_index(home: Home, mmap: bool):
+    path = index_dir(home) / "faiss.index"
+    if home.local:
+        return read_index(path.path, mmap=mmap)
+    if not path.exists():
+        raise FileNotFoundError(f"no index at {path}")
+    return index_from_bytes(path.read_bytes())
+
+
+def _write_index(home: Home, index) -> int:
+    """Write the index file; returns its size in bytes."""
+    path = index_dir(home) / "faiss.index"
+    if home.local:
+        write_index_atomic(index, path.path)
+    else:
+        write_bytes(index_to_bytes(index), path)
+    return path.stat().st_size
 
 
 def load_state(home: Home) -> dict | None:
@@ -60,7 +79,7 @@ def load_index(home: Home, mmap: bool = True):
     state = load_state(home)
     if state is None:
         raise FileNotFoundError("no FAISS index yet: materialise faiss_index first")
-    index = read_index(index_dir(home) / "faiss.index", mmap=mmap)
+    index = _read_index(home, mmap=mmap)
     apply_params(index, state["params"])
     ids = read_parquet(index_dir(home) / "ids.parquet")["image_id"].to_numpy()
     if not index.ntotal == len(ids) == state["n"]:  # files of different builds (a crash between writes)
@@ -90,7 +109,7 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
 
     index = drift = None
     if reason is None and new_keys:
-        index = read_index(index_dir(home) / "faiss.index", mmap=False)
+        index = _read_index(home, mmap=False)
         xb_new = _stack([partitions[k] for k in new_keys])
         if index.ntotal != state["n"]:  # the index file of another build than the state (a crash)
             reason, index = f"the index file holds {index.ntotal} vectors, its state {state['n']}", None
@@ -135,8 +154,7 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         f"vs exact {tuned.exact_qps:.0f}")
 
     folder = index_dir(home)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_index_atomic(index, folder / "faiss.index")
+    index_bytes = _write_index(home, index)
     write_parquet(pl.DataFrame({"image_id": image_ids}), folder / "ids.parquet")
     report = {
         "factory": factory, "params": tuned.params, "n": int(index.ntotal), "d": int(d),
@@ -145,7 +163,7 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         "recall_at_10": float(tuned.recall_at_10), "target_recall": config.target_recall,
         "met_target": bool(tuned.met_target), "qps": float(tuned.qps),
         "exact_qps": float(tuned.exact_qps), "speedup_vs_exact": float(tuned.qps / tuned.exact_qps),
-        "bytes_per_vector": os.path.getsize(folder / "faiss.index") / max(1, index.ntotal),
+        "bytes_per_vector": index_bytes / max(1, index.ntotal),
         "build_seconds": build_seconds, "config": asdict(config),
     }
     write_json(report, folder / "state.json")  # last: readers trust the state file

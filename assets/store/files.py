@@ -8,9 +8,18 @@ passes another one instead of setting an environment variable; assets get theirs
 `lensless_home` resource (`store.resource`).
 
 Paths are universal-pathlib `UPath`s, so `LENSLESS_HOME=s3://bucket/lensless` addresses an
-object store. `atomic_write` is the one write: locally it goes to a temporary file in the same
-directory, is fsynced and moved into place with `os.replace`; object stores get a single PUT,
-which is atomic per object.
+object store, and every module reads and writes through them: a second machine with the same
+`LENSLESS_HOME` sees the same lake, models, index and reports. `atomic_write` is the one
+write: locally it goes to a temporary file in the same directory, is fsynced and moved into
+place with `os.replace`; object stores get a single PUT, which is atomic per object.
+
+Libraries that need a local path (torch and safetensors checkpoints, the demo renderer) work in
+`Home.cache(...)`: the home itself when it is local, else a local cache folder
+(`$LENSLESS_CACHE`, default `~/.cache/lensless/<home's URL as a folder name>`), with
+`upload_tree` / `download_tree` moving whole folders. Shared state that many writers update
+(registries, model pointers) is an append-only log (`append_record`, `read_records`): one new
+object per change, so concurrent writers never overwrite each other, on a disk or in a bucket.
+Commands that write the lake take `writer_lock`, which works for both kinds of home.
 """
 
 from __future__ import annotations
@@ -19,8 +28,14 @@ import fcntl
 import io
 import json
 import os
+import re
+import shutil
+import socket
 import sys
 import tempfile
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +48,7 @@ from upath import UPath
 
 HOME_ENV = "LENSLESS_HOME"
 DEFAULT_HOME = ".lensless"
+CACHE_ENV = "LENSLESS_CACHE"
 
 
 def is_local(path: UPath | str) -> bool:
@@ -71,20 +87,39 @@ class Home:
         return self.root.joinpath(*parts)
 
     def local_dir(self, *parts: str) -> Path:
-        """`<home>/<parts...>` as a local `Path`, for libraries that need one (faiss, torch
-        checkpoints, the report's files). Remote homes are not supported there yet: the
-        same path is used relative to the working directory."""
+        """`<home>/<parts...>` as a local `Path`; only for a local home (ValueError otherwise:
+        use `path` to read and write, or `cache` for a library that needs a local folder)."""
+        if not self.local:
+            raise ValueError(f"{self.root} is not a local folder; {'/'.join(parts)} has no local path")
         return Path(self.root.path).joinpath(*parts)
+
+    def cache(self, *parts: str) -> Path:
+        """A local folder standing for `<home>/<parts...>`: the home's own folder when it is
+        local, else `$LENSLESS_CACHE/<home URL as a name>/<parts...>` (default cache
+        `~/.cache/lensless`). What is cached must be immutable or refreshed by the caller."""
+        if self.local:
+            return self.local_dir(*parts)
+        base = Path(os.path.expanduser(os.environ.get(CACHE_ENV) or "~/.cache/lensless"))
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(self.root)).strip("_")
+        return base.joinpath(name, *parts)
+
+
+LOCK_LEASE_SECONDS = 60.0  # a remote lock not renewed for this long is a dead writer's
 
 
 @contextmanager
 def writer_lock(home: Home, command: str) -> Iterator[None]:
-    """Hold the home's single-writer lock (an exclusive `flock` on `<home>/.lock`) while
-    `command` writes; a second writer waits, saying who holds it. Readers never take it. The
-    kernel drops the lock when its process dies, so a killed command never leaves it behind.
-    Remote homes are not locked yet."""
+    """Hold the home's single-writer lock while `command` writes; a second writer waits,
+    saying who holds it. Readers never take it.
+
+    Locally it is an exclusive `flock` on `<home>/.lock`: the kernel drops it when its
+    process dies. On object storage it is the object `<home>/.lock`, created only if absent
+    (an exclusive create: `If-None-Match: *` on S3) and renewed by a thread while held; a lock
+    not renewed for `LOCK_LEASE_SECONDS` was left by a writer that died, and is taken over."""
+    holder = f"`lensless {command}` (pid {os.getpid()} on {socket.gethostname()})"
     if not home.local:
-        yield
+        with _object_lock(home.path(".lock"), holder, command):
+            yield
         return
     path = home.local_dir(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,13 +128,12 @@ def writer_lock(home: Home, command: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another lensless command"
-            print(f"lensless {command}: {home.root} is being written by {holder}; waiting for it to finish",
-                  file=sys.stderr, flush=True)
+            current = f.read().strip() or "another lensless command"
+            _say_waiting(home, command, current)
             fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         f.truncate()
-        f.write(f"`lensless {command}` (pid {os.getpid()})")
+        f.write(holder)
         f.flush()
         try:
             yield
@@ -107,6 +141,52 @@ def writer_lock(home: Home, command: str) -> Iterator[None]:
             f.seek(0)
             f.truncate()
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _say_waiting(home: Home, command: str, holder: str) -> None:
+    print(f"lensless {command}: {home.root} is being written by {holder}; waiting for it to finish",
+          file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _object_lock(path: UPath, holder: str, command: str) -> Iterator[None]:
+    def lease() -> bytes:
+        return json.dumps({"holder": holder, "expires": time.time() + LOCK_LEASE_SECONDS}).encode()
+
+    waited = False
+    while True:
+        try:
+            with path.open("xb") as f:
+                f.write(lease())
+            break
+        except FileExistsError:
+            try:
+                current = json.loads(path.read_bytes())
+            except (FileNotFoundError, ValueError):  # released, or being written, just now
+                continue
+            if current["expires"] < time.time():
+                print(f"lensless {command}: taking over the lock of {current['holder']}, not renewed since "
+                      f"{LOCK_LEASE_SECONDS:.0f} s (its process is gone)", file=sys.stderr, flush=True)
+                path.unlink(missing_ok=True)
+                continue
+            if not waited:
+                _say_waiting(Home(path.parent), command, current["holder"])
+                waited = True
+            time.sleep(1.0)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LOCK_LEASE_SECONDS / 4):
+            write_bytes(lease(), path)
+
+    renewer = threading.Thread(target=renew, name="lensless-lock", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        path.unlink(missing_ok=True)
 
 
 def _temporary(local: Path) -> tuple[int, str]:
@@ -187,6 +267,61 @@ def read_json(path: UPath | str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from e
+
+
+def append_record(folder: UPath, record: dict) -> UPath:
+    """Add `record` to the append-only log in `folder`: one new JSON object, named by time,
+    process and a random suffix, so concurrent writers on any store never lose an update."""
+    name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+    return write_json(record, UPath(folder) / name)
+
+
+def read_records(folder: UPath) -> list[dict]:
+    """The records of the append-only log in `folder`, oldest first ([] when there is none)."""
+    folder = UPath(folder)
+    if not folder.exists():
+        return []
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
+    return [read_json(folder / name) for name in names]
+
+
+def upload_tree(local: Path, remote: UPath, skip_same_size: bool = False, exclude: set[str] = frozenset()) -> int:
+    """Copy every file below the local folder `local` to `remote` (one PUT each, or an atomic
+    local write), but those whose relative path is in `exclude`; `skip_same_size` leaves
+    files that already exist there with the same size. Returns how many files were written."""
+    written = 0
+    for f in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+        if f.relative_to(local).as_posix() in exclude:
+            continue
+        target = UPath(remote).joinpath(*f.relative_to(local).parts)
+        if skip_same_size and target.exists() and target.stat().st_size == f.stat().st_size:
+            continue
+        write_bytes(f.read_bytes(), target, fsync=False)
+        written += 1
+    return written
+
+
+def download_tree(remote: UPath, names: list[str], local: Path) -> Path:
+    """Fetch the files `names` (relative, `/`-separated) of `remote` into the local folder
+    `local`, all or nothing: they land in a staging folder that is renamed into place."""
+    local = Path(local)
+    if local.is_dir():
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp"))
+    try:
+        for name in names:
+            target = staging.joinpath(*name.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(UPath(remote).joinpath(*name.split("/")).read_bytes())
+        try:
+            staging.rename(local)
+        except OSError:  # another process fetched it first
+            if not local.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return local
 
 
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype, length: int | None = None) -> bytes:

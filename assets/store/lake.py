@@ -4,8 +4,9 @@ No Dagster here. A table is Parquet under `<home>/lake/`: `lake/<name>/<partitio
 for a table partitioned by batch, `lake/<name>.parquet` otherwise. `TABLES` lists them all
 with their schemas; `read_table` and `write_table` are the only readers and writers, so a
 table's location and shape live in one place. Canonical pixels are `.npy` per batch
-(`pixels_path`). Registries (the watched sources, the engagement files) are JSON lists beside
-the tables (`read_registry`, `add_to_registry`).
+(`pixels_path`). Registries (the watched sources, the engagement files) are append-only logs
+in `lake/registries/<name>/` (`read_registry`, `add_to_registry`), so two concurrent ingests
+never lose each other's source.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import numpy as np
 import polars as pl
 from upath import UPath
 
-from assets.store.files import Home, read_json, read_npy, read_parquet, write_json, write_parquet
+from assets.store.files import (
+    Home,
+    append_record,
+    read_json,
+    read_npy,
+    read_parquet,
+    read_records,
+    write_parquet,
+)
 
 
 @dataclass(frozen=True)
@@ -159,23 +168,29 @@ def load_pixels(home: Home, frame: pl.DataFrame) -> np.ndarray:
     return out if out is not None else np.zeros((0, 1, 1, 3), np.uint8)
 
 
-def _registry_path(home: Home, name: str) -> UPath:
+def _registry_log(home: Home, name: str) -> UPath:
     if name not in REGISTRIES:
         raise ValueError(f"Unknown registry {name!r}; valid: {', '.join(REGISTRIES)}")
-    return home.path("lake", f"{name}.json")
+    return home.path("lake", "registries", name)
 
 
 def read_registry(home: Home, name: str) -> list[str]:
-    """The entries of a registry, in the order they were added."""
-    path = _registry_path(home, name)
-    return read_json(path) if path.exists() else []
+    """The entries of a registry, in the order they were first added (replaying its log after
+    the `lake/<name>.json` list of homes from before the log)."""
+    old = home.path("lake", f"{name}.json")
+    entries = list(read_json(old)) if old.exists() else []
+    for record in read_records(_registry_log(home, name)):
+        if record["op"] == "add" and record["entry"] not in entries:
+            entries.append(record["entry"])
+        elif record["op"] == "remove" and record["entry"] in entries:
+            entries.remove(record["entry"])
+    return entries
 
 
 def add_to_registry(home: Home, name: str, entry: str) -> None:
-    """Append `entry` to a registry unless it is already there."""
-    entries = read_registry(home, name)
-    if entry not in entries:
-        write_json([*entries, entry], _registry_path(home, name))
+    """Add `entry` to a registry unless it is already there."""
+    if entry not in read_registry(home, name):
+        append_record(_registry_log(home, name), {"op": "add", "entry": entry})
 
 
 def remove_from_registry(home: Home, name: str, entry: str) -> None:
@@ -183,4 +198,4 @@ def remove_from_registry(home: Home, name: str, entry: str) -> None:
     entries = read_registry(home, name)
     if entry not in entries:
         raise KeyError(f"{entry!r} is not in {name}; registered: {', '.join(entries) or '(none)'}")
-    write_json([e for e in entries if e != entry], _registry_path(home, name))
+    append_record(_registry_log(home, name), {"op": "remove", "entry": entry})

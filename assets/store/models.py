@@ -1,26 +1,45 @@
 """Versioned model directories under `<home>/models/<kind>/<version>/`. No Dagster.
 
 A version is a short hash of the checkpoint's bytes, so the same weights always get the
-same version (and Dagster data versions follow it). `<kind>/pointers.json` records which
-version is current and the history of pointers (`set_current` appends), which is what
-champion promotion and rollback use. Checkpoints are written with local files (torch and
-safetensors write paths), under `Home.local_dir`.
+same version (and Dagster data versions follow it). Checkpoints are written by torch and
+safetensors, which need a local folder: `save_version` has them write into a local staging
+folder, then moves it into place (a local home: one rename) or uploads its files followed by
+`files.json`, the list that marks the version complete (an object store). `version_dir`
+returns a local folder to load from: the version itself on a local home, else a copy fetched
+once into `Home.cache` (a version never changes, so the copy never goes stale).
+
+Which version is current is the append-only log `<kind>/pointers/` (`set_current` adds a
+record; the last one wins), which is what champion promotion and rollback use; concurrent
+promotions on two machines both land in the history.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from assets.store.files import Home, read_json, write_json
+from upath import UPath
+
+from assets.store.files import (
+    Home,
+    append_record,
+    download_tree,
+    read_json,
+    read_records,
+    upload_tree,
+    write_json,
+)
+
+MANIFEST = "files.json"  # written last: a version without it is incomplete (object stores)
 
 
-def kind_root(home: Home, kind: str) -> Path:
+def kind_root(home: Home, kind: str) -> UPath:
     """`<home>/models/<kind>`."""
-    return home.local_dir("models", kind)
+    return home.path("models", kind)
 
 
 def _digest(directory: Path) -> str:
@@ -31,53 +50,80 @@ def _digest(directory: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def _files(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
 def save_version(home: Home, kind: str, write: Callable[[Path], object]) -> str:
-    """Call `write(tmp_dir)`, then move it to `<kind>/<hash>/`; returns the version."""
-    root = kind_root(home, kind)
-    tmp = root / f".staging-{datetime.now(timezone.utc).strftime('%Y%m%d%H%M%S%f')}"
-    tmp.mkdir(parents=True)
+    """Call `write(local_dir)`, then store the folder as `<kind>/<hash>/`; returns the version."""
+    staging_parent = home.cache("models", kind)
+    staging_parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=staging_parent, prefix=".staging-"))
     try:
         write(tmp)
         version = _digest(tmp)
-        final = root / version
-        if final.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(final)
-    except BaseException:
+        if not _complete(home, kind, version):
+            if home.local:
+                try:
+                    tmp.rename(home.local_dir("models", kind, version))
+                except OSError:  # the same weights were saved by another process meanwhile
+                    if not _complete(home, kind, version):
+                        raise
+            else:
+                upload_tree(tmp, kind_root(home, kind) / version)
+                write_json(_files(tmp), kind_root(home, kind) / version / MANIFEST)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return version
 
 
-def version_dir(home: Home, kind: str, version: str) -> Path:
-    """The directory of one version; raises naming the known versions when missing."""
+def _complete(home: Home, kind: str, version: str) -> bool:
     path = kind_root(home, kind) / version
-    if not path.is_dir():
-        known = sorted(p.name for p in kind_root(home, kind).glob("*") if p.is_dir() and not p.name.startswith("."))
-        raise FileNotFoundError(f"no {kind} version {version!r}; known: {', '.join(known) or '(none)'}")
-    return path
+    return path.is_dir() if home.local else (path / MANIFEST).exists()
+
+
+def known_versions(home: Home, kind: str) -> list[str]:
+    """The complete versions of `kind`, sorted by name."""
+    root = kind_root(home, kind)
+    if not root.exists():
+        return []
+    names = [p.name for p in root.iterdir() if not p.name.startswith(".") and p.name != "pointers"]
+    return sorted(n for n in names if _complete(home, kind, n))
+
+
+def version_dir(home: Home, kind: str, version: str) -> Path:
+    """A local folder holding one version (fetched into the cache for a remote home); raises
+    naming the known versions when it does not exist."""
+    if not _complete(home, kind, version):
+        raise FileNotFoundError(f"no {kind} version {version!r}; known: "
+                                f"{', '.join(known_versions(home, kind)) or '(none)'}")
+    if home.local:
+        return home.local_dir("models", kind, version)
+    remote = kind_root(home, kind) / version
+    return download_tree(remote, read_json(remote / MANIFEST), home.cache("models", kind, version))
 
 
 def pointers(home: Home, kind: str) -> dict:
-    """{"current": version | None, "history": [{"version", "at", "reason"}, ...]}."""
-    path = kind_root(home, kind) / "pointers.json"
-    return read_json(path) if path.exists() else {"current": None, "history": []}
+    """{"current": version | None, "history": [{"version", "at", "reason"}, ...]}: the log's
+    records oldest first (after those of a `pointers.json` from before the log)."""
+    old = kind_root(home, kind) / "pointers.json"
+    history = read_json(old)["history"] if old.exists() else []
+    history += read_records(kind_root(home, kind) / "pointers")
+    return {"current": history[-1]["version"] if history else None, "history": history}
 
 
 def set_current(home: Home, kind: str, version: str, reason: str = "", versions_of: str | None = None) -> dict:
-    """Point `<kind>` at `version` (of `versions_of`, default `kind`), append to its history;
-    returns the new pointers."""
-    version_dir(home, versions_of or kind, version)
-    state = pointers(home, kind)
-    state["current"] = version
-    state["history"].append({"version": version, "at": datetime.now(timezone.utc).isoformat(), "reason": reason})
-    write_json(state, kind_root(home, kind) / "pointers.json")
-    return state
+    """Point `<kind>` at `version` (of `versions_of`, default `kind`), appending to its
+    history; returns the new pointers."""
+    if not _complete(home, versions_of or kind, version):
+        version_dir(home, versions_of or kind, version)  # raises naming the known versions
+    append_record(kind_root(home, kind) / "pointers",
+                  {"version": version, "at": datetime.now(timezone.utc).isoformat(), "reason": reason})
+    return pointers(home, kind)
 
 
 def current_dir(home: Home, kind: str, versions_of: str | None = None) -> Path:
-    """The current version's directory; raises if nothing was trained yet."""
+    """The current version's local folder; raises if nothing was trained yet."""
     version = pointers(home, kind)["current"]
     if version is None:
         raise FileNotFoundError(f"no current {kind}: materialise {kind} first")

@@ -46,8 +46,7 @@ def connect(home: Home, memory_limit: str | None = None, read_only: bool = False
         glob = f"{path.as_posix()}/*.parquet" if table.partitioned else path.as_posix()
         con.sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name=true)")
     if read_only:
-        if home.local:
-            con.execute("SET allowed_directories = $dirs", {"dirs": [f"{home.local_dir('lake')}/"]})
+        con.execute("SET allowed_directories = $dirs", {"dirs": [f"{home.path('lake').as_posix()}/"]})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con

@@ -23,7 +23,28 @@ def test_instance_yaml_has_queue_and_train_pool(lensless_home):
     instance = get_instance()
     text = (lensless_home.local_dir("dagster") / "dagster.yaml").read_text()
     assert "sqlite" in text and "max_concurrent_runs" in text
-    assert instance.event_log_storage.get_concurrency_info("train").slot_count == 1
+    info = instance.event_log_storage.get_concurrency_info("train")
+    assert info.limit == 1 and info.using_default_limit  # from dagster.yaml, not set by the CLI
+
+
+def test_dagster_home_is_respected_when_set(lensless_home, tmp_path, monkeypatch):
+    from orchestration.instance import ensure_dagster_home
+
+    elsewhere = tmp_path / "instance"
+    monkeypatch.setenv("DAGSTER_HOME", str(elsewhere))
+    assert ensure_dagster_home() == elsewhere and (elsewhere / "dagster.yaml").exists()
+    assert not (lensless_home.root / "dagster" / "dagster.yaml").exists()
+
+
+def test_a_remote_home_keeps_its_instance_in_the_local_cache(tmp_path, monkeypatch):
+    from orchestration.instance import ensure_dagster_home
+
+    monkeypatch.setenv("LENSLESS_HOME", "s3://bucket/lensless")
+    monkeypatch.setenv("LENSLESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    folder = ensure_dagster_home()
+    assert folder == tmp_path / "cache" / "s3_bucket_lensless" / "dagster"
+    assert not (tmp_path / ".lensless-dagster").exists() and not (tmp_path / "s3:").exists()
 
 
 def test_cli_help_version_and_did_you_mean(capsys):

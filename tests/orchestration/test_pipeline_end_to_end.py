@@ -36,10 +36,10 @@ def pipeline(tmp_path_factory):
 
 
 def test_report_matches_schema(pipeline):
-    from assets.evaluation.report import SYSTEMS, validate_report
+    from assets.evaluation.report import SYSTEMS, latest_dir, validate_report
 
     home, report = pipeline
-    on_disk = json.loads((home.local_dir("reports") / "latest" / "report.json").read_text())
+    on_disk = json.loads((latest_dir(home) / "report.json").read_text())
     validate_report(on_disk)
     assert on_disk["run_id"] == report["run_id"]
     assert set(on_disk["systems"]) == set(SYSTEMS)
@@ -53,7 +53,7 @@ def test_report_matches_schema(pipeline):
     per_system = on_disk["systems"]
     assert ch["retrieval_ndcg_diff"] == pytest.approx(
         per_system["gutted"]["ndcg_at_10"] - per_system["retrieval"]["ndcg_at_10"], abs=1e-9)
-    page = (home.local_dir("reports") / "latest" / "report.html").read_text()
+    page = (latest_dir(home) / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
     # the decision comes first: each comparison with its paired interval and verdict, then promotion
     assert page.index("<h2>Related images: decision</h2>") < page.index("<h3>Systems</h3>")
@@ -66,10 +66,10 @@ def test_report_matches_schema(pipeline):
 
 
 def test_the_report_has_the_user_task_beside_related_images(pipeline):
-    from assets.evaluation.report import USER_SYSTEMS
+    from assets.evaluation.report import USER_SYSTEMS, latest_dir
 
     home, _ = pipeline
-    on_disk = json.loads((home.local_dir("reports") / "latest" / "report.json").read_text())
+    on_disk = json.loads((latest_dir(home) / "report.json").read_text())
     users = on_disk["user_task"]
     assert set(users["systems"]) == set(USER_SYSTEMS) and users["history_length"] == 20
     assert users["full_vlm_history"] == 2 and users["users"] >= 1  # TINY caps the full VLM's history at 2
@@ -80,9 +80,9 @@ def test_the_report_has_the_user_task_beside_related_images(pipeline):
     assert users["systems"]["gutted"]["tokens_per_candidate"] > on_disk["systems"]["gutted"]["tokens_per_candidate"] - 1
     sources = users["candidate_sources"]["recall_at_k"]
     assert set(sources) == {"index", "popular", "merged"} and all(0 <= r <= 1 for r in sources.values())
-    page = (home.local_dir("reports") / "latest" / "report.html").read_text()
+    page = (latest_dir(home) / "report.html").read_text()
     assert "<h2>For a user: decision</h2>" in page and "retrieval for a user" in page
-    plots = {p.name for p in (home.local_dir("reports") / "latest").glob("*.png")}
+    plots = {p.name for p in latest_dir(home).glob("*.png")}
     assert {"for_a_user_paired_differences.png", "for_a_user_quality_against_cost.png"} <= plots
     assert all(":" not in name for name in plots)  # names every object store and filesystem takes
 

@@ -97,3 +97,24 @@ def test_index_files_of_different_builds_are_refused_then_rebuilt(home):
     parts["b3"] = partition("c", 10, E[0], 2)
     again = update_index(home, parts, "enc1", CFG, log=quiet)
     assert again["mode"] == "rebuild" and again["n"] == 330 and load_index(home)[0].ntotal == 330
+
+
+def test_an_index_on_an_object_store_is_written_and_read_as_bytes():
+    """fsspec's in-memory filesystem stands in for a bucket: build, incremental add and load
+    go through faiss's serialised bytes, one object each."""
+    import uuid
+
+    from assets.retrieval.index_store import index_dir
+    from assets.store.files import Home
+
+    home = Home.at(f"memory://index-{uuid.uuid4().hex}/home")
+    parts = {"b1": partition("a", 600, E[0], 0)}
+    first = update_index(home, parts, "enc1", CFG, log=quiet)
+    assert first["bytes_per_vector"] > D * 4 * 0.9  # the stored object's size, per vector
+    parts["b2"] = partition("b", 50, E[0], 1)
+    assert update_index(home, parts, "enc1", CFG, log=quiet)["mode"] == "incremental"
+    index, ids, state = load_index(home)
+    assert index.ntotal == len(ids) == state["n"] == 650
+    assert {p.name for p in index_dir(home).iterdir()} == {"faiss.index", "ids.parquet", "state.json"}
+    _, found = index.search(parts["b2"]["embedding"].to_numpy()[:3], 1)
+    assert [ids[r] for r in found[:, 0]] == ["b0", "b1", "b2"]
