@@ -7,7 +7,8 @@ the demo catalog at `--images`) in a fresh process per run, alternating:
 - embedded: a local `LENSLESS_HOME`, the SQLite instance written by lensless;
 - scale: `deploy/dagster-postgres.yaml` on a real PostgreSQL server and `LENSLESS_HOME=s3://...`
   on moto's S3 server (both started by tests/servers.py on 127.0.0.1).
-Each run renders the demo into its own home, so both do the same work. Prints the seconds of
+Each run renders the demo into its own home (and instance: one Postgres database per repeat),
+so both do the same work. Prints the seconds of
 each run and the ratio of the medians. Needs PostgreSQL (Debian's package) and the dev extra.
 """
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.orchestration.test_pipeline_end_to_end import TINY  # noqa: E402
 from tests.orchestration.test_scale import RUN_GRAPH  # noqa: E402
-from tests.servers import postgres_server, s3_server  # noqa: E402
+from tests.servers import create_database, postgres_server, s3_server  # noqa: E402
 
 
 def one_run(env: dict, images: int, cwd: Path) -> float:
@@ -61,7 +62,7 @@ def main() -> None:
                 remote = tmp / f"scale{i}"
                 (remote / "dagster").mkdir(parents=True)
                 shutil.copy(ROOT / "deploy" / "dagster-postgres.yaml", remote / "dagster" / "dagster.yaml")
-                env = {**base, **pg, **s3, "DAGSTER_HOME": str(remote / "dagster"),
+                env = {**base, **create_database(pg, f"bench{i}"), **s3, "DAGSTER_HOME": str(remote / "dagster"),
                        "LENSLESS_HOME": f"s3://lensless/bench{i}", "LENSLESS_CACHE": str(remote / "cache")}
                 times["postgres+s3"].append(one_run(env, args.images, remote / "cwd"))
                 print(f"repeat {i}: embedded {times['embedded'][-1]:.0f} s, "

@@ -82,12 +82,24 @@ def ensure_dagster_home() -> Path:
     return home
 
 
+HOME_KEY = "lensless/home"  # which LENSLESS_HOME an instance serves, in its key-value store
+
+
 def get_instance():
-    """The persistent instance."""
+    """The persistent instance; ValueError when it already serves another `LENSLESS_HOME`
+    (its dynamic partitions name that home's batches: one instance, one home)."""
     from dagster import DagsterInstance
 
     ensure_dagster_home()
-    return DagsterInstance.get()
+    instance = DagsterInstance.get()
+    home = str(Home.from_env().root)
+    served = instance.run_storage.get_cursor_values({HOME_KEY}).get(HOME_KEY)
+    if served is None:
+        instance.run_storage.set_cursor_values({HOME_KEY: home})
+    elif served != home:
+        raise ValueError(f"the Dagster instance in {dagster_home()} serves LENSLESS_HOME={served}, not {home}: "
+                         "give each home its own instance (another DAGSTER_HOME, or another Postgres database)")
+    return instance
 
 
 PID_TAG, HOST_TAG = "lensless/pid", "lensless/host"  # which process runs a command-line run

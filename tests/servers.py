@@ -96,15 +96,28 @@ def postgres_server() -> Iterator[dict[str, str]]:
             return psycopg2.connect(host="127.0.0.1", port=port, user="lensless", dbname=db)
 
         _wait(lambda: connect("postgres").close() or True, proc, "postgres", log)
-        con = connect("postgres")
-        con.autocommit = True
-        con.cursor().execute("CREATE DATABASE dagster")
-        con.close()
-        yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": "lensless",
+        env = {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": "lensless",
                "DAGSTER_PG_PASSWORD": "unused-with-trust-auth", "DAGSTER_PG_DB": "dagster"}
+        create_database(env, "dagster")
+        yield env
     finally:
         _stop(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(env: dict[str, str], name: str) -> dict[str, str]:
+    """Create the database `name` on the server of `env`; returns `env` pointing at it (one
+    Dagster instance per database, one home per instance)."""
+    import psycopg2
+
+    con = psycopg2.connect(host=env["DAGSTER_PG_HOST"], port=env["DAGSTER_PG_PORT"], user=env["DAGSTER_PG_USER"],
+                           dbname="postgres")
+    try:
+        con.autocommit = True
+        con.cursor().execute(f'CREATE DATABASE "{name}"')
+    finally:
+        con.close()
+    return {**env, "DAGSTER_PG_DB": name}
 
 
 @contextmanager

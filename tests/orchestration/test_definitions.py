@@ -71,3 +71,13 @@ def test_dev_runs_dagster_with_this_interpreter(lensless_home, monkeypatch):
     path, argv = calls[0]
     assert path == sys.executable and argv[1:4] == ["-m", "dagster", "dev"] and argv[-2:] == ["-p", "3999"]
     assert "nux:\n  enabled: false" in (lensless_home.local_dir("dagster") / "dagster.yaml").read_text()
+
+
+def test_one_instance_serves_one_home(lensless_home, tmp_path, monkeypatch):
+    from orchestration.instance import get_instance
+
+    get_instance()  # records the home it serves
+    monkeypatch.setenv("DAGSTER_HOME", str(lensless_home.root / "dagster"))  # the same instance...
+    monkeypatch.setenv("LENSLESS_HOME", str(tmp_path / "another"))  # ...for another home
+    with pytest.raises(ValueError, match="serves LENSLESS_HOME=.*give each home its own instance"):
+        get_instance()

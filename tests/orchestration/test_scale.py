@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.orchestration.test_pipeline_end_to_end import TINY
-from tests.servers import ServerMissing, postgres_server, s3_server
+from tests.servers import ServerMissing, create_database, postgres_server, s3_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_GRAPH = """
@@ -55,7 +55,8 @@ def write_images(root: Path, n: int, seed: int) -> Path:
 
 def scale_env(servers: dict, tmp: Path, name: str, prefix: str) -> dict:
     """The environment of one machine: the shared Postgres instance and bucket, its own
-    DAGSTER_HOME folder (holding only dagster.yaml) and local cache."""
+    DAGSTER_HOME folder (holding only dagster.yaml) and local cache. One home per instance:
+    `servers` names the database."""
     dagster_home = tmp / name / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "deploy" / "dagster-postgres.yaml", dagster_home / "dagster.yaml")
@@ -143,7 +144,7 @@ def test_a_submitted_run_goes_through_the_queue_daemon_and_launcher(servers, gra
 
 @pytest.mark.integration
 def test_two_concurrent_ingests_into_one_bucket_lose_nothing(servers, tmp_path):
-    env = scale_env(servers, tmp_path, "machine", "concurrent")
+    env = scale_env(create_database(servers, "concurrent"), tmp_path, "machine", "concurrent")  # its own instance
     folders = [write_images(tmp_path / name, 24, seed=i) for i, name in enumerate(("first", "second"))]
     procs = [subprocess.Popen([sys.executable, "-m", "orchestration.cli", "ingest", str(f), "--json"], env=env,
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
