@@ -28,19 +28,9 @@ POOLS = (TRAIN_POOL,)  # every pool of the code location; dagster.yaml limits ea
 
 DAGSTER_YAML = """\
 # Written by lensless (orchestration/instance.py). Edit freely: it is not rewritten.
-storage:
-  sqlite:
-    base_dir: {home}/storage
-local_artifact_storage:
-  module: dagster._core.storage.root
-  class: LocalArtifactStorage
-  config:
-    base_dir: {home}
-compute_logs:
-  module: dagster._core.storage.local_compute_log_manager
-  class: LocalComputeLogManager
-  config:
-    base_dir: {home}/logs
+# Storage is Dagster's default: SQLite under $DAGSTER_HOME (history/ for runs and events,
+# schedules/, storage/ for compute logs). No path is written here, so a moved or copied home
+# keeps its own runs.
 run_coordinator:
   module: dagster._core.run_coordinator
   class: QueuedRunCoordinator
@@ -77,7 +67,7 @@ def ensure_dagster_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     yaml_path = home / "dagster.yaml"
     if not yaml_path.exists():
-        yaml_path.write_text(DAGSTER_YAML.format(home=home.as_posix(), max_runs=MAX_CONCURRENT_RUNS))
+        yaml_path.write_text(DAGSTER_YAML.format(max_runs=MAX_CONCURRENT_RUNS))
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -86,13 +76,17 @@ HOME_KEY = "lensless/home"  # which LENSLESS_HOME an instance serves, in its key
 
 
 def get_instance():
-    """The persistent instance; ValueError when it already serves another `LENSLESS_HOME`
-    (its dynamic partitions name that home's batches: one instance, one home)."""
+    """The persistent instance. An instance outside the home (`DAGSTER_HOME` set, Postgres)
+    records the `LENSLESS_HOME` it serves; ValueError when it already serves another (its
+    dynamic partitions name that home's batches: one instance, one home)."""
     from dagster import DagsterInstance
 
-    ensure_dagster_home()
+    folder = ensure_dagster_home()
     instance = DagsterInstance.get()
-    home = str(Home.from_env().root)
+    home = Home.from_env()
+    if home.local and folder == home.local_dir("dagster"):
+        return instance  # the home's own instance moves with it: one home by construction
+    home = str(home.root)
     served = instance.run_storage.get_cursor_values({HOME_KEY}).get(HOME_KEY)
     if served is None:
         instance.run_storage.set_cursor_values({HOME_KEY: home})

@@ -22,7 +22,9 @@ def test_instance_yaml_has_queue_and_train_pool(lensless_home):
 
     instance = get_instance()
     text = (lensless_home.local_dir("dagster") / "dagster.yaml").read_text()
-    assert "sqlite" in text and "max_concurrent_runs" in text
+    assert "max_concurrent_runs" in text and str(lensless_home.root) not in text  # no path: the home can move
+    assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+    assert (lensless_home.local_dir("dagster") / "history" / "runs.db").exists()
     info = instance.event_log_storage.get_concurrency_info("train")
     assert info.limit == 1 and info.using_default_limit  # from dagster.yaml, not set by the CLI
 
@@ -76,8 +78,25 @@ def test_dev_runs_dagster_with_this_interpreter(lensless_home, monkeypatch):
 def test_one_instance_serves_one_home(lensless_home, tmp_path, monkeypatch):
     from orchestration.instance import get_instance
 
-    get_instance()  # records the home it serves
-    monkeypatch.setenv("DAGSTER_HOME", str(lensless_home.root / "dagster"))  # the same instance...
-    monkeypatch.setenv("LENSLESS_HOME", str(tmp_path / "another"))  # ...for another home
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "shared-instance"))
+    get_instance()  # an instance outside the home records the home it serves
+    monkeypatch.setenv("LENSLESS_HOME", str(tmp_path / "another"))  # the same instance for another home
     with pytest.raises(ValueError, match="serves LENSLESS_HOME=.*give each home its own instance"):
         get_instance()
+
+
+def test_a_moved_home_keeps_its_own_instance(tmp_path, monkeypatch):
+    import shutil
+
+    from orchestration.instance import get_instance
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    monkeypatch.setenv("LENSLESS_HOME", str(old))
+    get_instance().add_dynamic_partitions("image_batches", ["b1"])
+    shutil.move(old, new)
+    monkeypatch.setenv("LENSLESS_HOME", str(new))
+    monkeypatch.delenv("DAGSTER_HOME")  # exported by the first call, as a fresh command would not have it
+    moved = get_instance()
+    assert moved.get_dynamic_partitions("image_batches") == ["b1"]
+    moved.add_dynamic_partitions("image_batches", ["b2"])
+    assert not old.exists()  # nothing written to where the home was
