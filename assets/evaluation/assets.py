@@ -268,7 +268,7 @@ def reranker_champion(context: dg.AssetExecutionContext, lensless_home: Lensless
 
     The asset applies the same rule itself (`promotion_decision`), so a run that selects it
     without the check (automation, the UI) cannot promote a challenger the check would stop.
-    History is kept in `models/reranker_champion/pointers.json`; `lensless promote` and
+    History is kept in the log `models/reranker_champion/pointers/`; `lensless promote` and
     `lensless rollback` move it by hand.
     """
     home = lensless_home.get()

@@ -1,6 +1,6 @@
 """Which gutted reranker serves: the promotion rule, its outcome, and moves by hand. No Dagster.
 
-The champion pointer lives in the model store (`models/reranker_champion/pointers.json`,
+The champion pointer lives in the model store (the log `models/reranker_champion/pointers/`,
 versions of `gutted_reranker`). `reranker_champion` applies `promotion_decision` to the
 latest report; `promote` and `rollback` are what `lensless promote` / `rollback` do (the
 command line also records them in Dagster, so the UI shows who serves and why).
