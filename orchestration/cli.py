@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(chatter).setLevel(logging.WARNING)
     if not args.verbose:  # training progress reaches the terminal once, through Dagster's log
         logging.getLogger("models").setLevel(logging.WARNING)
-    from assets.store.files import writer_lock
+    from assets.store.lock import writer_lock
     from orchestration.runner import StepFailed
 
     try:

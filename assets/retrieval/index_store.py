@@ -63,9 +63,10 @@ def _write_index(home: Home, index) -> int:
     path = index_dir(home) / "faiss.index"
     if home.local:
         write_index_atomic(index, path.path)
-    else:
-        write_bytes(index_to_bytes(index), path)
-    return path.stat().st_size
+        return path.stat().st_size
+    data = index_to_bytes(index)
+    write_bytes(data, path)
+    return len(data)
 
 
 def load_state(home: Home) -> dict | None:

@@ -82,6 +82,13 @@ def _complete(home: Home, kind: str, version: str) -> bool:
     return path.is_dir() if home.local else (path / MANIFEST).exists()
 
 
+def _require(home: Home, kind: str, version: str) -> None:
+    """FileNotFoundError naming the known versions when `version` of `kind` does not exist."""
+    if not _complete(home, kind, version):
+        raise FileNotFoundError(f"no {kind} version {version!r}; known: "
+                                f"{', '.join(known_versions(home, kind)) or '(none)'}")
+
+
 def known_versions(home: Home, kind: str) -> list[str]:
     """The complete versions of `kind`, sorted by name."""
     root = kind_root(home, kind)
@@ -94,9 +101,7 @@ def known_versions(home: Home, kind: str) -> list[str]:
 def version_dir(home: Home, kind: str, version: str) -> Path:
     """A local folder holding one version (fetched into the cache for a remote home); raises
     naming the known versions when it does not exist."""
-    if not _complete(home, kind, version):
-        raise FileNotFoundError(f"no {kind} version {version!r}; known: "
-                                f"{', '.join(known_versions(home, kind)) or '(none)'}")
+    _require(home, kind, version)
     if home.local:
         return home.local_dir("models", kind, version)
     remote = kind_root(home, kind) / version
@@ -115,8 +120,7 @@ def pointers(home: Home, kind: str) -> dict:
 def set_current(home: Home, kind: str, version: str, reason: str = "", versions_of: str | None = None) -> dict:
     """Point `<kind>` at `version` (of `versions_of`, default `kind`), appending to its
     history; returns the new pointers."""
-    if not _complete(home, versions_of or kind, version):
-        version_dir(home, versions_of or kind, version)  # raises naming the known versions
+    _require(home, versions_of or kind, version)
     append_record(kind_root(home, kind) / "pointers",
                   {"version": version, "at": datetime.now(timezone.utc).isoformat(), "reason": reason})
     return pointers(home, kind)

@@ -126,7 +126,9 @@ def test_a_run_killed_in_training_does_not_hold_the_train_pool(tmp_path, monkeyp
         def holds_the_slot() -> bool:
             if forever.poll() is not None:
                 raise AssertionError(f"training ended early: {forever.stderr.read()[-2000:]}")
-            if not (home / "dagster" / "dagster.yaml").exists():
+            # open the instance only once the child has created it (its ingest finished): two
+            # processes creating one SQLite instance at once break its migrations
+            if not any((home / "lake" / "raw_images").glob("*.parquet")):
                 return False
             with DagsterInstance.get() as instance:
                 return bool(instance.event_log_storage.get_concurrency_info("train").claimed_slots)
