@@ -1,15 +1,23 @@
-"""Benchmark the index package on seeded clustered unit vectors.
+"""Benchmark index selection: what a user sees, against exact search, in one run.
 
-    python bench/index.py --n 200000 --d 128 [--json] [--target 0.95] [--seed 0]
+    python bench/index.py --n 200000 --d 128 [--json] [--target 0.95] [--repeats 5]
+    python bench/index.py --n 1000000 --d 128
+    python bench/index.py --lake ~/.lensless          # the real embeddings of a home
 
-Steps, all in one process and on the same queries:
-  1. data: n database + n/100 "new" + nq query vectors from one ``synthetic_clustered``
-     mixture (queries are held out, not database rows);
-  2. build with ``choose_factory(n, d)`` (build_s, includes training);
-  3. tune to recall@10 >= target against exact kNN; exact QPS is brute-force IndexFlatIP;
-  4. add the 1% new vectors (add_s) vs a full rebuild over n + n/100 (rebuild_s):
-     incremental_ratio = add_s / rebuild_s; recall is re-measured after the add;
-  5. bytes_per_vector from the written index file.
+Steps, all in one process and on the same held-out queries:
+  1. data: synthetic ``synthetic_clustered`` unit vectors (n database + n/100 "new" + nq
+     queries from one mixture), or with ``--lake HOME`` the image_embeddings of that home
+     (shuffled with the seed, then split the same way; n is what the home holds);
+  2. select: ``index.select.select_index`` builds and tunes every factory of
+     ``candidate_factories(n, d, budget)`` (or ``--factory A --factory B``) and keeps the
+     fastest meeting recall@10 >= target; the candidates table is printed;
+  3. batch QPS, exact (IndexFlatIP) and the chosen index, interleaved ``--repeats`` times
+     (exact, chosen, exact, chosen, ...; models/timing.py): medians, spread, and the ratio
+     of the medians (``speedup_vs_exact``);
+  4. single-query latency p50 / p99 over ``--single`` queries, one query per call, exact
+     and chosen interleaved query by query;
+  5. a 1% add to the chosen index (add_s) against a full rebuild of the same factory over
+     n + n/100 (rebuild_s): ``incremental_ratio = add_s / rebuild_s``; recall after the add.
 
 Prints a human table, then ONE JSON object as the last line.
 """
@@ -20,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 if __package__ in (None, ""):  # run as a script: bench/ is sys.path[0] and its index.py
@@ -28,114 +35,136 @@ if __package__ in (None, ""):  # run as a script: bench/ is sys.path[0] and its 
     sys.path = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
+from dataclasses import asdict  # noqa: E402
+
+import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from index.build import add_vectors, build_index, choose_factory  # noqa: E402
-from index.io import write_index_atomic  # noqa: E402
+from index.build import add_vectors, build_index, candidate_factories  # noqa: E402
 from index.metrics import exact_knn, recall_at_k, synthetic_clustered  # noqa: E402
 from index.search import search  # noqa: E402
+from index.select import select_index  # noqa: E402
 from index.threads import configure_threads  # noqa: E402
-from index.tune import tune_index  # noqa: E402
+from models.timing import interleaved, summarise  # noqa: E402
 
 
-def run(
-    n: int,
-    d: int,
-    nq: int,
-    k: int,
-    target: float,
-    seed: int,
-    budget: int | None,
-    factory: str | None,
-    threads: int | None,
-) -> dict:
-    """Run the benchmark and return the metrics dict (see module doc)."""
-    nthreads = configure_threads(threads)
+def load_data(n: int, d: int, nq: int, seed: int, lake: str | None):
+    """(xb, xnew, xq, source): database, 1% new vectors, held-out queries."""
+    if lake is None:
+        n_new = max(1, n // 100)
+        x = synthetic_clustered(n + n_new + nq, d, seed=seed)
+        return x[:n], x[n : n + n_new], x[n + n_new :], "synthetic_clustered"
+    from assets.store.files import Home
+    from assets.store.lake import read_table
+
+    frame = read_table(Home.at(lake), "image_embeddings")
+    if frame.is_empty():
+        raise SystemExit(f"{lake} holds no image_embeddings: run `lensless demo` (or ingest + run) there first")
+    x = np.ascontiguousarray(frame["embedding"].to_numpy(), dtype=np.float32)
+    x = x[np.random.default_rng(seed).permutation(len(x))]
+    nq = min(nq, len(x) // 10)
+    n = len(x) - nq
     n_new = max(1, n // 100)
-    t = time.perf_counter()
-    x = synthetic_clustered(n + n_new + nq, d, seed=seed)
-    xb, xnew, xq = x[:n], x[n : n + n_new], x[n + n_new :]
-    data_s = time.perf_counter() - t
+    return x[: n - n_new], x[n - n_new : n], x[n:], f"image_embeddings of {lake}"
+
+
+def time_searches(xb, index, xq, k: int, repeats: int, n_single: int):
+    """Exact and `index` side by side: seconds per query of interleaved batch searches
+    ({name: summarise(...)}) and single-query latencies ({name: [s, ...]}), query by query."""
+    exact = faiss.IndexFlatIP(xb.shape[1])
+    exact.add(xb)
+    batch = interleaved({"exact": lambda: search(exact, xq, k), "chosen": lambda: search(index, xq, k)},
+                        repeats=repeats)
+    per_query = {name: summarise(s, scale=1 / len(xq)) for name, s in batch.items()}
+    single = {"exact": [], "chosen": []}
+    for i in range(min(n_single, len(xq))):
+        q = xq[i : i + 1]
+        lat = interleaved({"exact": lambda q=q: exact.search(q, k), "chosen": lambda q=q: index.search(q, k)},
+                          repeats=1, warmup=0)
+        for name, s in lat.items():
+            single[name] += s
+    return per_query, single
+
+
+def run(a: argparse.Namespace) -> dict:
+    """Run the benchmark and return the metrics dict (see module doc)."""
+    nthreads = configure_threads(a.threads)
+    xb, xnew, xq, source = load_data(a.n, a.d, a.nq, a.seed, a.lake)
+    n, d = xb.shape
     ids = np.arange(n, dtype=np.int64)
-    factory = factory or choose_factory(n, d, budget)
+    factories = a.factory or candidate_factories(n, d, a.budget)
+    log = (lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr, flush=True))
 
     t = time.perf_counter()
-    index = build_index(xb, ids, factory, seed=seed)
-    build_s = time.perf_counter() - t
+    sel = select_index(xb, ids, xq, factories, k=a.k, target_recall=a.target,
+                       memory_budget_bytes=a.budget, build_budget_s=a.build_budget, seed=a.seed, log=log)
+    select_s = time.perf_counter() - t
+    index = sel.index
+    qps, single = time_searches(xb, sel.index, xq, a.k, a.repeats, a.single)
 
     t = time.perf_counter()
-    tuned = tune_index(index, xb, xq, k=k, target_recall=target)
-    tune_s = time.perf_counter() - t
-
-    t = time.perf_counter()
-    add_vectors(index, xnew, np.arange(n, n + n_new, dtype=np.int64))
+    add_vectors(index, xnew, np.arange(n, n + len(xnew), dtype=np.int64))
     add_s = time.perf_counter() - t
     x_all = np.concatenate([xb, xnew])
-    del x
-    _, gt_all = exact_knn(x_all, xq, k)
-    recall_after_add = recall_at_k(search(index, xq, k)[1], gt_all, k)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_index_atomic(index, os.path.join(tmp, "bench.index"))
-        bytes_per_vector = os.path.getsize(path) / index.ntotal
-    del index
-
+    _, gt_all = exact_knn(x_all, xq, a.k)
+    recall_after_add = recall_at_k(search(index, xq, a.k)[1], gt_all, a.k)
+    del index, sel.index
     t = time.perf_counter()
-    rebuilt = build_index(x_all, np.arange(n + n_new, dtype=np.int64), factory, seed=seed)
+    rebuilt = build_index(x_all, np.arange(len(x_all), dtype=np.int64), sel.factory, seed=a.seed)
     rebuild_s = time.perf_counter() - t
     del rebuilt
 
+    chosen = next(c for c in sel.candidates if c.status == "chosen")
+    ms = lambda v: round(v * 1e3, 3)  # noqa: E731
     return {
-        "n": n,
-        "d": d,
-        "nq": nq,
-        "factory": factory,
-        "params": tuned.params,
-        "target": target,
-        "met_target": tuned.met_target,
-        "recall_at_10": round(tuned.recall_at_10, 4),
-        "recall_after_add": round(recall_after_add, 4),
-        "qps": round(tuned.qps, 1),
-        "exact_qps": round(tuned.exact_qps, 1),
-        "speedup_vs_exact": round(tuned.qps / tuned.exact_qps, 2),
-        "build_s": round(build_s, 2),
-        "tune_s": round(tune_s, 2),
-        "add_s": round(add_s, 3),
-        "n_add": n_new,
-        "rebuild_s": round(rebuild_s, 2),
+        "source": source, "n": n, "d": d, "nq": len(xq), "factory": sel.factory, "params": sel.tuned.params,
+        "target": a.target, "met_target": sel.tuned.met_target,
+        "recall_at_10": round(sel.tuned.recall_at_10, 4), "recall_after_add": round(recall_after_add, 4),
+        "qps": round(1 / qps["chosen"]["median"], 1),
+        "qps_range": [round(1 / qps["chosen"]["max"], 1), round(1 / qps["chosen"]["min"], 1)],
+        "exact_qps": round(1 / qps["exact"]["median"], 1),
+        "exact_qps_range": [round(1 / qps["exact"]["max"], 1), round(1 / qps["exact"]["min"], 1)],
+        "speedup_vs_exact": round(qps["exact"]["median"] / qps["chosen"]["median"], 2),
+        "repeats": a.repeats,
+        "p50_ms": ms(np.percentile(single["chosen"], 50)), "p99_ms": ms(np.percentile(single["chosen"], 99)),
+        "exact_p50_ms": ms(np.percentile(single["exact"], 50)),
+        "exact_p99_ms": ms(np.percentile(single["exact"], 99)),
+        "single_queries": len(single["chosen"]),
+        "build_s": round(sel.build_s, 2), "select_s": round(select_s, 1),
+        "add_s": round(add_s, 3), "n_add": len(xnew), "rebuild_s": round(rebuild_s, 2),
         "incremental_ratio": round(add_s / rebuild_s, 4),
-        "bytes_per_vector": round(bytes_per_vector, 1),
-        "threads": nthreads,
-        "data_s": round(data_s, 2),
-        "seed": seed,
-        "pareto": tuned.table,
+        "bytes_per_vector": chosen.bytes_per_vector, "threads": nthreads, "seed": a.seed,
+        "candidates": [asdict(c) for c in sel.candidates],
     }
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=200_000)
+    p.add_argument("--n", type=int, default=200_000, help="database vectors (synthetic data)")
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--nq", type=int, default=1000, help="held-out tuning/benchmark queries")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--target", type=float, default=0.95, help="recall@k target")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", type=int, default=None, help="memory budget in bytes")
-    p.add_argument("--factory", default=None, help="override choose_factory")
-    p.add_argument(
-        "--threads", type=int, default=None, help="faiss/torch threads (default: all usable CPUs)"
-    )
+    p.add_argument("--build-budget", type=float, default=None, help="reject candidates whose build takes longer (s)")
+    p.add_argument("--factory", action="append", help="try only these factories (repeatable)")
+    p.add_argument("--lake", default=None, help="a lensless home: benchmark on its image_embeddings")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved batch timing repeats")
+    p.add_argument("--single", type=int, default=500, help="single-query latency samples")
+    p.add_argument("--threads", type=int, default=None, help="faiss threads (default: all usable CPUs)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     a = p.parse_args(argv)
-    out = run(a.n, a.d, a.nq, a.k, a.target, a.seed, a.budget, a.factory, a.threads)
+    out = run(a)
     if not a.json:
         for key, value in out.items():
-            if key != "pareto":
+            if key != "candidates":
                 print(f"{key:>18}  {value}")
-        print(f"\n{'params':>28}  {'recall':>7}  {'qps':>10}")
-        for row in out["pareto"]:
-            print(f"{row['params']:>28}  {row['recall']:7.4f}  {row['qps']:10.1f}")
-    print(json.dumps({k: v for k, v in out.items() if k != "pareto"}))
+        cols = ("factory", "status", "params", "recall_at_10", "qps", "bytes_per_vector", "build_s", "tune_s")
+        print("\n" + "  ".join(f"{c:>14}" for c in cols))
+        for row in out["candidates"]:
+            print("  ".join(f"{'' if row[c] is None else row[c]!s:>14}" for c in cols))
+    print(json.dumps({k: v for k, v in out.items() if k != "candidates"}))
     return out
 
 

@@ -1,6 +1,6 @@
 """FAISS in the faiss-contrib style: build, tune, search, io, metrics. No Dagster here."""
 
-from .build import add_vectors, build_index, choose_factory, needs_rebuild, quantizer_drift
+from .build import add_vectors, build_index, candidate_factories, needs_rebuild, quantizer_drift
 from .gpu import gpu_available, index_to_cpu, index_to_gpu
 from .io import read_index, write_index_atomic
 from .metrics import exact_knn, one_recall_at_k, recall_at_k
@@ -13,7 +13,7 @@ __all__ = [
     "add_vectors",
     "apply_params",
     "build_index",
-    "choose_factory",
+    "candidate_factories",
     "configure_threads",
     "exact_knn",
     "gpu_available",

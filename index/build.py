@@ -1,26 +1,43 @@
-"""Choose, build and grow a FAISS index over L2-normalised embeddings (inner-product metric).
+"""The search space of FAISS indexes over L2-normalised embeddings (inner-product metric), and
+building and growing them.
 
-Choosing the index follows the FAISS wiki "Guidelines to choose an index", adapted to a
-memory budget (bytes for the whole index; None = no limit):
+``candidate_factories(n, d, budget)`` lists the factories worth measuring for n vectors of
+dimension d within a memory budget (bytes for the whole index; None = no limit);
+``index.select.select_index`` builds each, tunes it and keeps the fastest that meets the
+recall target. The space follows the FAISS wiki "Guidelines to choose an index":
 
-    n (vectors)          flat codes fit the budget?   factory
-    -------------------  ---------------------------  ------------------------------------
-    n < 20,000           yes                          Flat           (exact, no training)
-    20,000 <= n < 100k   yes, with the graph          HNSW32         (best speed/recall, no training)
-    n < 10M              yes                          IVF{k},Flat    k = 2^round(log2(4 sqrt n))
-    n >= 10M, or         no                           OPQ{m},IVF{k},PQ{m}  m bytes/vector, the
-      budget too small                                                largest m | d that fits
+    n (vectors)          candidates (in the order they are tried: cheapest build first)
+    -------------------  --------------------------------------------------------------------
+    n < 20,000           Flat                      exact, no training; nothing is faster enough
+    20,000 <= n < 10M    IVF{k},Flat               full vectors in inverted lists
+                         IVF{k},SQ8                8-bit scalar codes, d bytes/vector
+                         IVF{k},PQ{d/2}x4fs,Refine(SQfp16)  4-bit PQ fast-scan (SIMD look-up
+                                                   tables), then k_factor_rf * k hits re-ranked
+                                                   on float16 vectors (half RFlat's memory,
+                                                   the same recall and speed at 200k)
+                         HNSW32,Flat               graph, no training (n < 500,000: its build
+                                                   grows fastest with n)
+                         IVF{4k}_HNSW32,PQ{d/2}x4fs,Refine(SQfp16)  HNSW coarse quantizer
+                                                   (n >= 500,000)
+    n >= 10M, or none    OPQ{m},IVF{4k},PQ{m}      m bytes/vector, the largest m | d that fits
+      of the above fits
 
-k is clamped to [16, 65536] and to n/39 (faiss wants >= 39 training points per list); when
-k >= 32768 the coarse quantizer is itself an HNSW graph (IVF{k}_HNSW32), as the wiki does
-for 1M-1B vectors. 4 sqrt(n) is the low end of the wiki's 4..16 sqrt(n): fewer lists train
-and add faster, which matters more on a small CPU box than the last bit of QPS.
+k = 2^round(log2(sqrt n)), clamped to [16, 65536] and to n/39 (faiss wants >= 39 training
+points per list), for the families that keep full vectors or SQ8 codes. That is below the
+wiki's 4..16 sqrt(n): on a small CPU box the k coarse
+distances per query and the k-means training (which grows as k^2) cost more than longer
+lists, most of all when the lists hold 4-bit fast-scan codes (bench/index.py at 200k x 128:
+IVF512 reached 25x exact QPS, IVF2048 13x). The HNSW coarse quantizer makes many lists
+cheap to probe, so its candidate uses 4k lists; OPQ+PQ (compressed, n >= 10M or a tight
+budget) uses the wiki's 4 sqrt(n), and every IVF with k >= 32768 the HNSW quantizer.
 
-Ids are ours: IVF indexes store them in the inverted lists; Flat/HNSW get an IndexIDMap2.
+Ids are ours: plain IVF indexes store them in the inverted lists; Flat, HNSW and refined
+indexes get an IndexIDMap2. Every family grows in place (``add_vectors``): HNSW links the
+new nodes into its graph, IVF appends to its lists, a refine stage appends to its store.
 
 Retrain decisions:
-  * ``needs_rebuild`` - N outgrew the factory (another family, or k < half the wanted k,
-    i.e. N grew ~4x) or the factory no longer fits the budget.
+  * ``needs_rebuild`` - N left the factory's family's range (the family is no longer a
+    candidate), k < half the wanted k (N grew ~4x), or the factory no longer fits the budget.
   * ``quantizer_drift`` - mean squared distance of new vectors to their nearest coarse
     centroid over that of the vectors already in the index; retrain the quantizer when it
     exceeds DRIFT_THRESHOLD (1.5: new data sits 50% farther from the centroids than the data
@@ -42,7 +59,8 @@ from .io import is_read_only
 LOG = logging.getLogger(__name__)
 
 FLAT_MAX_N = 20_000
-HNSW_MAX_N = 100_000
+HNSW_MAX_N = 500_000
+IVF_HNSW_MIN_N = 500_000
 IVF_FLAT_MAX_N = 10_000_000
 HNSW_M = 32
 HNSW_QUANTIZER_MIN_K = 32_768
@@ -51,31 +69,40 @@ TRAIN_PER_LIST = 64  # training sample size per list (faiss subsamples above 256
 MIN_TRAIN = 65_536  # PQ/OPQ codebooks want ~10k+ points whatever k is
 DRIFT_THRESHOLD = 1.5
 PQ_M_CHOICES = (64, 48, 32, 24, 16, 12, 8, 4)
-FAMILIES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+FAMILIES = ("flat", "hnsw", "ivf_flat", "ivf_sq", "ivf_pq_refine", "ivf_pq")
 
 
-def choose_factory(n: int, d: int, memory_budget_bytes: int | None = None) -> str:
-    """Pick a faiss factory string for n vectors of dimension d (see the module table)."""
+def candidate_factories(n: int, d: int, memory_budget_bytes: int | None = None) -> list[str]:
+    """Factory strings worth measuring for n vectors of dimension d (see the module table)."""
     assert n > 0 and d > 0, f"need n > 0 and d > 0, got n={n}, d={d}"
     budget = math.inf if memory_budget_bytes is None else memory_budget_bytes
     k = _nlist(n)
-    if n < FLAT_MAX_N and estimate_bytes("Flat", n, d) <= budget:
-        return "Flat"
-    if n < HNSW_MAX_N and estimate_bytes(f"HNSW{HNSW_M}", n, d) <= budget:
-        return f"HNSW{HNSW_M}"
     ivf = f"IVF{k}_HNSW32" if k >= HNSW_QUANTIZER_MIN_K else f"IVF{k}"
-    if n < IVF_FLAT_MAX_N and estimate_bytes(f"{ivf},Flat", n, d) <= budget:
-        return f"{ivf},Flat"
+    if n < FLAT_MAX_N and estimate_bytes("Flat", n, d) <= budget:
+        return ["Flat"]
+    space = []
+    if n < IVF_FLAT_MAX_N:
+        space += [f"{ivf},Flat", f"{ivf},SQ8"]
+        if d % 2 == 0:
+            space.append(f"{ivf},PQ{d // 2}x4fs,Refine(SQfp16)")
+        if n < HNSW_MAX_N:
+            space.append(f"HNSW{HNSW_M},Flat")
+        if n >= IVF_HNSW_MIN_N and d % 2 == 0 and "HNSW" not in ivf:
+            space.append(f"IVF{_nlist(n, per_sqrt=4)}_HNSW32,PQ{d // 2}x4fs,Refine(SQfp16)")
+    space = [f for f in space if estimate_bytes(f, n, d) <= budget]
+    if space:
+        return space
+    k = _nlist(n, per_sqrt=4)  # compressed codes scan cheaply: the wiki's 4 sqrt(n) lists
+    ivf = f"IVF{k}_HNSW32" if k >= HNSW_QUANTIZER_MIN_K else f"IVF{k}"
     ms = [m for m in PQ_M_CHOICES if d % m == 0 and m <= d // 2]
-    if memory_budget_bytes is not None:
-        ms = [m for m in ms if estimate_bytes(f"OPQ{m},{ivf},PQ{m}", n, d) <= budget]
+    ms = [m for m in ms if estimate_bytes(f"OPQ{m},{ivf},PQ{m}", n, d) <= budget]
     if not ms:
         need = estimate_bytes(f"OPQ4,{ivf},PQ4", n, d)
         raise ValueError(
             f"memory_budget_bytes={memory_budget_bytes} cannot hold n={n} d={d}: the smallest "
             f"option OPQ4,{ivf},PQ4 needs ~{need} bytes; valid PQ m divide d and are in {PQ_M_CHOICES}"
         )
-    return f"OPQ{ms[0]},{ivf},PQ{ms[0]}"
+    return [f"OPQ{ms[0]},{ivf},PQ{ms[0]}"]
 
 
 def estimate_bytes(factory: str, n: int, d: int) -> int:
@@ -83,13 +110,18 @@ def estimate_bytes(factory: str, n: int, d: int) -> int:
     fam = family(factory)
     k = _factory_nlist(factory)
     fixed = 4 * d * k + (4 * d * d if factory.startswith("OPQ") else 0)
+    idmap = 8 + 40  # IDMap2 keeps ids and a reverse hash map
     if fam == "flat":
-        per = 4 * d + 8 + 40  # IDMap2 keeps ids and a reverse hash map
+        per = 4 * d + idmap
     elif fam == "hnsw":
         m = int(re.search(r"HNSW(\d+)", factory).group(1))
-        per = 4 * d + 8 + 40 + int(2 * m * 4 * 1.1)  # level-0 links are 2M int32, upper levels ~10%
+        per = 4 * d + idmap + int(2 * m * 4 * 1.1)  # level-0 links are 2M int32, upper levels ~10%
     elif fam == "ivf_flat":
         per = 4 * d + 8
+    elif fam == "ivf_sq":
+        per = d + 8
+    elif fam == "ivf_pq_refine":  # 4-bit codes + list ids + the refine's store + IDMap2
+        per = (_pq_m(factory) + 1) // 2 + 8 + _refine_bytes(factory, d) + idmap
     else:
         per = _pq_m(factory) + 8
     return int(fixed + per * n)
@@ -99,7 +131,10 @@ def family(factory: str) -> str:
     """Family of a factory string: one of FAMILIES."""
     body = factory.removeprefix("IDMap2,").removeprefix("IDMap,")
     if "IVF" in body:
-        return "ivf_pq" if "PQ" in body.split("IVF", 1)[1] else "ivf_flat"
+        codes = body.split("IVF", 1)[1]
+        if "PQ" in codes:
+            return "ivf_pq_refine" if "RFlat" in codes or "Refine(" in codes else "ivf_pq"
+        return "ivf_sq" if "SQ" in codes else "ivf_flat"
     if body.startswith("HNSW"):
         return "hnsw"
     if body == "Flat":
@@ -112,9 +147,9 @@ def needs_rebuild(
 ) -> bool:
     """True when an index built with ``factory`` should be rebuilt now that it holds n_total.
 
-    Pass the memory budget that chose ``factory``: the wanted factory depends on it."""
-    want = choose_factory(n_total, d, memory_budget_bytes)
-    if family(want) != family(factory):
+    Pass the memory budget that chose ``factory``: the search space depends on it."""
+    space = candidate_factories(n_total, d, memory_budget_bytes)
+    if family(factory) not in {family(f) for f in space}:
         return True
     if (
         memory_budget_bytes is not None
@@ -122,7 +157,7 @@ def needs_rebuild(
     ):
         return True
     if family(factory).startswith("ivf"):
-        return _factory_nlist(factory) < _factory_nlist(want) / 2
+        return _factory_nlist(factory) < _nlist(n_total) / 2
     return False
 
 
@@ -157,9 +192,9 @@ def build_index(
 
 
 def make_empty(factory: str, d: int) -> faiss.Index:
-    """Empty inner-product index for ``factory``; non-IVF types are wrapped in IndexIDMap2."""
+    """Empty inner-product index for ``factory``; Flat, HNSW and refined ones get an IndexIDMap2."""
     family(factory)  # validates
-    if "IVF" not in factory and not factory.startswith("IDMap"):
+    if family(factory) in ("flat", "hnsw", "ivf_pq_refine") and not factory.startswith("IDMap"):
         factory = "IDMap2," + factory
     try:
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
@@ -252,8 +287,8 @@ def _quantization_error(ivf: faiss.IndexIVF, x: np.ndarray) -> float:
     return float(((x - centroids) ** 2).sum(axis=1).mean())
 
 
-def _nlist(n: int) -> int:
-    k = 2 ** round(math.log2(4 * math.sqrt(n)))
+def _nlist(n: int, per_sqrt: int = 1) -> int:
+    k = 2 ** round(math.log2(per_sqrt * math.sqrt(n)))
     k = min(k, 65_536, 2 ** int(math.log2(max(16, n // MIN_TRAIN_PER_LIST))))
     return max(16, k)
 
@@ -261,6 +296,13 @@ def _nlist(n: int) -> int:
 def _factory_nlist(factory: str) -> int:
     m = re.search(r"IVF(\d+)", factory)
     return int(m.group(1)) if m else 0
+
+
+def _refine_bytes(factory: str, d: int) -> int:
+    """Bytes per vector of a refine stage: RFlat / Refine(Flat) 4d, Refine(SQfp16) 2d, Refine(SQ8) d."""
+    m = re.search(r"Refine\((\w+)\)", factory)
+    kind = "Flat" if m is None else m.group(1)
+    return {"Flat": 4 * d, "SQfp16": 2 * d, "SQbf16": 2 * d, "SQ8": d}[kind]
 
 
 def _pq_m(factory: str) -> int:

@@ -5,8 +5,11 @@
   `index.build.needs_rebuild` says N outgrew the factory, or `quantizer_drift` of the new
   vectors exceeds `index.build.DRIFT_THRESHOLD` (IVF only);
 - otherwise only the partitions not yet in the index are added (old ones are not re-added).
-It then tunes search parameters to the recall target on held-out queries (a seeded sample
-of the stored vectors, searched against exact inner-product kNN). The tuner's measurement
+A rebuild measures every factory of `index.build.candidate_factories` (`index.select`) and
+keeps the fastest that meets the recall target within the memory and build-time budgets; the
+table of candidates is kept in the state. An add re-tunes the search parameters of the
+factory in place. Tuning uses held-out queries (a seeded sample of the stored vectors,
+nudged, searched against exact inner-product kNN). The tuner's measurement
 (tie-aware recall@10 at the chosen parameters, QPS against exact search, `met_target`) is
 the one stored in the state file and read by the `index_recall` check. It writes the index,
 the row-id → image_id table and the state, each atomically, in `<home>/indexes/`: a local
@@ -27,12 +30,12 @@ from assets.store.files import Home, read_json, read_parquet, write_bytes, write
 from index.build import (
     DRIFT_THRESHOLD,
     add_vectors,
-    build_index,
-    choose_factory,
+    candidate_factories,
     needs_rebuild,
     quantizer_drift,
 )
 from index.io import index_from_bytes, index_to_bytes, read_index, write_index_atomic
+from index.select import select_index
 from index.tune import apply_params, tune_index
 
 
@@ -40,6 +43,7 @@ from index.tune import apply_params, tune_index
 class IndexConfig:
     target_recall: float = 0.95  # recall@10 the tuned search parameters must reach
     memory_budget_bytes: int | None = None  # None: no limit (see index/build.py table)
+    build_budget_s: float | None = 600.0  # a candidate whose full build takes longer is rejected
     tuning_queries: int = 1000  # held-out queries for tuning and measurement
     seed: int = 0
 
@@ -118,38 +122,41 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
             reason, index = f"quantizer drift {drift:.2f} > {DRIFT_THRESHOLD}", None
 
     if reason is not None:
-        factory = choose_factory(n_total, d, config.memory_budget_bytes)
         keys = sorted(partitions)
         image_ids = pl.concat([partitions[k].select("image_id") for k in keys])["image_id"]
-        xb = _stack([partitions[k] for k in keys])
-        log(f"full build of {factory} over {len(xb)} vectors: {reason}")
-        index = build_index(xb, np.arange(len(xb), dtype=np.int64), factory)
+        xb_all = _stack([partitions[k] for k in keys])
+        xq = _tuning_queries(xb_all, config)
+        factories = candidate_factories(len(xb_all), d, config.memory_budget_bytes)
+        log(f"full build over {len(xb_all)} vectors ({reason}); candidates: {', '.join(factories)}")
+        chosen = select_index(xb_all, np.arange(len(xb_all), dtype=np.int64), xq, factories, k=10,
+                              target_recall=config.target_recall,
+                              memory_budget_bytes=config.memory_budget_bytes,
+                              build_budget_s=config.build_budget_s, seed=config.seed, log=log)
+        index, factory, tuned, candidates = chosen.index, chosen.factory, chosen.tuned, chosen.candidates
+        build_seconds = chosen.build_s
         mode = "rebuild"
     elif new_keys:
         factory = state["factory"]
         old_ids = read_parquet(index_dir(home) / "ids.parquet")["image_id"]
         added = pl.concat([partitions[k].select("image_id") for k in new_keys])["image_id"]
         log(f"incremental add of {len(added)} vectors from {len(new_keys)} new partitions to {factory}")
+        t = time.perf_counter()
         add_vectors(index, xb_new, np.arange(len(old_ids), len(old_ids) + len(added), dtype=np.int64))
+        build_seconds = time.perf_counter() - t
         image_ids = pl.concat([old_ids, added])
-        mode = "incremental"
-    else:
-        log("index already up to date")
-        return {**state, "mode": "unchanged"}
-    build_seconds = time.perf_counter() - started
-
-    xb_all = _stack([partitions[k] for k in sorted(partitions)]) if mode == "rebuild" else None
-    if xb_all is None:  # incremental: measure against every stored vector, in row-id order
+        # measure against every stored vector, in row-id order
         order = {k: i for i, k in enumerate(image_ids.to_list())}
         frames = pl.concat([partitions[k] for k in sorted(partitions)])
         rows = np.array([order[i] for i in frames["image_id"]])
         xb_all = np.empty((len(rows), d), np.float32)
         xb_all[rows] = frames["embedding"].to_numpy()
-    rng = np.random.default_rng(config.seed)
-    q = rng.choice(len(xb_all), size=min(config.tuning_queries, len(xb_all)), replace=False)
-    xq = xb_all[q] + rng.normal(0, 0.01, (len(q), d)).astype(np.float32)  # near, not identical, to stored vectors
-    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
-    tuned = tune_index(index, xb_all, xq, k=10, target_recall=config.target_recall)
+        tuned = tune_index(index, xb_all, _tuning_queries(xb_all, config), k=10,
+                           target_recall=config.target_recall)
+        candidates = state.get("candidates", [])
+        mode = "incremental"
+    else:
+        log("index already up to date")
+        return {**state, "mode": "unchanged"}
     log(f"tuned {factory}: params {tuned.params or '(none)'}, recall@10 {tuned.recall_at_10:.4f} "
         f"(target {config.target_recall}{'' if tuned.met_target else ', NOT met'}), {tuned.qps:.0f} QPS "
         f"vs exact {tuned.exact_qps:.0f}")
@@ -165,10 +172,19 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         "met_target": bool(tuned.met_target), "qps": float(tuned.qps),
         "exact_qps": float(tuned.exact_qps), "speedup_vs_exact": float(tuned.qps / tuned.exact_qps),
         "bytes_per_vector": index_bytes / max(1, index.ntotal),
-        "build_seconds": build_seconds, "config": asdict(config),
+        "build_seconds": build_seconds, "seconds": time.perf_counter() - started, "config": asdict(config),
+        "candidates": [c if isinstance(c, dict) else asdict(c) for c in candidates],
     }
     write_json(report, folder / "state.json")  # last: readers trust the state file
     return report
+
+
+def _tuning_queries(xb: np.ndarray, config: IndexConfig) -> np.ndarray:
+    """A seeded sample of stored vectors, nudged off them: near, not identical, to the database."""
+    rng = np.random.default_rng(config.seed)
+    q = rng.choice(len(xb), size=min(config.tuning_queries, len(xb)), replace=False)
+    xq = xb[q] + rng.normal(0, 0.01, (len(q), xb.shape[1])).astype(np.float32)
+    return xq / np.linalg.norm(xq, axis=1, keepdims=True)
 
 
 def _stack(frames: list[pl.DataFrame]) -> np.ndarray:

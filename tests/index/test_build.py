@@ -8,8 +8,9 @@ from index.build import (
     DRIFT_THRESHOLD,
     add_vectors,
     build_index,
-    choose_factory,
+    candidate_factories,
     family,
+    make_empty,
     needs_rebuild,
     quantizer_drift,
 )
@@ -19,26 +20,31 @@ from index.metrics import recall_at_k, synthetic_clustered
 @pytest.mark.parametrize(
     "n, d, budget, want",
     [
-        (1_000, 128, None, "Flat"),
-        (19_999, 128, None, "Flat"),
-        (50_000, 128, None, "HNSW32"),
-        (50_000, 128, 30_000_000, "IVF1024,Flat"),  # flat codes fit, the HNSW graph does not
-        (200_000, 128, None, "IVF2048,Flat"),
-        (1_000_000, 128, None, "IVF4096,Flat"),
-        (1_000_000, 128, 50_000_000, "OPQ32,IVF4096,PQ32"),  # 50 B/vector budget
-        (20_000_000, 128, None, "OPQ64,IVF16384,PQ64"),
-        (100_000_000, 128, None, "OPQ64,IVF32768_HNSW32,PQ64"),
-        (200_000, 96, 8_000_000, "OPQ24,IVF2048,PQ24"),
+        (1_000, 128, None, ["Flat"]),
+        (19_999, 128, None, ["Flat"]),
+        (50_000, 128, None, ["IVF256,Flat", "IVF256,SQ8", "IVF256,PQ64x4fs,Refine(SQfp16)", "HNSW32,Flat"]),
+        # 30 MB: the flat codes (26 MB) and the refined fast-scan (17 MB) fit, the graph does not
+        (50_000, 128, 30_000_000, ["IVF256,Flat", "IVF256,SQ8", "IVF256,PQ64x4fs,Refine(SQfp16)"]),
+        (50_000, 128, 15_000_000, ["IVF256,SQ8"]),  # 7 MB
+        (200_000, 128, None, ["IVF512,Flat", "IVF512,SQ8", "IVF512,PQ64x4fs,Refine(SQfp16)", "HNSW32,Flat"]),
+        (1_000_000, 128, None, ["IVF1024,Flat", "IVF1024,SQ8", "IVF1024,PQ64x4fs,Refine(SQfp16)",
+                                "IVF4096_HNSW32,PQ64x4fs,Refine(SQfp16)"]),
+        (1_000_000, 128, 150_000_000, ["IVF1024,SQ8"]),  # 136 B/vector
+        (1_000_000, 128, 50_000_000, ["OPQ32,IVF4096,PQ32"]),  # 50 B/vector budget
+        (20_000_000, 128, None, ["OPQ64,IVF16384,PQ64"]),
+        (100_000_000, 128, None, ["OPQ64,IVF32768_HNSW32,PQ64"]),
+        (200_000, 96, 8_000_000, ["OPQ24,IVF2048,PQ24"]),
     ],
 )
-def test_choose_factory_table(n, d, budget, want):
-    assert choose_factory(n, d, budget) == want
-    faiss.index_factory(d, want, faiss.METRIC_INNER_PRODUCT)  # faiss can parse it
+def test_candidate_factories_table(n, d, budget, want):
+    assert candidate_factories(n, d, budget) == want
+    for factory in want:
+        make_empty(factory, d)  # faiss can build it
 
 
-def test_choose_factory_errors_name_the_budget():
+def test_candidate_factories_errors_name_the_budget():
     with pytest.raises(ValueError, match="memory_budget_bytes=1000"):
-        choose_factory(1_000_000, 128, 1000)
+        candidate_factories(1_000_000, 128, 1000)
     with pytest.raises(ValueError, match="valid families"):
         family("LSH")
 
@@ -46,11 +52,12 @@ def test_choose_factory_errors_name_the_budget():
 def test_needs_rebuild():
     assert needs_rebuild("Flat", 30_000, 128)
     assert not needs_rebuild("Flat", 10_000, 128)
-    assert needs_rebuild("HNSW32", 150_000, 128)
-    assert not needs_rebuild("IVF2048,Flat", 250_000, 128)
-    assert not needs_rebuild("IVF2048,Flat", 1_000_000, 128)  # wants 4096: within 2x
-    assert needs_rebuild("IVF2048,Flat", 4_000_000, 128)  # wants 8192
-    assert needs_rebuild("IVF2048,Flat", 1_000_000, 128, memory_budget_bytes=100_000_000)
+    assert not needs_rebuild("HNSW32,Flat", 150_000, 128)
+    assert needs_rebuild("HNSW32,Flat", 600_000, 128)  # the graph left the search space
+    assert not needs_rebuild("IVF512,Flat", 250_000, 128)
+    assert not needs_rebuild("IVF512,PQ64x4fs,Refine(SQfp16)", 1_000_000, 128)  # wants 1024: within 2x
+    assert needs_rebuild("IVF512,SQ8", 4_000_000, 128)  # wants 2048
+    assert needs_rebuild("IVF512,Flat", 1_000_000, 128, memory_budget_bytes=100_000_000)
 
 
 @pytest.mark.parametrize(
@@ -66,7 +73,10 @@ def test_approximate_recall_vs_exact(data, factory, params):
     assert I.min() >= 10_000, "ids must be ours, not row numbers"
 
 
-@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat", "IVF32,PQ8x4"])
+@pytest.mark.parametrize(
+    "factory", ["Flat", "IVF64,Flat", "IVF32,PQ8x4", "IVF64,SQ8", "IVF64,PQ16x4fs,RFlat",
+                "IVF64,PQ16x4fs,Refine(SQfp16)"]
+)
 def test_incremental_adds_equal_full_build(data, factory):
     xb, ids, xq = data["xb"], data["ids"], data["xq"]
     xt = xb[:4000]  # same training set for both, so the quantizers are identical
@@ -77,6 +87,8 @@ def test_incremental_adds_equal_full_build(data, factory):
     assert inc.ntotal == full.ntotal == len(xb)
     for index in (inc, full):
         faiss.ParameterSpace().set_index_parameters(index, "nprobe=4" if "IVF" in factory else "")
+        if "Refine" in factory or "RFlat" in factory:
+            faiss.ParameterSpace().set_index_parameters(index, "k_factor_rf=4")
     D1, I1 = inc.search(xq, 10)
     D2, I2 = full.search(xq, 10)
     np.testing.assert_allclose(D1, D2, rtol=1e-5, atol=1e-6)
@@ -85,7 +97,7 @@ def test_incremental_adds_equal_full_build(data, factory):
 
 def test_hnsw_incremental_keeps_recall(data):
     xb, ids = data["xb"], data["ids"]
-    index = build_index(xb[:3000], ids[:3000], "HNSW32")
+    index = build_index(xb[:3000], ids[:3000], "HNSW32,Flat")
     add_vectors(index, xb[3000:], ids[3000:])
     faiss.ParameterSpace().set_index_parameter(index, "efSearch", 64)
     assert recall_at_k(index.search(data["xq"], 10)[1], data["gt_I"], 10) >= 0.9
