@@ -2,7 +2,8 @@
 
 Speed (default mode): the same seeded uint8 224 px images go through our encoder (default
 "small" config, which resizes to 64 px) and through the Qwen3-VL vision tower at the built-in
-tiny config, in the same process, on CPU; images/s and their ratio are printed. FLOPs: ours
+tiny config, in the same process, on CPU, timed in turn `--repeats` times; the medians of images/s and
+their ratio are printed. FLOPs: ours
 and the tiny tower measured with `torch.utils.flop_counter.FlopCounterMode`, and an analytic
 count for a production tower (default Qwen3-VL-2B at 448 px) from its published dimensions:
 
@@ -28,8 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.embed import embed_pixels  # noqa: E402
 from models.embedding_eval import digits_pixels, knn_label_precision, pixel_baseline  # noqa: E402
 from models.encoder import ImageEncoder, encoder_config  # noqa: E402
+from models.timing import interleaved  # noqa: E402
 from models.train_encoder import EncoderTrainConfig, train_encoder  # noqa: E402
 
 
@@ -89,16 +91,6 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def images_per_second(fn, n: int, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
-
-
 def bench_speed(args) -> dict:
     from transformers import Qwen3VLForConditionalGeneration
 
@@ -118,10 +110,10 @@ def bench_speed(args) -> dict:
                 pv, thw = qwen_patches(imgs[s : s + args.batch])
                 tower(pv, thw)
 
-    ours_ips = images_per_second(
-        lambda: embed_pixels(ours, images, args.batch), args.n, args.repeats
-    )
-    tower_ips = images_per_second(run_tower, args.n, args.repeats)
+    # in turn (ours, tower, ours, ...; models/timing.py): machine load hits both alike
+    times = interleaved({"ours": lambda: embed_pixels(ours, images, args.batch), "tower": run_tower},
+                        repeats=args.repeats)
+    ours_ips, tower_ips = (args.n / statistics.median(times[name]) for name in ("ours", "tower"))
     one = images[:1]
     ours_flops = count_flops(lambda: ours(one))
     # FlopCounterMode has no formula for the CPU flash-attention kernel that sdpa dispatches to,
@@ -153,6 +145,9 @@ def bench_speed(args) -> dict:
         "ours_images_per_s": round(ours_ips, 1),
         "qwen3vl_tiny_tower_images_per_s": round(tower_ips, 1),
         "speed_ratio_ours_over_tiny_tower": round(ours_ips / tower_ips, 2),
+        "repeats": args.repeats,
+        "ours_images_per_s_range": [round(args.n / max(times["ours"]), 1), round(args.n / min(times["ours"]), 1)],
+        "tower_images_per_s_range": [round(args.n / max(times["tower"]), 1), round(args.n / min(times["tower"]), 1)],
         "ours_flops_per_image": ours_flops,
         "qwen3vl_tiny_tower_flops_per_image": tiny_flops,
         "qwen3vl_tiny_tower_flops_analytic": tiny_analytic,

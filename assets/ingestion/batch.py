@@ -6,12 +6,20 @@ four frames: the manifest of ingested images, the quarantine (uri, reason, detai
 duplicates (uri → the image_id it repeats) and the skipped files. The `image_id` is the
 first 16 hex digits of the sha256 of the file's bytes, so it is stable across machines and
 re-runs, and deduplication is by exact content.
+
+Files are read, hashed and decoded by a pool of threads (`workers`, default one per usable
+CPU): reading waits on IO, and sha256 and Pillow's decoders and resampling release the GIL,
+so threads overlap all three without the cost of shipping pixels between processes. The
+main thread takes the results in file order, at most `2 * workers` ahead, so rows, dedupe
+(the first copy in file order wins) and memory stay as in a serial loop.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -22,6 +30,7 @@ import polars as pl
 from assets.ingestion.decode import DecodePolicy, Quarantined, decode_image
 from assets.store.files import NpyWriter
 from assets.store.lake import DUPLICATE_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA, SKIPPED_SCHEMA
+from index.threads import usable_cpus
 
 
 @dataclass
@@ -63,11 +72,13 @@ def ingest_batch(
     previous_ingested_at: dict[str, datetime] | None = None,
     progress: Callable[[int, int], None] | None = None,
     read: Callable[[str], bytes] = read_bytes,
+    workers: int | None = None,
 ) -> BatchResult:
     """Ingest the files in `entries` (a frozen batch file list) and write pixels to `pixels_path`.
 
     `known` maps sha256 → image_id for everything ingested by OTHER batches (for dedupe).
     `previous_ingested_at` keeps timestamps stable when a partition is re-run.
+    `workers`: threads that read and decode (default: usable CPUs; 1 = all in this thread).
     """
     known = dict(known or {})
     previous_ingested_at = previous_ingested_at or {}
@@ -79,29 +90,41 @@ def ingest_batch(
     writer = NpyWriter(pixels_path, (n, policy.size, policy.size, 3), np.uint8)
     manifest, quarantine, duplicates = [], [], []
     seen: dict[str, str] = {}
-    try:
-        for i, (uri, label) in enumerate(zip(files["uri"], files["label"], strict=True)):
-            sha = None
+
+    def load(uri: str):
+        """(sha, pixels, size) or (sha, Quarantined, None); pixels None for a known duplicate."""
+        sha = None
+        try:
             try:
-                try:
-                    data = read(uri)
-                except OSError as e:
-                    raise Quarantined("undecodable", f"could not read: {e}") from e
-                sha = hashlib.sha256(data).hexdigest() if data else None
-                if sha in known or sha in seen:
-                    duplicates.append({"uri": uri, "sha256": sha, "duplicate_of": known.get(sha) or seen[sha], "batch": batch})
-                    continue
-                pixels, (w, h) = decode_image(data, policy)
-            except Quarantined as q:
-                quarantine.append({"uri": uri, "reason": q.reason, "detail": q.detail, "sha256": sha, "batch": batch})
+                data = read(uri)
+            except OSError as e:
+                raise Quarantined("undecodable", f"could not read: {e}") from e
+            sha = hashlib.sha256(data).hexdigest() if data else None
+            if sha in known:
+                return sha, None, None
+            pixels, size = decode_image(data, policy)
+            return sha, pixels, size
+        except Quarantined as q:
+            return sha, q, None
+
+    try:
+        results = _ordered(load, files["uri"].to_list(), workers or usable_cpus())
+        for i, (uri, label, (sha, pixels, size)) in enumerate(
+                zip(files["uri"], files["label"], results, strict=True)):
+            if progress is not None and (i + 1) % 256 == 0:
+                progress(i + 1, n)
+            if isinstance(pixels, Quarantined):
+                quarantine.append({"uri": uri, "reason": pixels.reason, "detail": pixels.detail,
+                                   "sha256": sha, "batch": batch})
                 continue
-            finally:
-                if progress is not None and (i + 1) % 256 == 0:
-                    progress(i + 1, n)
+            if sha in known or sha in seen:
+                duplicates.append({"uri": uri, "sha256": sha, "duplicate_of": known.get(sha) or seen[sha], "batch": batch})
+                continue
             row = len(manifest)
             writer.append(pixels)
             image_id = image_id_of(sha)
             seen[sha] = image_id
+            w, h = size
             manifest.append({"image_id": image_id, "row": row, "uri": uri, "sha256": sha, "width": w,
                              "height": h, "label": label, "batch": batch,
                              "ingested_at": previous_ingested_at.get(image_id, now)})
@@ -117,3 +140,26 @@ def ingest_batch(
         duplicates=pl.DataFrame(duplicates, schema=DUPLICATE_SCHEMA),
         skipped=skipped.cast(SKIPPED_SCHEMA),
     )
+
+
+def _ordered(fn: Callable, items: list, workers: int) -> Iterator:
+    """fn(item) for each item, in order, computed by `workers` threads at most 2 * workers ahead."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="ingest")
+    pending: deque = deque()
+    try:
+        it = iter(items)
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for item in it:
+                pending.append(pool.submit(fn, item))
+                break
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

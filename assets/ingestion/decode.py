@@ -11,11 +11,17 @@ Resize policy (`DecodePolicy.resize`):
   images are lost. This is what CLIP-style encoders are trained on.
 - `pad`: scale so the LONGER side equals `size`, then pad to a square with white. Nothing is
   lost; thin images get wide borders.
+
+A JPEG much larger than the canonical size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+DCT scaling, `Image.draft`), never below the size the resize needs; every byte is still
+decoded, so truncation is caught all the same. Decoding and resizing then cost less than
+a full-size decode alone (bench/ingest.py --render 640).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -27,12 +33,18 @@ SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif"
 QUARANTINE_REASONS = ("empty", "truncated", "not_an_image", "undecodable", "too_many_pixels", "too_small")
 RESIZE_POLICIES = ("center_crop", "pad")
 EXIF_ORIENTATION = 0x0112
+# `DecodePolicy.max_pixels` is the bomb guard, checked from the header before decoding. Pillow
+# warns above Image.MAX_IMAGE_PIXELS (89 M px) and refuses above twice that; the refusal is
+# quarantined as too_many_pixels, the warning is noise. A filter set once here, because
+# decode_image runs in threads and neither `warnings.catch_warnings` nor swapping
+# Image.MAX_IMAGE_PIXELS per call is thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
 class DecodePolicy:
     size: int = 224  # canonical side of the stored square, px
-    max_pixels: int = 64_000_000  # width*height above this is treated as a decompression bomb
+    max_pixels: int = 64_000_000  # width*height above this is a decompression bomb (Pillow refuses > 178 M itself)
     min_side: int = 32  # images whose shorter side is below this are quarantined
     resize: str = "center_crop"  # one of RESIZE_POLICIES
 
@@ -100,6 +112,12 @@ def resize_canonical(img: Image.Image, size: int, policy: str = "center_crop") -
     return arr
 
 
+def _scaled_size(w: int, h: int, policy: DecodePolicy) -> tuple[int, int]:
+    """The size `resize_canonical` scales a w x h image to before cropping or padding."""
+    scale = policy.size / (min(w, h) if policy.resize == "center_crop" else max(w, h))
+    return max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
+
+
 def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode `data` to canonical pixels `(size, size, 3) uint8` and the original (width, height).
 
@@ -108,37 +126,34 @@ def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> tuple[np
     """
     if len(data) == 0:
         raise Quarantined("empty", "file has 0 bytes")
-    with warnings.catch_warnings():
-        # Our own max_pixels replaces PIL's bomb guard, which would fire at a fixed limit.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            try:
-                img = Image.open(io.BytesIO(data))
-            except UnidentifiedImageError as e:
-                raise Quarantined("not_an_image", "no known image format recognised") from e
-            except Exception as e:  # header present but unreadable
-                raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e
-            w, h = img.size
-            if w * h > policy.max_pixels:
-                raise Quarantined("too_many_pixels", f"{w}x{h} = {w * h} px > limit {policy.max_pixels}")
-            if min(w, h) < policy.min_side:
-                raise Quarantined("too_small", f"{w}x{h}: shorter side < {policy.min_side} px")
-            try:
-                img.load()  # full decode: first frame for GIF/WebP/TIFF
-            except (OSError, EOFError, SyntaxError, ValueError) as e:
-                msg = str(e).lower()
-                if isinstance(e, EOFError) or "truncat" in msg or "premature end" in msg:
-                    raise Quarantined("truncated", f"{type(e).__name__}: {e}") from e
-                raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e
-            try:
-                if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # transposing copies: only when needed
-                    img = ImageOps.exif_transpose(img)
-                rgb = to_rgb(img)
-                # EXIF rotation may swap the sides; record what a viewer shows.
-                size = rgb.size
-                return resize_canonical(rgb, policy.size, policy.resize), size
-            except Exception as e:
-                raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        raise Quarantined("not_an_image", "no known image format recognised") from e
+    except Image.DecompressionBombError as e:  # above 2x Image.MAX_IMAGE_PIXELS: Pillow's own guard
+        raise Quarantined("too_many_pixels", str(e)) from e
+    except Exception as e:  # header present but unreadable
+        raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e
+    w, h = img.size
+    if w * h > policy.max_pixels:
+        raise Quarantined("too_many_pixels", f"{w}x{h} = {w * h} px > limit {policy.max_pixels}")
+    if min(w, h) < policy.min_side:
+        raise Quarantined("too_small", f"{w}x{h}: shorter side < {policy.min_side} px")
+    if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when the canonical size allows
+        img.draft(None, _scaled_size(w, h, policy))
+    try:
+        img.load()  # full decode (of every byte, at any scale): first frame for GIF/WebP/TIFF
+    except (OSError, EOFError, SyntaxError, ValueError) as e:
+        msg = str(e).lower()
+        if isinstance(e, EOFError) or "truncat" in msg or "premature end" in msg:
+            raise Quarantined("truncated", f"{type(e).__name__}: {e}") from e
+        raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+        if orientation != 1:  # transposing copies: only when needed
+            img = ImageOps.exif_transpose(img)
+        # record what a viewer shows: the file's full size, sides swapped by a 90° EXIF rotation
+        size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        return resize_canonical(to_rgb(img), policy.size, policy.resize), size
+    except Exception as e:
+        raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e

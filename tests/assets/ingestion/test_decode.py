@@ -1,6 +1,8 @@
 """The decoder on crafted files: each good format and mode decodes, each bad file is
 quarantined with the right reason."""
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -63,3 +65,26 @@ def test_resize_policies():
 def test_bad_policy_names_valid_options():
     with pytest.raises(ValueError, match="valid: center_crop, pad"):
         DecodePolicy(resize="stretch")
+
+
+@pytest.mark.parametrize("resize", ["center_crop", "pad"])
+def test_a_large_jpeg_decoded_at_reduced_scale_matches_the_full_decode(resize):
+    # a real photo from scikit-learn, 4x upscaled (2560 x 1708): libjpeg's DCT scaling may
+    # decode it at 1/8 for a 64 px canonical square; the result must match the full decode
+    from sklearn.datasets import load_sample_image
+
+    big = Image.fromarray(load_sample_image("china.jpg")).resize((2560, 1708))
+    data = encode(big, "JPEG", quality=95)
+    policy = DecodePolicy(size=64, resize=resize)
+    pixels, (w, h) = decode_image(data, policy)
+    assert (w, h) == (2560, 1708)  # the file's size, not the reduced decode's
+    full = resize_canonical(Image.open(io.BytesIO(data)).convert("RGB"), 64, resize)
+    assert np.abs(pixels.astype(int) - full.astype(int)).mean() < 4
+
+
+def test_a_truncated_large_jpeg_is_still_caught_at_reduced_scale():
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1600, 3), dtype=np.uint8))
+    data = encode(big, "JPEG", quality=90)
+    with pytest.raises(Quarantined) as err:
+        decode_image(data[: len(data) // 2], DecodePolicy(size=64))
+    assert err.value.reason == "truncated"

@@ -1,0 +1,40 @@
+"""`ingest_batch` with a pool of reader/decoder threads gives exactly the serial result."""
+
+import numpy as np
+import pytest
+
+from assets.ingestion.batch import ingest_batch
+from assets.ingestion.decode import DecodePolicy
+from assets.ingestion.sources import list_source
+from assets.store.files import read_npy
+from tests.assets.image_files import make_mixed_folder
+
+
+def test_threads_give_the_serial_result(tmp_path):
+    files = make_mixed_folder(tmp_path / "src")
+    entries = list_source(str(tmp_path / "src")).files
+    policy = DecodePolicy(size=32)
+    serial = ingest_batch("b", entries, tmp_path / "serial.npy", policy, workers=1)
+    pooled = ingest_batch("b", entries, tmp_path / "pooled.npy", policy, workers=4)
+    for name in ("manifest", "quarantine", "duplicates", "skipped"):
+        assert getattr(pooled, name).drop("ingested_at", strict=False).equals(
+            getattr(serial, name).drop("ingested_at", strict=False)), name
+    assert np.array_equal(read_npy(tmp_path / "pooled.npy"), read_npy(tmp_path / "serial.npy"))
+    assert serial.manifest.height == len(files["good"])  # the exact copy is a duplicate, not a row
+    assert pooled.duplicates["uri"].to_list() == [files["copy"]]
+    assert dict(zip(pooled.quarantine["uri"], pooled.quarantine["reason"], strict=True)) == files["bad"]
+
+
+def test_an_error_in_a_worker_propagates_and_leaves_no_file(tmp_path):
+    make_mixed_folder(tmp_path / "src")
+    entries = list_source(str(tmp_path / "src")).files
+
+    def read(uri):
+        if uri.endswith("photo.jpg"):
+            raise RuntimeError("disk on fire")
+        with open(uri, "rb") as f:
+            return f.read()
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        ingest_batch("b", entries, tmp_path / "p.npy", DecodePolicy(size=32), read=read, workers=3)
+    assert list(tmp_path.glob("p.npy*")) == []
