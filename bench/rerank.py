@@ -303,7 +303,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=5e-3, help="projector learning rate (both)")
     ap.add_argument("--cost-queries", type=int, default=2)
     ap.add_argument("--cost-candidates", type=int, default=50, help="synthetic data only")
-    ap.add_argument("--repeats", type=int, default=3, help="timed calls per cost cell (best kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timed calls per cost cell (median kept)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--threads", type=int, default=1,
