@@ -255,6 +255,9 @@ def quantizer_drift(
     if xb_ref is not None:
         ref = _to_ivf_space(index, _check_xb_ids(xb_ref, None)[0])
     else:
+        # fast-scan lists pack codes in SIMD blocks: decoding one entry by offset is not supported
+        assert not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan), (
+            "a fast-scan index cannot decode its stored vectors: pass xb_ref (a sample of them)")
         ref = _stored_sample(ivf, sample, seed)
     return _quantization_error(ivf, new) / max(_quantization_error(ivf, ref), 1e-12)
 

@@ -1,8 +1,9 @@
 """The catalog and its features in the index's row order. No Dagster here.
 
-Row i is `image_id` i of the index (`indexes/ids.parquet`), so FAISS ids are rows: the
-reranker's training groups, the evaluation's candidates and `recommend` all address images by
-these rows, in embeddings (gutted model) or pixels (full VLM), with each row's engagement prior.
+Row i is `image_id` i of the current index generation (its `ids.parquet`), so FAISS ids are
+rows: the reranker's training groups, the evaluation's candidates and `recommend` all address
+images by these rows, in embeddings (gutted model) or pixels (full VLM), with each row's
+engagement prior. The embeddings must be those of the encoder that built the generation.
 """
 
 from __future__ import annotations
@@ -19,12 +20,18 @@ from models.rerank_head import prior_bucket
 
 def aligned_catalog(home: Home) -> tuple[pl.DataFrame, np.ndarray]:
     """(catalog frame in index row order, embeddings (N, d) float32 in the same order)."""
-    _, ids, _ = load_index(home, mmap=True)
+    _, ids, state = load_index(home, mmap=True)
     order = pl.DataFrame({"image_id": ids}).with_row_index("pos")
     frame = order.join(catalog(home), on="image_id", how="left").sort("pos")
-    emb = read_table(home, "image_embeddings").select("image_id", "embedding")
+    emb = read_table(home, "image_embeddings").select("image_id", "embedding", "encoder_version")
     emb = order.join(emb, on="image_id", how="left").sort("pos")
     assert emb["embedding"].null_count() == 0, "index holds image ids without embeddings; rebuild the index"
+    other = emb.filter(pl.col("encoder_version") != state["encoder_version"])
+    if other.height:  # re-embedded by a newer encoder, and the index not rebuilt yet
+        raise ValueError(
+            f"the index holds encoder {state['encoder_version']}'s vectors but {other.height} of its images are "
+            f"now embedded by encoder {other['encoder_version'][0]}: faiss_index is not rebuilt yet; "
+            f"finish it with `lensless run` (or let automation finish) and retry")
     return frame, np.ascontiguousarray(emb["embedding"].to_numpy(), dtype=np.float32)
 
 

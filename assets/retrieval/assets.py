@@ -34,7 +34,8 @@ def faiss_index(context: dg.AssetExecutionContext, config: IndexRunConfig,
     search space) and keeps the fastest meeting `target_recall`; `candidates` says why.
     A new batch adds only its vectors; a new encoder, N outgrowing the factory or quantizer
     drift rebuilds. Search parameters are tuned to reach `target_recall` recall@10 against
-    exact search at the highest QPS. Files: `indexes/faiss.index`, `ids.parquet`, `state.json`.
+    exact search at the highest QPS. Files: one generation `indexes/<generation>/` (`faiss.index`,
+    `ids.parquet`, `state.json`), made current by `indexes/current.json`.
     """
     configure_threads()
     home = lensless_home.get()

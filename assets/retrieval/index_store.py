@@ -11,16 +11,27 @@ table of candidates is kept in the state. An add re-tunes the search parameters 
 factory in place. Tuning uses held-out queries (a seeded sample of the stored vectors,
 nudged, searched against exact inner-product kNN). The tuner's measurement
 (tie-aware recall@10 at the chosen parameters, QPS against exact search, `met_target`) is
-the one stored in the state file and read by the `index_recall` check. It writes the index,
-the row-id → image_id table and the state, each atomically, in `<home>/indexes/`: a local
-home gets faiss's own files (memory-mapped when read), an object store the same bytes in one
-PUT (`_write_index`, `_read_index`).
+the one stored in the state file and read by the `index_recall` check.
+
+Generations: every update writes a new folder `<home>/indexes/<generation>/` holding the
+index, the row-id → image_id table and the state (with the index file's sha256), then
+switches `indexes/current.json` to it in one atomic write. Readers resolve the pointer once
+and read all three from that folder, so they never mix two builds, and the state names the
+encoder whose vectors the generation holds. The last `KEEP_GENERATIONS` stay (a reader may
+still be using one); older ones are deleted. The index file is checked against its sha256
+on the first load in a process. A local home gets faiss's own files (memory-mapped when
+read), an object store the same bytes in one PUT. A home from before generations keeps its
+files in `indexes/` itself until its next update.
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 import polars as pl
@@ -48,49 +59,110 @@ class IndexConfig:
     seed: int = 0
 
 
+POINTER = "current.json"
+KEEP_GENERATIONS = 3  # the current generation and the two before it
+
+
 def index_dir(home: Home) -> UPath:
-    """`<home>/indexes`."""
+    """`<home>/indexes`: the generations and the pointer to the current one."""
     return home.path("indexes")
 
 
-def _read_index(home: Home, mmap: bool):
-    path = index_dir(home) / "faiss.index"
-    if home.local:
-        return read_index(path.path, mmap=mmap)
-    if not path.exists():
-        raise FileNotFoundError(f"no index at {path}")
-    return index_from_bytes(path.read_bytes())
-
-
-def _write_index(home: Home, index) -> int:
-    """Write the index file; returns its size in bytes."""
-    path = index_dir(home) / "faiss.index"
-    if home.local:
-        write_index_atomic(index, path.path)
-        return path.stat().st_size
-    data = index_to_bytes(index)
-    write_bytes(data, path)
-    return len(data)
+def current_generation(home: Home) -> UPath | None:
+    """The current generation's folder (None before any index): the one `current.json` names,
+    or `indexes/` itself for a home written before generations."""
+    root = index_dir(home)
+    if (root / POINTER).exists():
+        return root / read_json(root / POINTER)["generation"]
+    return root if (root / "state.json").exists() else None
 
 
 def load_state(home: Home) -> dict | None:
     """The state of the current index (factory, encoder, partitions, params, recall), if any."""
-    path = index_dir(home) / "state.json"
-    return read_json(path) if path.exists() else None
+    folder = current_generation(home)
+    return None if folder is None else read_json(folder / "state.json")
 
 
 def load_index(home: Home, mmap: bool = True):
-    """(faiss index with tuned params applied, image_id per row id, state)."""
-    state = load_state(home)
-    if state is None:
+    """(faiss index with tuned params applied, image_id per row id, state), all of one generation."""
+    folder = current_generation(home)
+    if folder is None:
         raise FileNotFoundError("no FAISS index yet: materialise faiss_index first")
-    index = _read_index(home, mmap=mmap)
+    state = read_json(folder / "state.json")
+    index = _read_index(home, folder / "faiss.index", mmap, state.get("sha256"))
     apply_params(index, state["params"])
-    ids = read_parquet(index_dir(home) / "ids.parquet")["image_id"].to_numpy()
+    ids = read_parquet(folder / "ids.parquet")["image_id"].to_numpy()
     if not index.ntotal == len(ids) == state["n"]:  # files of different builds (a crash between writes)
-        raise ValueError(f"the index in {index_dir(home)} holds {index.ntotal} vectors for {len(ids)} ids "
+        raise ValueError(f"the index in {folder} holds {index.ntotal} vectors for {len(ids)} ids "
                          f"(state: {state['n']}); rematerialise faiss_index to rebuild it")
     return index, ids, state
+
+
+_VERIFIED: set[tuple] = set()  # (path, size, mtime) of index files whose sha256 matched
+
+
+def _read_index(home: Home, path: UPath, mmap: bool, sha256: str | None):
+    damaged = f"the index file {path} is damaged (sha256 does not match its state); rematerialise faiss_index"
+    if home.local:
+        st = path.stat()
+        key = (path.path, st.st_size, st.st_mtime_ns)
+        if sha256 and key not in _VERIFIED:
+            if _file_sha256(path.path) != sha256:
+                raise ValueError(damaged)
+            _VERIFIED.add(key)
+        return read_index(path.path, mmap=mmap)
+    if not path.exists():
+        raise FileNotFoundError(f"no index at {path}")
+    data = path.read_bytes()
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(damaged)
+    return index_from_bytes(data)
+
+
+def _write_generation(home: Home, index, image_ids: pl.Series, report: dict) -> dict:
+    """Write a new generation (index, ids, state), switch the pointer to it, drop old ones;
+    returns the state written."""
+    root = index_dir(home)
+    name = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}"  # sorts by time
+    folder = root / name
+    path = folder / "faiss.index"
+    if home.local:
+        write_index_atomic(index, path.path)
+        size, digest = path.stat().st_size, _file_sha256(path.path)
+    else:
+        data = index_to_bytes(index)
+        write_bytes(data, path)
+        size, digest = len(data), hashlib.sha256(data).hexdigest()
+    write_parquet(pl.DataFrame({"image_id": image_ids}), folder / "ids.parquet")
+    state = {**report, "generation": name, "sha256": digest,
+             "bytes_per_vector": size / max(1, index.ntotal)}
+    write_json(state, folder / "state.json")
+    write_json({"generation": name}, root / POINTER)  # the switch: readers now see this one
+    _prune(home, keep=name)
+    return state
+
+
+def _prune(home: Home, keep: str) -> None:
+    """Delete generations older than the last KEEP_GENERATIONS, and pre-generation files."""
+    root = index_dir(home)
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[:8].isdigit())
+    old = [n for n in names if n != keep][: max(0, len(names) - KEEP_GENERATIONS)]
+    for name in old:
+        if home.local:
+            shutil.rmtree(root.joinpath(name).path, ignore_errors=True)
+        else:
+            root.joinpath(name).fs.rm(root.joinpath(name).path, recursive=True)
+    for legacy in ("faiss.index", "ids.parquet", "state.json"):
+        if (root / legacy).exists():
+            (root / legacy).unlink()
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
 
 
 def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_version: str,
@@ -114,11 +186,17 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
 
     index = drift = None
     if reason is None and new_keys:
-        index = _read_index(home, mmap=False)
+        folder = current_generation(home)
+        try:
+            index = _read_index(home, folder / "faiss.index", False, state.get("sha256"))
+        except (ValueError, RuntimeError) as e:  # damaged (sha256) or unreadable by faiss
+            reason = f"the current index cannot be read: {str(e).splitlines()[0]}"
         xb_new = _stack([partitions[k] for k in new_keys])
-        if index.ntotal != state["n"]:  # the index file of another build than the state (a crash)
+        if index is None:
+            pass
+        elif index.ntotal != state["n"]:  # the index file of another build than the state (a crash)
             reason, index = f"the index file holds {index.ntotal} vectors, its state {state['n']}", None
-        elif (drift := quantizer_drift(index, xb_new)) > DRIFT_THRESHOLD:
+        elif (drift := quantizer_drift(index, xb_new, _reference_sample(partitions, state, config))) > DRIFT_THRESHOLD:
             reason, index = f"quantizer drift {drift:.2f} > {DRIFT_THRESHOLD}", None
 
     if reason is not None:
@@ -137,7 +215,7 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         mode = "rebuild"
     elif new_keys:
         factory = state["factory"]
-        old_ids = read_parquet(index_dir(home) / "ids.parquet")["image_id"]
+        old_ids = read_parquet(folder / "ids.parquet")["image_id"]
         added = pl.concat([partitions[k].select("image_id") for k in new_keys])["image_id"]
         log(f"incremental add of {len(added)} vectors from {len(new_keys)} new partitions to {factory}")
         t = time.perf_counter()
@@ -161,9 +239,6 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         f"(target {config.target_recall}{'' if tuned.met_target else ', NOT met'}), {tuned.qps:.0f} QPS "
         f"vs exact {tuned.exact_qps:.0f}")
 
-    folder = index_dir(home)
-    index_bytes = _write_index(home, index)
-    write_parquet(pl.DataFrame({"image_id": image_ids}), folder / "ids.parquet")
     report = {
         "factory": factory, "params": tuned.params, "n": int(index.ntotal), "d": int(d),
         "encoder_version": encoder_version, "partitions": sorted(partitions), "mode": mode,
@@ -171,12 +246,18 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         "recall_at_10": float(tuned.recall_at_10), "target_recall": config.target_recall,
         "met_target": bool(tuned.met_target), "qps": float(tuned.qps),
         "exact_qps": float(tuned.exact_qps), "speedup_vs_exact": float(tuned.qps / tuned.exact_qps),
-        "bytes_per_vector": index_bytes / max(1, index.ntotal),
         "build_seconds": build_seconds, "seconds": time.perf_counter() - started, "config": asdict(config),
         "candidates": [c if isinstance(c, dict) else asdict(c) for c in candidates],
     }
-    write_json(report, folder / "state.json")  # last: readers trust the state file
-    return report
+    return _write_generation(home, index, image_ids, report)
+
+
+def _reference_sample(partitions: dict[str, pl.DataFrame], state: dict, config: IndexConfig,
+                      size: int = 20_000) -> np.ndarray:
+    """A seeded sample of the vectors already in the index (its partitions), for the drift test."""
+    xb = _stack([partitions[k] for k in state["partitions"]])
+    rows = np.random.default_rng(config.seed).choice(len(xb), size=min(size, len(xb)), replace=False)
+    return xb[np.sort(rows)]
 
 
 def _tuning_queries(xb: np.ndarray, config: IndexConfig) -> np.ndarray:

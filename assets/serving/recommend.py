@@ -26,8 +26,9 @@ from assets.ingestion.decode import DecodePolicy, Quarantined, decode_image
 from assets.reranker.aligned import aligned_catalog, engagement_prior, rows_of
 from assets.reranker.histories import HistoryConfig, serving_history
 from assets.retrieval.candidates import Queries, catalog_candidates
+from assets.retrieval.index_store import load_state
 from assets.store.files import Home
-from assets.store.models import current_dir, pointers, version_dir
+from assets.store.models import pointers, version_dir
 from models.embed import embed_pixels
 from models.encoder import ImageEncoder
 from models.scoring import CANDIDATES, score_candidates
@@ -56,7 +57,8 @@ def query_embedding(home: Home, query: str, frame, emb: np.ndarray) -> tuple[np.
         pixels, _ = decode_image(data, DecodePolicy())  # the encoder resizes to its own input size
     except Quarantined as q:
         raise ValueError(f"{query!r} is not an image lensless can read ({q.reason}: {q.detail})") from q
-    encoder = ImageEncoder.from_checkpoint(current_dir(home, "image_encoder"))
+    # the encoder whose vectors the index holds (during a re-embed the current one may be newer)
+    encoder = ImageEncoder.from_checkpoint(version_dir(home, "image_encoder", load_state(home)["encoder_version"]))
     return embed_pixels(encoder, pixels[None])[0], None
 
 

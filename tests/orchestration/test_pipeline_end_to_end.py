@@ -4,6 +4,7 @@ configs), then the report schema, promotion, `recommend` for an outside image an
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 from PIL import Image
 
@@ -197,6 +198,26 @@ def test_recommend_without_a_champion_keeps_retrieval_order(pipeline, monkeypatc
     assert [r["image_id"] for r in rec.recommend(home, query, k=10)] == retrieval
     assert main(["recommend", query, "-k", "3"]) == 0
     assert "retrieval order: no champion reranker yet" in capsys.readouterr().err
+
+
+def test_recommend_refuses_to_mix_a_new_encoder_with_the_old_index(pipeline, capsys):
+    """Mid re-embed (a new encoder's vectors in the lake, the index not rebuilt yet) the
+    index's own encoder would disagree with the lake's: a one-line error, not mixed scores."""
+    from assets.store.lake import read_table, table_partitions, write_table
+    from orchestration.cli import main
+
+    home, _ = pipeline
+    key = table_partitions(home, "image_embeddings")[0]
+    saved = read_table(home, "image_embeddings", [key])
+    query = saved["image_id"][0]
+    try:
+        write_table(home, "image_embeddings", saved.with_columns(encoder_version=pl.lit("newer")), key)
+        assert main(["recommend", query, "-k", "3"]) == 2
+        err = capsys.readouterr().err
+        assert "now embedded by encoder newer" in err and "lensless run" in err
+    finally:
+        write_table(home, "image_embeddings", saved, key)
+    assert main(["recommend", query, "-k", "3"]) == 0
 
 
 def test_recommend_for_a_user_reads_their_history_and_never_repeats_it(pipeline, capsys):

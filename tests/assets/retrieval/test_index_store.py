@@ -79,24 +79,41 @@ def test_no_partitions_is_an_error(home):
         update_index(home, {}, "enc1", CFG, log=quiet)
 
 
-def test_index_files_of_different_builds_are_refused_then_rebuilt(home):
-    """A crash after faiss.index was replaced but before ids/state: no duplicate answers."""
-    import shutil
-
-    from assets.retrieval.index_store import index_dir
+def test_readers_see_one_whole_generation_and_a_damaged_index_is_refused_then_rebuilt(home):
+    """A crash before the pointer switch leaves the previous generation current; a damaged
+    index file is refused (sha256), naming what to do, and the next update rebuilds it."""
+    from assets.retrieval.index_store import KEEP_GENERATIONS, current_generation, index_dir
 
     parts = {"b1": partition("a", 300, E[0], 0)}
     update_index(home, parts, "enc1", CFG, log=quiet)
-    saved = index_dir(home) / "old.index"
-    shutil.copy(index_dir(home) / "faiss.index", saved)
+    first = current_generation(home)
+    # a later update that died before its switch: a half-written folder nobody reads
+    half = index_dir(home) / (first.name.split("-")[0] + "-ffffff")  # between this update and the next
+    half.mkdir()
+    (half / "faiss.index").write_bytes(b"partial")
+    index, ids, state = load_index(home)
+    assert current_generation(home) == first and index.ntotal == len(ids) == 300
+
     parts["b2"] = partition("b", 20, E[0], 1)
-    update_index(home, parts, "enc1", CFG, log=quiet)  # 320 vectors
-    shutil.copy(saved, index_dir(home) / "faiss.index")  # the ids and state of 320, an index of 300
-    with pytest.raises(ValueError, match="holds 300 vectors for 320 ids"):
+    second = update_index(home, parts, "enc1", CFG, log=quiet)
+    assert second["mode"] == "incremental" and current_generation(home).name == second["generation"]
+    assert load_index(home)[0].ntotal == 320 and first.exists()  # the old one stays for readers
+
+    path = current_generation(home) / "faiss.index"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged.*rematerialise faiss_index"):
         load_index(home)
     parts["b3"] = partition("c", 10, E[0], 2)
     again = update_index(home, parts, "enc1", CFG, log=quiet)
-    assert again["mode"] == "rebuild" and again["n"] == 330 and load_index(home)[0].ntotal == 330
+    assert again["mode"] == "rebuild" and "cannot be read" in again["reason"]
+    assert load_index(home)[0].ntotal == 330
+    for i in range(KEEP_GENERATIONS):
+        parts[f"x{i}"] = partition(f"x{i}-", 5, E[0], 10 + i)
+        update_index(home, parts, "enc1", CFG, log=quiet)
+    kept = [p for p in index_dir(home).iterdir() if p.is_dir()]
+    assert len(kept) == KEEP_GENERATIONS and not first.exists()
 
 
 def test_an_index_on_an_object_store_is_written_and_read_as_bytes():
@@ -115,6 +132,9 @@ def test_an_index_on_an_object_store_is_written_and_read_as_bytes():
     assert update_index(home, parts, "enc1", CFG, log=quiet)["mode"] == "incremental"
     index, ids, state = load_index(home)
     assert index.ntotal == len(ids) == state["n"] == 650
-    assert {p.name for p in index_dir(home).iterdir()} == {"faiss.index", "ids.parquet", "state.json"}
+    names = {p.name for p in index_dir(home).iterdir()}
+    assert "current.json" in names and state["generation"] in names and len(names) == 3  # + the first
+    assert {p.name for p in (index_dir(home) / state["generation"]).iterdir()} == {
+        "faiss.index", "ids.parquet", "state.json"}
     _, found = index.search(parts["b2"]["embedding"].to_numpy()[:3], 1)
     assert [ids[r] for r in found[:, 0]] == ["b0", "b1", "b2"]
