@@ -49,6 +49,9 @@ class BatchResult:
                 "quarantined": reasons, "skipped": self.skipped.height}
 
 
+READ_FAILED = "could not read"  # how a quarantine detail starts when the file could not be read
+
+
 def image_id_of(sha256: str) -> str:
     """The stable image id: the first 16 hex digits of the content's sha256."""
     return sha256[:16]
@@ -71,7 +74,7 @@ def ingest_batch(
     known: dict[str, str] | None = None,
     previous_ingested_at: dict[str, datetime] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    read: Callable[[str], bytes] = read_bytes,
+    read: Callable[[str], bytes] | None = None,
     workers: int | None = None,
 ) -> BatchResult:
     """Ingest the files in `entries` (a frozen batch file list) and write pixels to `pixels_path`.
@@ -79,7 +82,9 @@ def ingest_batch(
     `known` maps sha256 → image_id for everything ingested by OTHER batches (for dedupe).
     `previous_ingested_at` keeps timestamps stable when a partition is re-run.
     `workers`: threads that read and decode (default: usable CPUs; 1 = all in this thread).
+    `read`: uri → bytes (default `read_bytes`).
     """
+    read = read or read_bytes
     known = dict(known or {})
     previous_ingested_at = previous_ingested_at or {}
     files = entries.filter(pl.col("skipped_reason").is_null())
@@ -98,7 +103,7 @@ def ingest_batch(
             try:
                 data = read(uri)
             except OSError as e:
-                raise Quarantined("undecodable", f"could not read: {e}") from e
+                raise Quarantined("undecodable", f"{READ_FAILED}: {e}") from e
             sha = hashlib.sha256(data).hexdigest() if data else None
             if sha in known:
                 return sha, None, None

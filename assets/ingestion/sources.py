@@ -31,6 +31,7 @@ import fsspec
 import polars as pl
 from upath import UPath
 
+from assets.ingestion.batch import READ_FAILED
 from assets.ingestion.decode import SUPPORTED_EXTENSIONS
 from assets.store.files import Home, read_parquet, upload_tree, write_parquet
 from assets.store.lake import (
@@ -190,11 +191,33 @@ def unfinished_batches(home: Home) -> list[str]:
 
 
 def new_entries(home: Home, listing: Listing) -> pl.DataFrame:
-    """Files and skipped files of a listing that are in no batch yet (new, or modified)."""
+    """Files and skipped files of a listing that are in no batch yet (new, or modified), and
+    files whose last attempt could not be read but can be now (`retry_unreadable`)."""
     known = known_files(home)
+    retry = retry_unreadable(home, listing.files["uri"].to_list())
     frame = pl.concat([listing.files, listing.skipped])
-    keep = [(u, s, m) not in known for u, s, m in zip(frame["uri"], frame["size"], frame["mtime"], strict=True)]
+    keep = [(u, s, m) not in known or u in retry
+            for u, s, m in zip(frame["uri"], frame["size"], frame["mtime"], strict=True)]
     return frame.filter(pl.Series(keep, dtype=pl.Boolean))
+
+
+def retry_unreadable(home: Home, uris: list[str]) -> set[str]:
+    """Those of `uris` that were quarantined because they could not be read (a permission, a
+    network error), were not ingested since, and look readable now: a local file this
+    process may read (`os.access`), any remote one (its error may have been transient).
+    A chmod does not change a file's size or mtime, so without this it would never be retried."""
+    quarantine = read_table(home, "quarantine")
+    failed = set(quarantine.filter(pl.col("detail").str.starts_with(READ_FAILED))["uri"].to_list()) & set(uris)
+    if not failed:
+        return set()
+    done = set(read_table(home, "raw_images")["uri"].to_list()) | set(read_table(home, "duplicates")["uri"].to_list())
+    return {u for u in failed - done if _readable_now(u)}
+
+
+def _readable_now(uri: str) -> bool:
+    if "://" in uri and not uri.startswith("file://"):
+        return True
+    return os.access(uri.removeprefix("file://"), os.R_OK)
 
 
 def new_batch_key(entries: pl.DataFrame, now: datetime | None = None) -> str:

@@ -80,6 +80,38 @@ def test_dedupe_across_batches_and_idempotent_rerun(home, tmp_path):
     assert read_table(home, "raw_images")["image_id"].n_unique() == 4
 
 
+def test_a_file_that_could_not_be_read_is_retried_once_readable(home, tmp_path, monkeypatch):
+    import assets.ingestion.batch as batch_module
+    import assets.ingestion.sources as sources_module
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    locked = str(src / "1.png")
+    real_read = batch_module.read_bytes
+
+    def read(uri):
+        if uri == locked:
+            raise PermissionError(13, "Permission denied", uri)
+        return real_read(uri)
+
+    instance = dg.DagsterInstance.ephemeral()
+    with monkeypatch.context() as m:
+        m.setattr(batch_module, "read_bytes", read)
+        first, _ = ingest(home, instance, str(src), size=32)
+    quarantined = read_table(home, "quarantine", [first])
+    assert quarantined["uri"].to_list() == [locked] and "could not read" in quarantined["detail"][0]
+    with monkeypatch.context() as m:  # still unreadable for this process: not listed again
+        m.setattr(sources_module.os, "access", lambda path, mode: False)
+        assert new_entries(home, list_source(str(src))).height == 0
+    second, _ = ingest(home, instance, str(src), size=32)  # readable now (a chmod keeps size and mtime)
+    assert read_table(home, "raw_images", [second])["uri"].to_list() == [locked]
+    assert new_entries(home, list_source(str(src))).height == 0  # ingested: never again
+    assert read_table(home, "raw_images")["uri"].n_unique() == 3
+
+
 def test_engagement_events_counts_unknown_images(home, tmp_path):
     src = tmp_path / "src" / "a"
     src.mkdir(parents=True)
