@@ -15,6 +15,8 @@ calls this before anything touches Dagster; `lensless dev` before starting `dags
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import sys
@@ -82,7 +84,12 @@ def get_instance():
     from dagster import DagsterInstance
 
     folder = ensure_dagster_home()
-    instance = DagsterInstance.get()
+    with _creation_lock(folder):
+        # the first open creates the SQLite databases and stamps their migrations; two
+        # processes doing that at once broke them (alembic "more than one head", "table
+        # already exists"), so opening is serialised per instance folder
+        instance = DagsterInstance.get()
+        instance.get_runs_count()
     home = Home.from_env()
     if home.local and folder == home.local_dir("dagster"):
         return instance  # the home's own instance moves with it: one home by construction
@@ -94,6 +101,17 @@ def get_instance():
         raise ValueError(f"the Dagster instance in {dagster_home()} serves LENSLESS_HOME={served}, not {home}: "
                          "give each home its own instance (another DAGSTER_HOME, or another Postgres database)")
     return instance
+
+
+@contextlib.contextmanager
+def _creation_lock(folder: Path):
+    """An exclusive `flock` on `<instance folder>/.open.lock` (released if the process dies)."""
+    with open(folder / ".open.lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 PID_TAG, HOST_TAG = "lensless/pid", "lensless/host"  # which process runs a command-line run

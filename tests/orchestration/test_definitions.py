@@ -100,3 +100,21 @@ def test_a_moved_home_keeps_its_own_instance(tmp_path, monkeypatch):
     assert moved.get_dynamic_partitions("image_batches") == ["b1"]
     moved.add_dynamic_partitions("image_batches", ["b2"])
     assert not old.exists()  # nothing written to where the home was
+
+
+def test_processes_opening_a_new_instance_at_once_all_succeed(tmp_path):
+    """Four commands started together on a fresh home: the first open of the SQLite instance
+    is serialised (unserialised, 6 of 12 such processes failed in alembic)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "LENSLESS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(root)}
+    env.pop("DAGSTER_HOME", None)
+    code = "import orchestration.instance as i; print(i.get_instance().get_runs_count())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    outcomes = [(p.wait(timeout=120), p.stdout.read().strip(), p.stderr.read()[-500:]) for p in procs]
+    assert all(rc == 0 and out == "0" for rc, out, _ in outcomes), outcomes
