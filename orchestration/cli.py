@@ -1,5 +1,5 @@
 """The `lensless` command line. Every command runs through Dagster on the persistent instance
-in `$LENSLESS_HOME/dagster`, so what it does shows in `dagster dev` afterwards.
+in `$LENSLESS_HOME/dagster`, so what it does shows in the UI (`lensless dev`) afterwards.
 
     lensless demo [--images N]                  the whole graph on the demo catalog
     lensless run --source PATH_OR_URL [--engagement FILE] [--limit N]
@@ -204,14 +204,30 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_dev(args) -> int:
+    """The daemon (schedules, sensors, automation, the run queue, run monitoring) and the UI
+    behind a Host check (`orchestration/webserver.py`), both with this interpreter, so
+    `.venv/bin/lensless dev` works without an activated venv; Ctrl-C stops both."""
+    import signal
+    import subprocess
+
     from orchestration.instance import ensure_dagster_home
 
     home = ensure_dagster_home()
     target = ["-w", "workspace.yaml"] if os.path.exists("workspace.yaml") else ["-m", "orchestration.definitions"]
     print(f"DAGSTER_HOME={home}; UI on http://{args.host}:{args.port}", file=sys.stderr)
-    # this interpreter runs Dagster, so `.venv/bin/lensless dev` works without an activated venv
-    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", *target, "-h", args.host, "-p", str(args.port)])
-    return 0  # not reached
+    daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", *target])
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops the daemon too
+    try:
+        ui = [sys.executable, "-m", "orchestration.webserver", *(target if target[0] == "-w" else [])]
+        return subprocess.call([*ui, "-h", args.host, "-p", str(args.port)])
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        daemon.send_signal(signal.SIGINT)  # what Ctrl-C sends it from a terminal: a clean stop
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
 
 
 def cmd_sql(args) -> int:
@@ -300,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rollback", help="restore the previous champion")
     s.set_defaults(func=cmd_rollback)
 
-    s = sub.add_parser("dev", help="start the Dagster UI (dagster dev) on this project's instance")
+    s = sub.add_parser("dev", help="start the Dagster UI and daemon on this project's instance")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; see README before exposing)")
     s.add_argument("--port", type=int, default=3000)
     s.set_defaults(func=cmd_dev)

@@ -10,7 +10,7 @@ exists, and exports `DAGSTER_HOME`. Which folder:
 The written `dagster.yaml` holds SQLite storage (run history and lineage survive restarts), a
 run queue with a max-concurrent-runs limit, pools limited to one step at a time (the one pool
 is `train`), telemetry off. An existing file is never rewritten. The `lensless` command line
-calls this before anything touches Dagster; `lensless dev` before starting `dagster dev`.
+calls this before anything touches Dagster; `lensless dev` before starting the daemon and UI.
 """
 
 from __future__ import annotations

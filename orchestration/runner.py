@@ -1,7 +1,7 @@
 """Run asset selections through Dagster on the persistent instance, from the command line.
 
 Runs launched here are ordinary Dagster runs in `$LENSLESS_HOME/dagster`: they show in
-`dagster dev` with their logs, lineage and metadata. Execution is in-process so the command
+the UI (`lensless dev`) with their logs, lineage and metadata. Execution is in-process so the command
 line can show progress and return results directly. A selection is an `AssetSelection`
 (a group, or keys and what the graph derives from them) or a list of asset keys; a run config
 for the whole graph is cut down to the selected assets.

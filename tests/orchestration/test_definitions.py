@@ -60,19 +60,49 @@ def test_cli_help_version_and_did_you_mean(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("lensless ")
 
 
-def test_dev_runs_dagster_with_this_interpreter(lensless_home, monkeypatch):
-    """`.venv/bin/lensless dev` must work without the venv on PATH."""
+def test_dev_serves_the_ui_behind_a_host_check_without_the_venv_on_path(tmp_path):
+    """`.venv/bin/lensless dev` with the venv not on PATH starts the daemon and the UI; the UI
+    answers its own names and refuses any other Host (DNS rebinding), and Ctrl-C stops both."""
+    import http.client
+    import os
+    import signal
+    import subprocess
     import sys
+    import time
+    from pathlib import Path
 
-    from orchestration.cli import main
+    from tests.orchestration.test_ui_browser import free_port, wait_healthy
 
-    calls = []
-    monkeypatch.setattr("os.execv", lambda path, argv: calls.append((path, argv)))
-    monkeypatch.setenv("PATH", "/nonexistent")
-    assert main(["dev", "--port", "3999"]) == 0
-    path, argv = calls[0]
-    assert path == sys.executable and argv[1:4] == ["-m", "dagster", "dev"] and argv[-2:] == ["-p", "3999"]
-    assert "nux:\n  enabled: false" in (lensless_home.local_dir("dagster") / "dagster.yaml").read_text()
+    root = Path(__file__).resolve().parents[2]
+    port = free_port()
+    env = {**os.environ, "LENSLESS_HOME": str(tmp_path / "home"), "PATH": "/nonexistent",
+           "LENSLESS_ALLOWED_HOSTS": "ui.internal"}
+    env.pop("DAGSTER_HOME", None)
+    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "lensless"), "dev", "--port", str(port)], cwd=root,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(port, proc)
+
+        def status(host: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/server_info", headers={"Host": host})
+            return conn.getresponse().status
+
+        assert status(f"127.0.0.1:{port}") == 200 and status(f"localhost:{port}") == 200
+        assert status("ui.internal") == 200
+        assert status("attacker.example") == 400 and status(f"attacker.example:{port}") == 400
+        children = subprocess.run(["pgrep", "-f", "-s", str(proc.pid), "dagster._daemon run"],
+                                  capture_output=True, text=True).stdout.split()
+        assert children, (tmp_path / "dev.log").read_text()[-2000:]
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+        proc.wait(timeout=60)
+        time.sleep(1)
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in children)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
 
 
 def test_one_instance_serves_one_home(lensless_home, tmp_path, monkeypatch):
