@@ -292,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", help="submit a job to the instance's run queue (daemon, run launcher, executor) "
                                       "and follow it; needs a daemon: `lensless dev` or dagster-daemon")
-    s.add_argument("job", help="ingest_job, retrain_job, reranker_retrain_job or evaluation_job")
-    s.add_argument("--partition", help="the batch, for ingest_job")
+    s.add_argument("job", help="a job of orchestration/jobs.py, e.g. retrain_job, train_job or evaluation_job")
+    s.add_argument("--partition", help="the batch, for ingest_job and embed_job")
     s.add_argument("--no-wait", action="store_true", help="print the run id and return at once")
     s.set_defaults(func=cmd_submit)
 

@@ -12,7 +12,15 @@ from orchestration.automation import automation_sensor, with_automation
 from orchestration.executors import executor
 from orchestration.failures import run_failure_logger
 from orchestration.instance import ensure_dagster_home
-from orchestration.jobs import evaluation_job, ingest_job, reranker_retrain_job, retrain_job
+from orchestration.jobs import (
+    embed_job,
+    engagement_job,
+    evaluation_job,
+    ingest_job,
+    reranker_retrain_job,
+    retrain_job,
+    train_job,
+)
 from orchestration.retrain_sensors import encoder_retrain_sensor, reranker_retrain_sensor
 from orchestration.schedules import nightly_evaluation, weekly_retrain
 from orchestration.sensors import new_images_sensor
@@ -24,7 +32,7 @@ STAGES = [ingestion, embeddings, retrieval, reranker, evaluation]  # one assets.
 defs = dg.Definitions(
     assets=with_automation(dg.load_assets_from_modules(STAGES)),
     asset_checks=dg.load_asset_checks_from_modules(STAGES),
-    jobs=[ingest_job, retrain_job, reranker_retrain_job, evaluation_job],
+    jobs=[ingest_job, engagement_job, retrain_job, embed_job, train_job, reranker_retrain_job, evaluation_job],
     schedules=[nightly_evaluation, weekly_retrain],
     executor=executor(),
     sensors=[new_images_sensor, automation_sensor, run_failure_logger, encoder_retrain_sensor,

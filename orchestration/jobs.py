@@ -1,4 +1,5 @@
-"""Jobs: named asset selections people launch from the UI, schedules and sensors."""
+"""Jobs: named asset selections people launch from the UI, schedules, sensors and the command
+line (every `lensless` command runs one of these, so its runs show under the job's name)."""
 
 import dagster as dg
 
@@ -9,6 +10,25 @@ ingest_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("ingestion"),
     partitions_def=image_batches,
     description="Ingest one image batch and refresh the engagement log.",
+)
+
+engagement_job = dg.define_asset_job(
+    "engagement_job",
+    selection=dg.AssetSelection.assets("engagement_events"),
+    description="Refresh the engagement log from the registered engagement files.",
+)
+
+embed_job = dg.define_asset_job(
+    "embed_job",
+    selection=dg.AssetSelection.assets("image_embeddings"),
+    partitions_def=image_batches,
+    description="Embed one image batch with the current encoder.",
+)
+
+train_job = dg.define_asset_job(
+    "train_job",
+    selection=dg.AssetSelection.groups("retrieval", "reranker"),
+    description="The FAISS index, the training pairs and user histories, and the three rerankers.",
 )
 
 # Retraining the encoder is enough to retrain everything: automation re-embeds every batch,

@@ -45,7 +45,7 @@ def resume_unfinished(home: Home) -> list[str]:
     for batch in batches:
         print(f"batch {batch}: an earlier ingest did not finish; ingesting it now", file=sys.stderr)
         get_instance().add_dynamic_partitions(image_batches.name, [batch])
-        materialize_assets(["raw_images"], partition_key=batch)
+        materialize_assets(["raw_images"], "ingest_job", partition_key=batch)
     return batches
 
 
@@ -86,9 +86,9 @@ def ingest(home: Home, source: str, engagement: str | None = None, label_depth: 
         batch = register_batch(home, fresh)
         get_instance().add_dynamic_partitions(image_batches.name, [batch])
         print(f"batch {batch}: {fresh.height} files from {source}", file=sys.stderr)
-        materialize_assets(["raw_images"], partition_key=batch)
+        materialize_assets(["raw_images"], "ingest_job", partition_key=batch)
         batches.append(batch)
-    materialize_assets(["engagement_events"])
+    materialize_assets(["engagement_events"], "engagement_job")
     return {**_summary(home, batches), "resumed": resumed}
 
 
@@ -100,13 +100,13 @@ def run_all(home: Home, source: str, engagement: str | None = None, limit: int |
     summary = ingest(home, source, engagement, limit=limit)
     print(f"ingested {summary}", file=sys.stderr)
     step(2, 5, "training the in-house image encoder")
-    materialize_assets(["image_encoder"], run_config=run_config)
+    materialize_assets(["image_encoder"], "retrain_job", run_config=run_config)
     keys = get_instance().get_dynamic_partitions(image_batches.name)
     step(3, 5, f"embedding {len(keys)} batch(es) with the new encoder")
     for key in keys:
-        materialize_assets(["image_embeddings"], partition_key=key, run_config=run_config)
+        materialize_assets(["image_embeddings"], "embed_job", partition_key=key, run_config=run_config)
     step(4, 5, "index, training pairs, gutted and full-VLM rerankers")
-    materialize_assets(TRAIN_INDEX_AND_RERANKERS, run_config=run_config)
+    materialize_assets(TRAIN_INDEX_AND_RERANKERS, "train_job", run_config=run_config)
     step(5, 5, "candidates, reranking, evaluation report, champion")
     promotion = evaluate_and_promote(home, run_config)
     report = latest_report(home)
@@ -122,6 +122,6 @@ def evaluate_and_promote(home: Home, run_config: dict | None = None) -> str:
     error: the report exists and the old champion (or, before one, retrieval order) keeps
     serving. Any other failure raises `StepFailed` naming the step and its error.
     """
-    result = materialize_assets(EVALUATION, run_config=run_config, raise_on_error=False)
+    result = materialize_assets(EVALUATION, "evaluation_job", run_config=run_config, raise_on_error=False)
     raise_failures(result, allowed_checks={GATE})
     return promotion_outcome(home, latest_report(home))

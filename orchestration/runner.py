@@ -1,7 +1,9 @@
 """Run asset selections through Dagster on the persistent instance, from the command line.
 
 Runs launched here are ordinary Dagster runs in `$LENSLESS_HOME/dagster`: they show in
-the UI (`lensless dev`) with their logs, lineage and metadata. Execution is in-process so the command
+the UI (`lensless dev`) under the name of the job they ran (`job`, one of
+`orchestration/jobs.py`, restricted to the selection), with their logs, lineage and
+metadata. Execution is in-process so the command
 line can show progress and return results directly. A selection is an `AssetSelection`
 (a group, or keys and what the graph derives from them) or a list of asset keys; a run config
 for the whole graph is cut down to the selected assets.
@@ -24,11 +26,12 @@ def _selected_keys(defs: dg.Definitions, selection: dg.AssetSelection) -> set[st
     return {k.to_user_string() for k in selection.resolve(defs.resolve_asset_graph())}
 
 
-def materialize_assets(selection: dg.AssetSelection | list[str], partition_key: str | None = None,
+def materialize_assets(selection: dg.AssetSelection | list[str], job: str, partition_key: str | None = None,
                        run_config: dict | None = None, tags: dict | None = None,
                        raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
-    """Materialise `selection` and their checks on the persistent instance. `run_config` may
-    hold ops of other assets too: only the selected ones' are passed."""
+    """Materialise `selection` and their checks on the persistent instance, as a run of the
+    named `job` (which must hold the whole selection). `run_config` may hold ops of other
+    assets too: only the selected ones' are passed."""
     from orchestration.definitions import defs
 
     if not isinstance(selection, dg.AssetSelection):
@@ -42,14 +45,15 @@ def materialize_assets(selection: dg.AssetSelection | list[str], partition_key: 
     config = {"loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}, **({"ops": ops} if ops else {})}
     instance = get_instance()
     release_dead_runs(instance)  # a killed earlier command must not hold the train pool forever
-    return dg.materialize(
-        assets=[*(defs.assets or []), *(defs.asset_checks or [])],
-        selection=selection,
+    job_def = defs.resolve_job_def(job)
+    outside = keys - {k.to_user_string() for k in job_def.asset_layer.selected_asset_keys}
+    assert not outside, f"{job} does not hold {sorted(outside)}"
+    return job_def.execute_in_process(
+        asset_selection=[dg.AssetKey.from_user_string(k) for k in sorted(keys)],
         partition_key=partition_key,
         run_config=config,
         instance=instance,
         tags={"lensless/launched_by": "cli", **run_tags(), **(tags or {})},
-        resources=defs.resources,
         raise_on_error=raise_on_error,
     )
 

@@ -138,6 +138,20 @@ def test_cli_report_ends_with_the_decision(pipeline, capsys):
     assert "gutted vs retrieval" in out and "the promotion gate" in out
 
 
+def test_command_line_runs_are_named_jobs(pipeline):
+    """Each stage of `lensless demo` is a run of a named job of the code location (so the UI
+    lists it under that name), never an anonymous `__ephemeral_asset_job__`."""
+    import dagster as dg
+
+    from orchestration.definitions import defs
+    from orchestration.instance import get_instance
+
+    runs = get_instance().get_runs(dg.RunsFilter(tags={"lensless/launched_by": "cli"}))
+    names = {r.job_name for r in runs}
+    assert {"ingest_job", "engagement_job", "retrain_job", "embed_job", "train_job", "evaluation_job"} <= names
+    assert names <= {j.name for j in defs.resolve_all_job_defs()}, names
+
+
 def test_index_recall_is_the_tuners_one_measurement(pipeline):
     """The index_recall check reads the recall the tuner measured and stored in the state."""
     import dagster as dg
@@ -328,7 +342,7 @@ def test_gutted_reranker_from_a_local_checkpoint(pipeline, tmp_path):
     home, _ = pipeline
     base = str(write_tiny_checkpoint(tmp_path / "qwen3vl-local", seed=1))
     cfg = {**TINY["ops"]["gutted_reranker"]["config"], "base": base, "stage2_epochs": 0}
-    result = materialize_assets(["gutted_reranker"], run_config={"ops": {"gutted_reranker": {"config": cfg}}})
+    result = materialize_assets(["gutted_reranker"], "reranker_retrain_job", run_config={"ops": {"gutted_reranker": {"config": cfg}}})
     assert result.success
     _, config, extra = load_checkpoint(current_dir(home, "gutted_reranker"))
     assert config["model"]["base"] == base and extra["base"]["source"] == "checkpoint"
@@ -357,7 +371,7 @@ def test_blocked_promotion_is_an_outcome_not_a_crash(pipeline, monkeypatch):
 
     # a fresh challenger (another seed), so that promoting it would move the pointer
     cfg = {**TINY["ops"]["gutted_reranker"]["config"], "seed": 7}
-    materialize_assets(["gutted_reranker"], run_config={"ops": {"gutted_reranker": {"config": cfg}}})
+    materialize_assets(["gutted_reranker"], "reranker_retrain_job", run_config={"ops": {"gutted_reranker": {"config": cfg}}})
     champion, before = pointers(home, "reranker_champion")["current"], last_champion_run()
     assert pointers(home, "gutted_reranker")["current"] != champion
     blocked = lambda report: (False, "worse than retrieval: forced")  # noqa: E731
@@ -367,13 +381,13 @@ def test_blocked_promotion_is_an_outcome_not_a_crash(pipeline, monkeypatch):
     assert "worse than retrieval: forced" in outcome and "champion: " not in outcome
     assert last_champion_run() == before, "the blocking check must stop the champion step"
     # selected alone (as automation may), the champion asset still refuses
-    materialize_assets(["reranker_champion"])
+    materialize_assets(["reranker_champion"], "evaluation_job")
     assert last_champion_run() != before and pointers(home, "reranker_champion")["current"] == champion
     # a report that compared the challenger with another champion than the one serving now
     monkeypatch.setattr(evaluation, "promotion_decision", lambda report: (True, "not worse: forced"))
     monkeypatch.setattr(evaluation, "latest_report", lambda h: {
         **report_lib.latest_report(h), "challenger": {**report_lib.latest_report(h)["challenger"], "champion": "someone-else"}})
-    materialize_assets(["reranker_champion"])
+    materialize_assets(["reranker_champion"], "evaluation_job")
     assert pointers(home, "reranker_champion")["current"] == champion
     # any other failure is an error naming the step and the error
     monkeypatch.setattr(evaluation, "latest_report", lambda h: (_ for _ in ()).throw(OSError("disk gone")))

@@ -103,12 +103,12 @@ from assets.store.files import Home
 from orchestration.pipeline import ingest
 from orchestration.runner import materialize_assets
 ingest(Home.from_env(), {src!r})
-materialize_assets(["image_encoder"], run_config={{"ops": {{"image_encoder": {{"config":
+materialize_assets(["image_encoder"], "retrain_job", run_config={{"ops": {{"image_encoder": {{"config":
     {{"architecture": "tiny", "epochs": 100000}}}}}}}})
 """
 TRAIN_ONCE = """
 from orchestration.runner import materialize_assets
-result = materialize_assets(["image_encoder"], run_config={"ops": {"image_encoder": {"config":
+result = materialize_assets(["image_encoder"], "retrain_job", run_config={"ops": {"image_encoder": {"config":
     {"architecture": "tiny", "epochs": 1}}}})
 assert result.success
 """
