@@ -100,7 +100,7 @@ def run(a: argparse.Namespace) -> dict:
                        memory_budget_bytes=a.budget, build_budget_s=a.build_budget, seed=a.seed, log=log)
     select_s = time.perf_counter() - t
     index = sel.index
-    qps, single = time_searches(xb, sel.index, xq, a.k, a.repeats, a.single)
+    qps, single = time_searches(xb, index, xq, a.k, a.repeats, a.single)
 
     t = time.perf_counter()
     add_vectors(index, xnew, np.arange(n, n + len(xnew), dtype=np.int64))

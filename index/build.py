@@ -76,8 +76,7 @@ def candidate_factories(n: int, d: int, memory_budget_bytes: int | None = None) 
     """Factory strings worth measuring for n vectors of dimension d (see the module table)."""
     assert n > 0 and d > 0, f"need n > 0 and d > 0, got n={n}, d={d}"
     budget = math.inf if memory_budget_bytes is None else memory_budget_bytes
-    k = _nlist(n)
-    ivf = f"IVF{k}_HNSW32" if k >= HNSW_QUANTIZER_MIN_K else f"IVF{k}"
+    ivf = _ivf(_nlist(n))
     if n < FLAT_MAX_N and estimate_bytes("Flat", n, d) <= budget:
         return ["Flat"]
     space = []
@@ -88,12 +87,11 @@ def candidate_factories(n: int, d: int, memory_budget_bytes: int | None = None) 
         if n < HNSW_MAX_N:
             space.append(f"HNSW{HNSW_M},Flat")
         if n >= IVF_HNSW_MIN_N and d % 2 == 0 and "HNSW" not in ivf:
-            space.append(f"IVF{_nlist(n, per_sqrt=4)}_HNSW32,PQ{d // 2}x4fs,Refine(SQfp16)")
+            space.append(f"{_ivf(_nlist(n, per_sqrt=4), hnsw=True)},PQ{d // 2}x4fs,Refine(SQfp16)")
     space = [f for f in space if estimate_bytes(f, n, d) <= budget]
     if space:
         return space
-    k = _nlist(n, per_sqrt=4)  # compressed codes scan cheaply: the wiki's 4 sqrt(n) lists
-    ivf = f"IVF{k}_HNSW32" if k >= HNSW_QUANTIZER_MIN_K else f"IVF{k}"
+    ivf = _ivf(_nlist(n, per_sqrt=4))  # compressed codes scan cheaply: the wiki's 4 sqrt(n) lists
     ms = [m for m in PQ_M_CHOICES if d % m == 0 and m <= d // 2]
     ms = [m for m in ms if estimate_bytes(f"OPQ{m},{ivf},PQ{m}", n, d) <= budget]
     if not ms:
@@ -288,6 +286,11 @@ def _quantization_error(ivf: faiss.IndexIVF, x: np.ndarray) -> float:
     _, assign = ivf.quantizer.search(x, 1)
     centroids = ivf.quantizer.reconstruct_batch(assign.ravel())
     return float(((x - centroids) ** 2).sum(axis=1).mean())
+
+
+def _ivf(k: int, hnsw: bool = False) -> str:
+    """The IVF part of a factory: k lists, with an HNSW coarse quantizer when asked or k is large."""
+    return f"IVF{k}_HNSW32" if hnsw or k >= HNSW_QUANTIZER_MIN_K else f"IVF{k}"
 
 
 def _nlist(n: int, per_sqrt: int = 1) -> int:

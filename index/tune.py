@@ -96,13 +96,12 @@ def tune_index(
         _, I, t = _timed(index, xq, k, repeats=1)
         op.add_operating_point(key, measure(I), t)
 
-    pts = sorted(op.operating_points, key=lambda p: p[1])
-    ok = [p for p in op.operating_points + op.suboptimal_points if p[1] >= target_recall]
-    key = _fastest(ps, index, xq, k, op, ok, finalists) if ok else pts[-1][0]
+    measured = sorted(op.operating_points + op.suboptimal_points, key=lambda p: (p[1], -p[2]))
+    ok = [p for p in measured if p[1] >= target_recall]
+    key = _fastest(ps, index, xq, k, op, ok, finalists) if ok else measured[-1][0]
     params = op.get_parameters(key)
     _set(ps, index, params)
     _, I, t = _timed(index, xq, k, repeats=3)
-    measured = sorted(op.operating_points + op.suboptimal_points, key=lambda p: (p[1], -p[2]))
     table = [{"params": _fmt(op.get_parameters(kk)), "recall": r, "qps": nq / tt} for kk, r, tt in measured]
     return TuneResult(_fmt(params), measure(I), nq / t, gt["exact_qps"], bool(ok), k, table)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import islice
 
 import fsspec
 import numpy as np
@@ -112,8 +113,8 @@ def ingest_batch(
         except Quarantined as q:
             return sha, q, None
 
+    results = _ordered(load, files["uri"].to_list(), workers or usable_cpus())
     try:
-        results = _ordered(load, files["uri"].to_list(), workers or usable_cpus())
         for i, (uri, label, (sha, pixels, size)) in enumerate(
                 zip(files["uri"], files["label"], results, strict=True)):
             if progress is not None and (i + 1) % 256 == 0:
@@ -135,6 +136,7 @@ def ingest_batch(
                              "ingested_at": previous_ingested_at.get(image_id, now)})
         writer.close()  # the header says how many rows were written
     except BaseException:
+        results.close()  # stops the readers now, not when the generator is collected
         writer.abort()
         raise
     if progress is not None:
@@ -152,19 +154,14 @@ def _ordered(fn: Callable, items: list, workers: int) -> Iterator:
     if workers <= 1:
         yield from map(fn, items)
         return
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="ingest")
-    pending: deque = deque()
-    try:
-        it = iter(items)
-        for item in it:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            for item in it:
-                pending.append(pool.submit(fn, item))
-                break
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    it = iter(items)
+    with ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
+        pending = deque(pool.submit(fn, item) for item in islice(it, 2 * workers))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                pending.extend(pool.submit(fn, item) for item in islice(it, 1))
+                yield result
+        finally:
+            for future in pending:  # stopped early (an error downstream): drop what has not started
+                future.cancel()

@@ -33,7 +33,7 @@ from upath import UPath
 
 from assets.ingestion.batch import READ_FAILED
 from assets.ingestion.decode import SUPPORTED_EXTENSIONS
-from assets.store.files import Home, read_parquet, upload_tree, write_parquet
+from assets.store.files import Home, is_local, read_parquet, upload_tree, write_parquet
 from assets.store.lake import (
     BATCH_SCHEMA,
     add_to_registry,
@@ -215,9 +215,7 @@ def retry_unreadable(home: Home, uris: list[str]) -> set[str]:
 
 
 def _readable_now(uri: str) -> bool:
-    if "://" in uri and not uri.startswith("file://"):
-        return True
-    return os.access(uri.removeprefix("file://"), os.R_OK)
+    return not is_local(uri) or os.access(UPath(uri).path, os.R_OK)
 
 
 def new_batch_key(entries: pl.DataFrame, now: datetime | None = None) -> str:

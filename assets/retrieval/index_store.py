@@ -170,7 +170,8 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
     """Bring the index up to date with `partitions` ({batch: image_id/embedding frame}); returns a report."""
     assert partitions, "no embedding partitions to index"
     started = time.perf_counter()
-    state = load_state(home)
+    folder = current_generation(home)  # resolved once: the state and files read below are of one generation
+    state = None if folder is None else read_json(folder / "state.json")
     d = next(iter(partitions.values()))["embedding"].dtype.size
     n_total = sum(f.height for f in partitions.values())
     new_keys = sorted(partitions) if state is None else sorted(set(partitions) - set(state["partitions"]))
@@ -186,17 +187,19 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
 
     index = drift = None
     if reason is None and new_keys:
-        folder = current_generation(home)
         try:
             index = _read_index(home, folder / "faiss.index", False, state.get("sha256"))
         except (ValueError, RuntimeError) as e:  # damaged (sha256) or unreadable by faiss
             reason = f"the current index cannot be read: {str(e).splitlines()[0]}"
-        xb_new = _stack([partitions[k] for k in new_keys])
-        if index is None:
-            pass
-        elif index.ntotal != state["n"]:  # the index file of another build than the state (a crash)
+    if index is not None:
+        old_ids = read_parquet(folder / "ids.parquet")["image_id"]
+        added = pl.concat([partitions[k].select("image_id") for k in new_keys])["image_id"]
+        image_ids = pl.concat([old_ids, added])
+        xb_all = _in_row_order(partitions, image_ids, d)  # rows [0, len(old_ids)) are the indexed ones
+        xb_old, xb_new = xb_all[: len(old_ids)], xb_all[len(old_ids):]
+        if index.ntotal != state["n"]:  # the index file of another build than the state (a crash)
             reason, index = f"the index file holds {index.ntotal} vectors, its state {state['n']}", None
-        elif (drift := quantizer_drift(index, xb_new, _reference_sample(partitions, state, config))) > DRIFT_THRESHOLD:
+        elif (drift := quantizer_drift(index, xb_new, _sample(xb_old, config))) > DRIFT_THRESHOLD:
             reason, index = f"quantizer drift {drift:.2f} > {DRIFT_THRESHOLD}", None
 
     if reason is not None:
@@ -210,24 +213,16 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
                               target_recall=config.target_recall,
                               memory_budget_bytes=config.memory_budget_bytes,
                               build_budget_s=config.build_budget_s, seed=config.seed, log=log)
-        index, factory, tuned, candidates = chosen.index, chosen.factory, chosen.tuned, chosen.candidates
+        index, factory, tuned = chosen.index, chosen.factory, chosen.tuned
+        candidates = [asdict(c) for c in chosen.candidates]
         build_seconds = chosen.build_s
         mode = "rebuild"
     elif new_keys:
         factory = state["factory"]
-        old_ids = read_parquet(folder / "ids.parquet")["image_id"]
-        added = pl.concat([partitions[k].select("image_id") for k in new_keys])["image_id"]
-        log(f"incremental add of {len(added)} vectors from {len(new_keys)} new partitions to {factory}")
+        log(f"incremental add of {len(xb_new)} vectors from {len(new_keys)} new partitions to {factory}")
         t = time.perf_counter()
-        add_vectors(index, xb_new, np.arange(len(old_ids), len(old_ids) + len(added), dtype=np.int64))
+        add_vectors(index, xb_new, np.arange(len(xb_old), len(xb_all), dtype=np.int64))
         build_seconds = time.perf_counter() - t
-        image_ids = pl.concat([old_ids, added])
-        # measure against every stored vector, in row-id order
-        order = {k: i for i, k in enumerate(image_ids.to_list())}
-        frames = pl.concat([partitions[k] for k in sorted(partitions)])
-        rows = np.array([order[i] for i in frames["image_id"]])
-        xb_all = np.empty((len(rows), d), np.float32)
-        xb_all[rows] = frames["embedding"].to_numpy()
         tuned = tune_index(index, xb_all, _tuning_queries(xb_all, config), k=10,
                            target_recall=config.target_recall)
         candidates = state.get("candidates", [])
@@ -247,15 +242,22 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         "met_target": bool(tuned.met_target), "qps": float(tuned.qps),
         "exact_qps": float(tuned.exact_qps), "speedup_vs_exact": float(tuned.qps / tuned.exact_qps),
         "build_seconds": build_seconds, "seconds": time.perf_counter() - started, "config": asdict(config),
-        "candidates": [c if isinstance(c, dict) else asdict(c) for c in candidates],
+        "candidates": candidates,
     }
     return _write_generation(home, index, image_ids, report)
 
 
-def _reference_sample(partitions: dict[str, pl.DataFrame], state: dict, config: IndexConfig,
-                      size: int = 20_000) -> np.ndarray:
-    """A seeded sample of the vectors already in the index (its partitions), for the drift test."""
-    xb = _stack([partitions[k] for k in state["partitions"]])
+def _in_row_order(partitions: dict[str, pl.DataFrame], image_ids: pl.Series, d: int) -> np.ndarray:
+    """Every partition's vectors as one (N, d) array whose row r is the vector of image_ids[r]."""
+    order = {k: i for i, k in enumerate(image_ids.to_list())}
+    frames = pl.concat([partitions[k] for k in sorted(partitions)])
+    xb = np.empty((len(order), d), np.float32)
+    xb[np.array([order[i] for i in frames["image_id"]])] = frames["embedding"].to_numpy()
+    return xb
+
+
+def _sample(xb: np.ndarray, config: IndexConfig, size: int = 20_000) -> np.ndarray:
+    """A seeded sample of rows of xb (the drift test's reference: vectors already indexed)."""
     rows = np.random.default_rng(config.seed).choice(len(xb), size=min(size, len(xb)), replace=False)
     return xb[np.sort(rows)]
 
