@@ -210,9 +210,10 @@ def cmd_dev(args) -> int:
     import signal
     import subprocess
 
-    from orchestration.instance import ensure_dagster_home
+    from orchestration.instance import ensure_dagster_home, get_instance
 
     home = ensure_dagster_home()
+    get_instance()  # create the instance's databases here, once, before two processes open it
     target = ["-w", "workspace.yaml"] if os.path.exists("workspace.yaml") else ["-m", "orchestration.definitions"]
     print(f"DAGSTER_HOME={home}; UI on http://{args.host}:{args.port}", file=sys.stderr)
     daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", *target])
