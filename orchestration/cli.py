@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_engagement)
 
     s = sub.add_parser("demo", help="ingest the demo catalog and run the whole graph; prints the report")
-    s.add_argument("--images", type=int, default=5000)
+    s.add_argument("--images", type=int, default=5000, help="demo catalog size (default 5000)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("run", help="the whole graph on any folder or bucket")
@@ -299,19 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_submit)
 
     s = sub.add_parser("report", help="print the latest evaluation summary")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print report.json instead of the summary")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("recommend", help="recommendations for a catalog image_id, any image file, or a user")
     s.add_argument("image", nargs="?", help="image_id from the catalog, or a path/URL of an image file")
     s.add_argument("--user", metavar="USER_ID", help="recommend for a user, from their engagement history")
-    s.add_argument("-k", type=int, default=10)
+    s.add_argument("-k", type=int, default=10, help="how many recommendations (default 10)")
     s.add_argument("--no-rerank", action="store_true", help="index order only")
     s.add_argument("--json", action="store_true", help="last line is a JSON list of {image_id, uri, score}")
     s.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("promote", help="make a gutted reranker version the champion (default: the latest)")
-    s.add_argument("version", nargs="?")
+    s.add_argument("version", nargs="?", help="a version `lensless report` or the UI lists (default: the latest)")
     s.set_defaults(func=cmd_promote)
 
     s = sub.add_parser("rollback", help="restore the previous champion")
@@ -319,12 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("dev", help="start the Dagster UI and daemon on this project's instance")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; see README before exposing)")
-    s.add_argument("--port", type=int, default=3000)
+    s.add_argument("--port", type=int, default=3000, help="UI port (default 3000)")
     s.set_defaults(func=cmd_dev)
 
     s = sub.add_parser("sql", help="query the lake with DuckDB; every table asset is a view")
-    s.add_argument("query")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("query", help="one SQL statement, e.g. \"SELECT label, count(*) FROM raw_images GROUP BY 1\"")
+    s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.add_argument("--max-rows", type=int, default=40, help="rows printed as a table (default 40)")
     s.add_argument("--write", action="store_true",
                    help="allow statements that write (COPY, CREATE, ATTACH, ...) and files outside the lake")

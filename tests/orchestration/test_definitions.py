@@ -60,6 +60,19 @@ def test_cli_help_version_and_did_you_mean(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("lensless ")
 
 
+def test_every_cli_option_has_help():
+    import argparse
+
+    from orchestration.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {action.dest}" for name, sub in subparsers.choices.items() for action in sub._actions
+               if not isinstance(action, argparse._HelpAction) and not action.help]
+    assert not missing, f"options without help text: {missing}"
+    assert all(choice.help for choice in subparsers._choices_actions), "a command without help text"
+
+
 def test_dev_serves_the_ui_behind_a_host_check_without_the_venv_on_path(tmp_path):
     """`.venv/bin/lensless dev` with the venv not on PATH starts the daemon and the UI; the UI
     answers its own names and refuses any other Host (DNS rebinding), and Ctrl-C stops both."""
