@@ -12,6 +12,7 @@ config gives byte-identical files and identical engagement. This module never im
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from assets.demo.render import (
     image_rng,
     render_image,
 )
-from assets.store.files import write_bytes, write_json, write_parquet
+from assets.store.files import write_bytes
 
 
 @dataclass(frozen=True)
@@ -183,10 +184,24 @@ def write_demo_catalog(
         with ctx.Pool(workers, initializer=_init_worker) as pool:
             collect(pool.imap_unordered(_render_and_write, tasks, chunksize=chunk))
     catalog = pl.DataFrame(sorted(rows, key=lambda r: r[4]), schema=CATALOG_SCHEMA, orient="row")
-    write_parquet(catalog, dest / "catalog.parquet")
-    write_parquet(generate_engagement(catalog, config), dest / "engagement.parquet")
-    write_json({**render_key, "sha256": {**known, **digests}}, dest / _MANIFEST)
+    _write_if_changed(_parquet_bytes(catalog), dest / "catalog.parquet")
+    _write_if_changed(_parquet_bytes(generate_engagement(catalog, config)), dest / "engagement.parquet")
+    manifest = {**render_key, "sha256": dict(sorted({**known, **digests}.items(), key=lambda kv: int(kv[0])))}
+    _write_if_changed(json.dumps(manifest, indent=2).encode(), dest / _MANIFEST)
     return catalog
+
+
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    return buf.getvalue()
+
+
+def _write_if_changed(data: bytes, path: Path) -> None:
+    """Write atomically unless the file already holds these bytes: a re-rendered catalog keeps
+    its files' mtimes, so a folder ingest does not see them as new."""
+    if not (path.is_file() and path.read_bytes() == data):
+        write_bytes(data, path)
 
 
 _MANIFEST = ".demo_manifest.json"
