@@ -6,9 +6,10 @@ Measured (any scorer, gutted or full VLM, either KV-cache mode):
   counts the full Lq × Lk rectangle, so it sits a little above the causal analytic count.
 - `ms_per_1k_candidates`: best-of-N wall time of that scoring call, per 1,000 candidates.
 - `tokens_per_candidate`: LLM tokens per image and per scored candidate.
-- `measure_costs`: the three above for several scorers on the same real inputs (rows of a
-  feature table: raw pixels for the full VLM, so its vision tower is part of the cost), their
-  timings interleaved (`models/timing.py`): the median and the range of the repeats.
+- `counted_costs`: FLOPs and tokens (no clock) for several scorers on the same real inputs
+  (rows of a feature table: raw pixels for the full VLM, so its vision tower is part of the
+  cost); `measure_costs` adds their timings, interleaved (`models/timing.py`): the median and
+  the range of the repeats.
 
 Analytic (`analytic_flops`, `cost_rows`), forward FLOPs = 2 × multiply-accumulates:
 - LLM, per token at absolute index t (0-based), summed over L layers:
@@ -111,31 +112,46 @@ def tokens_per_candidate(scorer, candidates_per_query: int = CANDIDATES, history
     }
 
 
+def _cost_inputs(scorers: dict, query_rows, cand_rows, prior=None):
+    """Per scorer (scorer, query tensor, history, candidate tensor, its query rows), and the
+    candidates' prior tensor: what `counted_costs` and `measure_costs` score."""
+    rows_of = {name: np.asarray(spec[2] if len(spec) > 2 else query_rows) for name, spec in scorers.items()}
+    inputs = {name: (spec[0].eval(), *query_inputs(spec[1], rows_of[name]),
+                     feature_tensor(spec[1][np.asarray(cand_rows)]), rows_of[name]) for name, spec in scorers.items()}
+    return inputs, None if prior is None else prior_tensor(prior, cand_rows)
+
+
+def _counted(scorer, q, h, c, rows, p) -> dict:
+    return {"flops_per_candidate": flops_per_candidate(scorer, q, c, prior=p, history=h),
+            "tokens_per_candidate": float(tokens_per_candidate(
+                scorer, c.shape[1], (rows >= 0).sum() / len(rows))["per_candidate_cache"])}
+
+
+def counted_costs(scorers: dict, query_rows, cand_rows, prior=None) -> dict[str, dict]:
+    """The costs that do not depend on the machine: counted FLOPs and LLM tokens per candidate,
+    for the same arguments as `measure_costs`."""
+    inputs, p = _cost_inputs(scorers, query_rows, cand_rows, prior)
+    return {name: _counted(*spec, p) for name, spec in inputs.items()}
+
+
 def measure_costs(scorers: dict, query_rows, cand_rows, repeats: int = 5, prior=None) -> dict[str, dict]:
     """Cost of scoring the candidates `cand_rows` (Q, K) of `query_rows` (Q,) or histories
     (Q, H), for each `{name: (scorer, features)}` or `(scorer, features, its own query_rows)`
-    (with the rows' engagement buckets `prior` (N,)): FLOPs, LLM tokens, and ms per 1,000
+    (with the rows' engagement buckets `prior` (N,)): the `counted_costs`, and ms per 1,000
     candidates as the median of `repeats` timings interleaved across the scorers
     (`ms_per_1k_candidates_range`: their min and max), so that machine load hits every
     scorer alike."""
-    rows_of = {name: np.asarray(spec[2] if len(spec) > 2 else query_rows) for name, spec in scorers.items()}
-    inputs = {name: (spec[0].eval(), *query_inputs(spec[1], rows_of[name]),
-                     feature_tensor(spec[1][np.asarray(cand_rows)])) for name, spec in scorers.items()}
-    p = None if prior is None else prior_tensor(prior, cand_rows)
+    inputs, p = _cost_inputs(scorers, query_rows, cand_rows, prior)
     n = int(np.asarray(cand_rows).size)
     device = next(iter(inputs.values()))[3].device
-    times = interleaved({name: scoring_call(scorer, q, c, prior=p, history=h) for name, (scorer, q, h, c) in inputs.items()},
+    times = interleaved({name: scoring_call(scorer, q, c, prior=p, history=h)
+                         for name, (scorer, q, h, c, _) in inputs.items()},
                         repeats=repeats, sync=lambda: synchronize(device))
     out = {}
-    for name, (scorer, q, h, c) in inputs.items():
+    for name, spec in inputs.items():
         ms = summarise(times[name], scale=1e6 / n)  # seconds per call -> ms per 1,000 candidates
-        out[name] = {
-            "flops_per_candidate": flops_per_candidate(scorer, q, c, prior=p, history=h),
-            "ms_per_1k_candidates": ms["median"], "ms_per_1k_candidates_range": [ms["min"], ms["max"]],
-            "timing_repeats": ms["repeats"],
-            "tokens_per_candidate": float(tokens_per_candidate(
-                scorer, c.shape[1], (rows_of[name] >= 0).sum() / len(rows_of[name]))["per_candidate_cache"]),
-        }
+        out[name] = {**_counted(*spec, p), "ms_per_1k_candidates": ms["median"],
+                     "ms_per_1k_candidates_range": [ms["min"], ms["max"]], "timing_repeats": ms["repeats"]}
     return out
 
 

@@ -285,7 +285,7 @@ def train_encoder(
                 pairs_[-1],
             )
             if progress is not None:
-                progress({"step": step + 1, "total": total, "loss": losses[-1]})
+                progress({"step": step + 1, "total": total, "loss": losses[-1], "elapsed": time.perf_counter() - t0})
     model.eval()
     seconds = time.perf_counter() - t0
     return {

@@ -55,6 +55,7 @@ class RerankerTrainConfig:
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # LM linear names
     patience: int = 2  # evaluations without a val NDCG@10 gain before a stage stops
     evals_per_epoch: int = 1  # validation evaluations per epoch
+    progress_seconds: float = 20.0  # most seconds between progress events while training
     eval_batch: int = 16  # groups per scoring batch at evaluation
     grad_clip: float = 1.0  # max gradient norm
     seed: int = 0  # batch order, candidate shuffles and LoRA init
@@ -177,13 +178,16 @@ def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen
     """Stage 1 then stage 2 with early stopping; the scorer ends at the best state seen.
     Returns (untrained val NDCG@10, best {ndcg, stage, step, state}, loss curve, val curve, steps)."""
     step, curve_loss, curve_val = 0, [], []
+    t0 = last_emit = time.perf_counter()
     first = evaluate(scorer, feats, val_groups, cfg.eval_batch, prior=prior, queries=queries)["ndcg"]
     best = {"ndcg": first, "stage": 0, "step": 0, "state": trained_state(scorer)}
     curve_val.append({"stage": 0, "step": 0, "val_ndcg10": first})
-    emit({"event": "eval", "stage": 0, "step": 0, "val_ndcg10": first})
     log.info("untrained val NDCG@10 %.4f", first)
     lengths = np.ones(len(groups), dtype=np.int64) if queries is None else (queries[groups[:, 0]] >= 0).sum(1)
     n_batches = len(_epoch_batches(lengths, cfg.batch_groups, torch.Generator().manual_seed(0)))
+    total = n_batches * (max(cfg.stage1_epochs, 0) + max(cfg.stage2_epochs, 0))  # early stopping may end sooner
+    emit({"event": "eval", "stage": 0, "step": 0, "total": total, "val_ndcg10": first,
+          "elapsed": time.perf_counter() - t0})
     eval_at = set(np.linspace(0, n_batches, cfg.evals_per_epoch + 1, dtype=int)[1:].tolist())
 
     for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
@@ -200,13 +204,18 @@ def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen
                 loss = _train_step(scorer, feats, g, gen, opt, params, cfg.grad_clip, prior, queries)
                 step += 1
                 curve_loss.append({"stage": stage, "step": step, "loss": loss})
+                where = {"stage": stage, "epoch": epoch, "epochs": epochs, "step": step, "total": total}
                 if bi + 1 not in eval_at:
+                    if time.perf_counter() - last_emit >= cfg.progress_seconds:
+                        last_emit = time.perf_counter()
+                        emit({"event": "step", **where, "loss": loss, "elapsed": last_emit - t0})
                     continue
                 val = evaluate(scorer, feats, val_groups, cfg.eval_batch, prior=prior, queries=queries)["ndcg"]
                 mean_loss = float(np.mean([c["loss"] for c in curve_loss[-n_batches:]]))
                 curve_val.append({"stage": stage, "step": step, "val_ndcg10": val})
-                emit({"event": "eval", "stage": stage, "epoch": epoch, "step": step,
-                      "train_loss": mean_loss, "val_ndcg10": val})  # fmt: skip
+                last_emit = time.perf_counter()
+                emit({"event": "eval", **where, "train_loss": mean_loss, "val_ndcg10": val,
+                      "elapsed": last_emit - t0})  # fmt: skip
                 log.info("stage %d epoch %d step %d loss %.4f val NDCG@10 %.4f",
                          stage, epoch, step, mean_loss, val)  # fmt: skip
                 if val > best["ndcg"] + 1e-6:

@@ -73,7 +73,7 @@ def test_production_rows_show_the_gutted_saving():
 def test_measure_costs_times_both_scorers_interleaved(models):
     import numpy as np
 
-    from models.cost import measure_costs
+    from models.cost import counted_costs, measure_costs
 
     gutted, full = models
     rng = np.random.default_rng(0)
@@ -85,6 +85,9 @@ def test_measure_costs_times_both_scorers_interleaved(models):
         lo, hi = row["ms_per_1k_candidates_range"]
         assert 0 < lo <= row["ms_per_1k_candidates"] <= hi and row["timing_repeats"] == 3
     assert cost["full_vlm"]["flops_per_candidate"] > cost["gutted"]["flops_per_candidate"]
+    counted = counted_costs({"gutted": (gutted, emb), "full_vlm": (full, pix)}, q, c)
+    for name, row in counted.items():  # the machine-independent part, identical, with no clock
+        assert row == {k: cost[name][k] for k in ("flops_per_candidate", "tokens_per_candidate")}
 
 
 def test_production_estimate_follows_the_trained_gutted_config():

@@ -51,6 +51,37 @@ def test_training_lowers_loss_and_reports_metrics():
     assert any(c["stage"] == 2 for c in m["val_curve"])
 
 
+def test_progress_events_say_where_training_is_and_what_is_left():
+    import dataclasses
+
+    from models.progress import progress_line
+
+    emb, train, val = _data()
+    events = []
+    cfg = dataclasses.replace(FAST, progress_seconds=0.0)  # a step event after every step
+    m = train_reranker(build_gutted(SMALL), emb, train, val, cfg, progress=events.append)
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps and all(e["total"] == steps[0]["total"] >= e["step"] for e in steps)
+    assert steps[0]["total"] == m["steps"] or m["best_stage"] < 2  # the bound is exact without early stopping
+    assert [e["elapsed"] for e in events if "elapsed" in e] == sorted(e["elapsed"] for e in events if "elapsed" in e)
+    line = progress_line(next(e for e in events if e["event"] == "eval" and e["step"] > 0))
+    assert line.startswith("stage 1 epoch 1/2 step ") and " val NDCG@10 0." in line and " · 0:" in line
+    assert line.endswith(" left") or line.endswith("done")
+    assert progress_line(events[-1]).startswith("done in 0:")
+
+
+def test_progress_line_formats_position_time_and_estimate():
+    from models.progress import clock, progress_line, time_left
+
+    assert clock(130) == "2:10" and clock(3725) == "1:02:05"
+    assert time_left(40, 250, 130.0) == "~11 min left" and time_left(200, 250, 100.0) == "~25 s left"
+    assert time_left(0, 10, 5.0) == "estimating" and time_left(10, 10, 5.0) == "done"
+    line = progress_line({"event": "eval", "stage": 2, "epoch": 0, "epochs": 2, "step": 40, "total": 250,
+                          "train_loss": 0.41234, "val_ndcg10": 0.5712, "elapsed": 130.0})
+    assert line == "stage 2 epoch 1/2 step 40/250 loss 0.4123 val NDCG@10 0.571 · 2:10 · ~11 min left"
+    assert progress_line({"step": 10, "total": 256, "loss": 32.47}) == "step 10/256 loss 32.4700"
+
+
 def test_training_is_deterministic():
     emb, train, val = _data(n_groups=12, n_train=8)
     cfg = RerankerTrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=4, device="cpu")
