@@ -1,7 +1,7 @@
 # The lensless code location: `dagster api grpc` serving orchestration.definitions, with the
 # `scale` extra (Postgres instance, Kubernetes executor, s3fs for LENSLESS_HOME=s3://...).
 #
-#   docker build -t registry.example.com/lensless:0.1.0 .                      # CPU torch
+#   docker build --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t registry.example.com/lensless:0.1.0 .   # CPU torch
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
 #                --build-arg FAISS=faiss-gpu-cu12 -t registry.example.com/lensless:0.1.0-cuda .
 #
@@ -13,8 +13,11 @@ ARG TORCH_SPEC="torch>=2.4"
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # faiss-cpu, or faiss-gpu-cu12 to search on the GPU (it replaces faiss-cpu)
 ARG FAISS=faiss-cpu
+# the commit the image is built from: reports name it (the image holds no git checkout)
+ARG GIT_COMMIT=""
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    LENSLESS_GIT_COMMIT=${GIT_COMMIT}
 
 WORKDIR /opt/lensless
 # torch first, from the index the build argument names (PyPI's default build is CUDA and GBs)

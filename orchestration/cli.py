@@ -68,7 +68,13 @@ def cmd_ingest(args) -> int:
 
 
 def _print_report(report: dict) -> None:
-    from assets.evaluation.report import decision_rows, promotion_line, reports_dir, summary_rows
+    from assets.evaluation.report import (
+        decision_rows,
+        promotion_line,
+        provenance_line,
+        reports_dir,
+        summary_rows,
+    )
     from assets.plots import md_table
 
     print("Related images\n")
@@ -83,6 +89,7 @@ def _print_report(report: dict) -> None:
         print(md_table(summary_rows(users)))
         print()
         print(md_table(decision_rows(users)))
+    print(provenance_line(report))
     print(report["_promotion"] if "_promotion" in report else promotion_line(report))
     print(f"report: {reports_dir(_home()) / report['run_id'] / 'report.html'}")
 
@@ -90,7 +97,7 @@ def _print_report(report: dict) -> None:
 def cmd_demo(args) -> int:
     from orchestration.pipeline import run_all
 
-    report = run_all(_home(), ensure_demo(args.images))
+    report = run_all(_home(), ensure_demo(args.images), force=args.force)
     _print_report(report)
     print(f"demo finished in {report['_seconds'] / 60:.1f} min")
     return 0
@@ -99,7 +106,7 @@ def cmd_demo(args) -> int:
 def cmd_run(args) -> int:
     from orchestration.pipeline import run_all
 
-    report = run_all(_home(), args.source, args.engagement, args.limit)
+    report = run_all(_home(), args.source, args.engagement, args.limit, force=args.force)
     _print_report(report)
     return 0
 
@@ -262,6 +269,9 @@ def _version() -> str:
         return "(not installed)"
 
 
+FORCE_HELP = "rematerialise every step, also those up to date (same code, inputs and settings as last time)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lensless", description="Visual recommender with a gutted Qwen3-VL.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
@@ -283,12 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="ingest the demo catalog and run the whole graph; prints the report")
     s.add_argument("--images", type=int, default=5000, help="demo catalog size (default 5000)")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("run", help="the whole graph on any folder or bucket")
     s.add_argument("--source", required=True, help="folder or fsspec URL; subfolders name labels")
     s.add_argument("--engagement", help="Parquet/CSV engagement file")
     s.add_argument("--limit", type=int, help="ingest a deterministic sample of N new files")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("submit", help="submit a job to the instance's run queue (daemon, run launcher, executor) "
@@ -371,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         message = str(e).strip('"') or type(e).__name__
+        if isinstance(e, StepFailed) and args.command in ("demo", "run"):
+            message += f"; `lensless {args.command}` again resumes there (steps up to date are skipped)"
         print(f"lensless {args.command}: error: {message}", file=sys.stderr)
         return 2
     except Exception as e:  # a bug or a broken environment: one line, the traceback with -v

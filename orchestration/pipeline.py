@@ -93,35 +93,41 @@ def ingest(home: Home, source: str, engagement: str | None = None, label_depth: 
 
 
 def run_all(home: Home, source: str, engagement: str | None = None, limit: int | None = None,
-            run_config: dict | None = None) -> dict:
-    """Ingest `source`, then train, embed, index, rerank and evaluate; returns the report dict."""
+            run_config: dict | None = None, force: bool = False) -> dict:
+    """Ingest `source`, then train, embed, index, rerank and evaluate; returns the report dict.
+    Each step leaves out the assets that are up to date (`runner.up_to_date`: same code,
+    inputs and settings as their last materialisation) unless `force`."""
+    skip = not force
     started = time.perf_counter()
     step(1, 5, f"ingesting {source}")
     summary = ingest(home, source, engagement, limit=limit)
     print(f"ingested {summary}", file=sys.stderr)
     step(2, 5, "training the in-house image encoder")
-    materialize_assets(["image_encoder"], "retrain_job", run_config=run_config)
+    materialize_assets(["image_encoder"], "retrain_job", run_config=run_config, skip_up_to_date=skip)
     keys = get_instance().get_dynamic_partitions(image_batches.name)
     step(3, 5, f"embedding {len(keys)} batch(es) with the new encoder")
     for key in keys:
-        materialize_assets(["image_embeddings"], "embed_job", partition_key=key, run_config=run_config)
+        materialize_assets(["image_embeddings"], "embed_job", partition_key=key, run_config=run_config,
+                           skip_up_to_date=skip)
     step(4, 5, "index, training pairs, gutted and full-VLM rerankers")
-    materialize_assets(TRAIN_INDEX_AND_RERANKERS, "train_job", run_config=run_config)
+    materialize_assets(TRAIN_INDEX_AND_RERANKERS, "train_job", run_config=run_config, skip_up_to_date=skip)
     step(5, 5, "candidates, reranking, evaluation report, champion")
-    promotion = evaluate_and_promote(home, run_config)
+    promotion = evaluate_and_promote(home, run_config, skip_up_to_date=skip)
     report = latest_report(home)
     report["_promotion"] = promotion
     report["_seconds"] = time.perf_counter() - started
     return report
 
 
-def evaluate_and_promote(home: Home, run_config: dict | None = None) -> str:
+def evaluate_and_promote(home: Home, run_config: dict | None = None, skip_up_to_date: bool = False) -> str:
     """Candidates, reranking, the report and the champion; returns one line on the champion.
 
     A challenger that the blocking `challenger_not_worse` check stops is an outcome, not an
     error: the report exists and the old champion (or, before one, retrieval order) keeps
     serving. Any other failure raises `StepFailed` naming the step and its error.
     """
-    result = materialize_assets(EVALUATION, "evaluation_job", run_config=run_config, raise_on_error=False)
-    raise_failures(result, allowed_checks={GATE})
+    result = materialize_assets(EVALUATION, "evaluation_job", run_config=run_config, raise_on_error=False,
+                                skip_up_to_date=skip_up_to_date)
+    if result is not None:
+        raise_failures(result, allowed_checks={GATE})
     return promotion_outcome(home, latest_report(home))

@@ -9,7 +9,11 @@ line can show progress and return results directly. A selection is an `AssetSele
 for the whole graph is cut down to the selected assets.
 """
 
+import json
 import os
+import sys
+import typing
+from datetime import datetime, timezone
 
 import dagster as dg
 
@@ -26,12 +30,76 @@ def _selected_keys(defs: dg.Definitions, selection: dg.AssetSelection) -> set[st
     return {k.to_user_string() for k in selection.resolve(defs.resolve_asset_graph())}
 
 
+def _config_class(assets_def: dg.AssetsDefinition) -> type[dg.Config] | None:
+    """The Pythonic config class an asset's function takes as `config`, if any."""
+    cls = typing.get_type_hints(assets_def.op.compute_fn.decorated_fn).get("config")
+    return cls if isinstance(cls, type) and issubclass(cls, dg.Config) else None
+
+
+def up_to_date(keys: list[str], partition_key: str | None = None, run_config: dict | None = None,
+               instance: dg.DagsterInstance | None = None) -> dict[str, str]:
+    """{asset: why} for those of `keys` that a run need not materialise again: Dagster sees them
+    as fresh (materialised; same code version; no input with a newer data version since) and,
+    where the asset records its `settings`, it ran with the ones `run_config` gives now (where it
+    records none, with no override in `run_config`).
+    An asset is never up to date while an input in `keys` will run first, nor when an input
+    has so many partitions that Dagster does not track their versions."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
+    from dagster._core.definitions.data_version import (
+        SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD,
+        CachingStaleStatusResolver,
+        StaleStatus,
+    )
+    from dagster._core.definitions.partitions.context import partition_loading_context
+    from dagster._core.definitions.temporal_context import TemporalContext
+
+    from assets.evaluation.provenance import SETTINGS
+    from orchestration.definitions import defs
+
+    instance = instance or get_instance()
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=datetime.now(timezone.utc), last_event_id=None),
+                          instance=instance, asset_graph=graph)
+    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+    ops = (run_config or {}).get("ops", {})
+    ordered = [k.to_user_string() for k in graph.toposorted_asset_keys if k.to_user_string() in keys]
+    fresh, running = {}, set()
+    for name in ordered:
+        key = dg.AssetKey.from_user_string(name)
+        node = graph.get(key)
+        with partition_loading_context(dynamic_partitions_store=instance):
+            untracked = [p for p in node.parent_keys if graph.get(p).is_partitioned
+                         and graph.get(p).partitions_def.get_num_partitions()
+                         >= SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD]
+        partition = partition_key if node.is_partitioned else None
+        if (running & {p.to_user_string() for p in node.parent_keys} or untracked
+                or (node.is_partitioned and partition is None)  # Dagster calls that FRESH; it means nothing
+                or resolver.get_status(key, partition) != StaleStatus.FRESH):
+            running.add(name)
+            continue
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
+        event = records[0].event_log_entry
+        recorded = event.asset_materialization.metadata.get(SETTINGS)
+        cls, overrides = _config_class(node.assets_def), ops.get(name, {}).get("config", {})
+        if recorded is not None and cls is not None:
+            same = json.loads(json.dumps(cls(**overrides).model_dump())) == recorded.value
+        else:  # no settings recorded: the defaults are assumed, so any override makes it due
+            same = not overrides
+        if not same:
+            running.add(name)
+            continue
+        fresh[name] = f"run {event.run_id[:8]}"
+    return fresh
+
+
 def materialize_assets(selection: dg.AssetSelection | list[str], job: str, partition_key: str | None = None,
                        run_config: dict | None = None, tags: dict | None = None,
-                       raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+                       raise_on_error: bool = True, skip_up_to_date: bool = False) -> dg.ExecuteInProcessResult | None:
     """Materialise `selection` and their checks on the persistent instance, as a run of the
     named `job` (which must hold the whole selection). `run_config` may hold ops of other
-    assets too: only the selected ones' are passed."""
+    assets too: only the selected ones' are passed. With `skip_up_to_date`, the assets
+    `up_to_date` names are left out (and said so on stderr); None when that is all of them."""
     from orchestration.definitions import defs
 
     if not isinstance(selection, dg.AssetSelection):
@@ -41,6 +109,15 @@ def materialize_assets(selection: dg.AssetSelection | list[str], job: str, parti
             raise ValueError(f"unknown assets {unknown}; valid: {', '.join(sorted(known))}")
         selection = dg.AssetSelection.assets(*selection)
     keys = _selected_keys(defs, selection)
+    if skip_up_to_date:
+        fresh = up_to_date(sorted(keys), partition_key, run_config)
+        if fresh:
+            where = f" [{partition_key}]" if partition_key else ""
+            print(f"up to date{where}, skipped: " + ", ".join(f"{k} ({why})" for k, why in fresh.items()),
+                  file=sys.stderr, flush=True)
+        keys -= set(fresh)
+        if not keys:
+            return None
     ops = {k: v for k, v in (run_config or {}).get("ops", {}).items() if k in keys}
     config = {"loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}, **({"ops": ops} if ops else {})}
     instance = get_instance()

@@ -8,6 +8,7 @@ import polars as pl
 
 from assets.compute import GPU_STEP_TAGS, TRAIN_POOL
 from assets.embeddings.quality import evaluate_encoder, train_pairs_rows, training_rows
+from assets.evaluation.provenance import settings_metadata
 from assets.ingestion.assets import engagement_events, image_batches, raw_images
 from assets.plots import line_plot, md_image, md_table
 from assets.store.files import iter_npy_rows
@@ -17,6 +18,7 @@ from assets.store.resource import LenslessHome
 from models.device import resolve_device
 from models.embed import iter_embeddings
 from models.encoder import ImageEncoder, encoder_config
+from models.progress import progress_line
 from models.train_encoder import EncoderTrainConfig, train_encoder
 
 
@@ -76,7 +78,7 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderRunConfig,
     cfg = EncoderTrainConfig(epochs=config.epochs, seed=config.seed, pair_weight=config.pair_weight,
                              pair_fraction=config.pair_fraction, pair_dims=config.pair_dims, device=config.device)
     metrics = train_encoder(model, pixels[train_rows], labels[train_rows], pairs, cfg,
-                            progress=lambda p: context.log.info(f"encoder step {p['step']}/{p['total']} loss {p['loss']:.4f}"))
+                            progress=lambda p: context.log.info(f"encoder {progress_line(p)}"))
     random_init.to(next(model.parameters()).device)  # both embed the catalog on the same device
     quality = evaluate_encoder(home, model, random_init, pixels, labels, held, ids)
     version = save_version(home, "image_encoder", lambda d: model.save(d, extra={"metrics": quality}))
@@ -88,6 +90,7 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderRunConfig,
         data_version=dg.DataVersion(version),
         metadata={
             "version": version,
+            **settings_metadata(config),
             "dim": model.config.dim,
             "parameters": model.num_params(),
             "train_images": len(train_rows),

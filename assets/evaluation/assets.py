@@ -9,9 +9,12 @@ import polars as pl
 from assets.embeddings.assets import image_encoder
 from assets.evaluation.metrics import list_metrics, paired_difference_ci, summarise
 from assets.evaluation.promotion import CHALLENGER, CHAMPION, promotion_decision
+from assets.evaluation.provenance import provenance, settings_metadata
 from assets.evaluation.report import (
     decision_rows,
     latest_report,
+    production_rows,
+    provenance_rows,
     quality_cost_plot,
     summary_rows,
     write_report,
@@ -77,7 +80,7 @@ def candidates(context: dg.AssetExecutionContext, config: CandidatesRunConfig,
     table = pl.DataFrame(records, schema=CANDIDATE_SCHEMA)
     write_table(home, "candidates", table)
     return dg.MaterializeResult(metadata={
-        "queries": queries.height, "k": config.k, "popular_share": chosen_share(home),
+        "queries": queries.height, "k": config.k, **settings_metadata(config), "popular_share": chosen_share(home),
         "popular_candidates": int((found.source == "popular").sum()), "dagster/row_count": table.height})
 
 
@@ -158,14 +161,13 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
     users = user_task(home, inputs, log=context.log.info)
     if users is not None:
         report["user_task"] = users[0]
+    report["provenance"] = provenance(context.instance, context.run_id)
     by_label = _per_label(per_query, inputs["query_labels"])
     sources = [{"source": n, "recall_at_k": round(r, 4)} for n, r in report["candidate_sources"]["recall_at_k"].items()]
     folder = write_report(home, report, {"Per-label NDCG@10": by_label,
                                    f"Candidate sources (popular share {report['candidate_sources']['popular_share']:g})":
                                        sources,
-                                   "Production estimate (analytic, 448 px)": [
-                                       {"model": k, **{kk: f"{vv:.3g}" for kk, vv in v.items()}}
-                                       for k, v in report["production_estimate"].items()]})
+                                   "Production estimate (analytic, 448 px)": production_rows(report)})
     context.log.info(f"report written to {folder}/report.html")
     return dg.MaterializeResult(metadata={
         **{f"{name}_ndcg_at_10": _round(s["ndcg_at_10"]) for name, s in systems.items()},
@@ -179,6 +181,8 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
         "report": dg.MetadataValue.path(str(folder / "report.html")),
         "decision": _table(decision_rows(report)),
         "systems": _table(summary_rows(report)),
+        "provenance": _table(provenance_rows(report)),
+        "commit": report["provenance"]["commit"] or "unknown",
         "per_label": _table(by_label),
         "candidate_sources": _table(sources),
         "quality_vs_cost": dg.MetadataValue.md(md_image(quality_cost_plot(report))),

@@ -261,6 +261,36 @@ def _html_table(rows: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _setting(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def provenance_rows(report: dict) -> list[dict]:
+    """One row per trained asset the report rests on: its version, the run and its settings."""
+    assets = report.get("provenance", {}).get("assets", {})
+    return [{"asset": name, "version": a["version"] or "-", "run": a["run_id"][:8],
+             "settings": ", ".join(f"{k}={_setting(v)}" for k, v in (a["settings"] or {}).items()) or "-"}
+            for name, a in assets.items()]
+
+
+def provenance_line(report: dict) -> str:
+    """Code, run and host in one line: what a reader needs to trust or reproduce the timings."""
+    p = report.get("provenance")
+    if p is None:
+        return "provenance: not recorded (a report from before provenance)"
+    h, versions = p["host"], p["host"]["versions"]
+    libs = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+    return (f"commit {p['commit'] or 'unknown'}; Dagster run {p['run']['id']}; {h['device']}, {h['cpus']} CPUs, "
+            f"{h['torch_threads']} torch threads, load average {h['load_average_1min']} at report time; {libs}")
+
+
+def production_rows(report: dict) -> list[dict]:
+    """The analytic production estimate, in GFLOPs per candidate."""
+    return [{"model": name, "full VLM GFLOPs/cand": f"{row['full_flops_per_candidate'] / 1e9:,.1f}",
+             "gutted GFLOPs/cand": f"{row['gutted_flops_per_candidate'] / 1e9:,.2f}",
+             "full / gutted": f"{row['ratio']:.1f}x"} for name, row in report["production_estimate"].items()]
+
+
 def render_html(report: dict, plots: dict[str, bytes], extra_tables: dict[str, list[dict]]) -> str:
     """A self-contained HTML page: headline, tables, embedded plots."""
     import base64
@@ -288,7 +318,14 @@ source {html.escape(str(report['dataset']['source']))}: {report['dataset']['imag
 <h3>Systems</h3>{_html_table(summary_rows(report))}</div>
 {_user_html(users, user_forest)}
 </div>{tables}{imgs}
+<h2 id="provenance">Provenance</h2><p>{_provenance_html(report)}</p>{_html_table(provenance_rows(report))}
 <h2>report.json</h2><pre>{html.escape(json.dumps(report, indent=2))}</pre></body></html>"""
+
+
+def _provenance_html(report: dict) -> str:
+    p = report.get("provenance")
+    link = f' (<a href="{html.escape(p["run"]["url"])}">the run in the Dagster UI</a>)' if p else ""
+    return html.escape(provenance_line(report)) + link
 
 
 def _user_html(users: dict | None, forest: str) -> str:

@@ -11,7 +11,14 @@ from assets.ingestion.engagement import load_engagement_file, registered_sources
 from assets.ingestion.sources import read_batch
 from assets.plots import contact_sheet, md_image, md_table
 from assets.store.files import read_npy, remove_temporaries
-from assets.store.lake import EVENT_SCHEMA, pixels_path, read_table, table_path, write_table
+from assets.store.lake import (
+    EVENT_SCHEMA,
+    content_version,
+    pixels_path,
+    read_table,
+    table_path,
+    write_table,
+)
 from assets.store.resource import LenslessHome
 
 image_batches = dg.DynamicPartitionsDefinition(name="image_batches")
@@ -80,7 +87,8 @@ def raw_images(context: dg.AssetExecutionContext, config: IngestRunConfig,
         sheet = contact_sheet(pixels[pick], [labels[i] for i in pick])
         metadata["contact_sheet"] = dg.MetadataValue.md(md_image(sheet, "sampled thumbnails"))
     context.log.info(f"batch {batch}: {summary}")
-    return dg.MaterializeResult(metadata=metadata)
+    version = content_version(result.manifest, ["image_id", "sha256"], config.policy())
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata=metadata)
 
 
 @dg.asset_check(asset=raw_images, description="Quarantined share of the batch stays under 20%.")
@@ -141,7 +149,8 @@ def engagement_events(context: dg.AssetExecutionContext, config: EngagementRunCo
         context.log.info(f"{path}: {events.height} events kept, dropped {lost}")
     events = pl.concat(frames) if frames else pl.DataFrame(schema=EVENT_SCHEMA)
     write_table(home, "engagement_events", events)
-    return dg.MaterializeResult(metadata={
+    version = content_version(events, ["user_id", "image_id", "event", "ts"])
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
         "events": events.height,
         "users": events["user_id"].n_unique(),
         "images_engaged": events["image_id"].n_unique(),

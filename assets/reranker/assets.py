@@ -7,6 +7,7 @@ import time
 import dagster as dg
 
 from assets.compute import GPU_STEP_TAGS, TRAIN_POOL
+from assets.evaluation.provenance import settings_metadata
 from assets.ingestion.assets import engagement_events
 from assets.ingestion.coengagement import SplitConfig
 from assets.ingestion.engagement import engagement_count
@@ -19,9 +20,10 @@ from assets.retrieval.candidates import save_mix
 from assets.store.lake import write_table
 from assets.store.models import pointers, save_version, set_current
 from assets.store.resource import LenslessHome
-from models.cost import measure_costs
+from models.cost import counted_costs
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, build_gutted
+from models.progress import progress_line
 from models.sequential import SequentialConfig, build_sequential
 from models.train_reranker import RerankerTrainConfig, save_reranker, train_reranker
 
@@ -67,7 +69,7 @@ def training_pairs(context: dg.AssetExecutionContext, config: PairsRunConfig,
     context.log.info(f"training pairs: {stats}")
     encoder = pointers(home, "image_encoder")["current"]
     return dg.MaterializeResult(data_version=dg.DataVersion(f"encoder-{encoder}"), metadata={
-        **{k: v for k, v in stats.items() if isinstance(v, int)},
+        **{k: v for k, v in stats.items() if isinstance(v, int)}, **settings_metadata(config),
         "relevance_source": stats["source"], "negatives_per_group": cfg.negatives,
         "popular_share": stats["popular_share"],
         "candidate_mix": dg.MetadataValue.md(md_table(tried.to_dicts())),
@@ -114,7 +116,7 @@ def user_histories(context: dg.AssetExecutionContext, config: UserHistoriesRunCo
     encoder = pointers(home, "image_encoder")["current"]
     lengths = tables["user_histories"]["history"].list.len()
     return dg.MaterializeResult(data_version=dg.DataVersion(f"encoder-{encoder}"), metadata={
-        **{k: v for k, v in stats.items() if isinstance(v, int)},
+        **{k: v for k, v in stats.items() if isinstance(v, int)}, **settings_metadata(config),
         "popular_share": stats["popular_share"] if stats["popular_share"] is not None else "none (no users)",
         "mean_history_length": float(lengths.mean()) if len(lengths) else 0.0,
         **({"candidate_mix": dg.MetadataValue.md(md_table(tried.to_dicts()))} if tried is not None else {}),
@@ -159,11 +161,13 @@ def _train(context, home, kind: str, scorer, features, frame, config: RerankerRu
     cfg = cfg or RerankerTrainConfig(stage1_epochs=config.stage1_epochs, stage2_epochs=config.stage2_epochs,
                                      seed=config.seed, device=config.device)
     started = time.perf_counter()
-    metrics = train_reranker(scorer, features, train, val, cfg, progress=lambda m: context.log.info(f"{kind}: {m}"),
+    metrics = train_reranker(scorer, features, train, val, cfg, progress=lambda m: context.log.info(f"{kind}: {progress_line(m)}"),
                              prior=prior, queries=queries)
     metrics["history"] = history
     seconds = time.perf_counter() - started
-    cost = measure_costs({kind: (scorer, features)}, queries[val[:4, 0]][:, -1], val[:4, 1:], prior=prior)[kind]
+    # counted costs only: the time per candidate is measured once, by evaluation_report,
+    # interleaved with the systems it is compared with
+    cost = counted_costs({kind: (scorer, features)}, queries[val[:4, 0]][:, -1], val[:4, 1:], prior=prior)[kind]
     version = save_version(home, kind, lambda d: save_reranker(scorer, d, metrics))
     set_current(home, kind, version, reason=f"run {context.run_id}")
     plots = {
@@ -174,7 +178,7 @@ def _train(context, home, kind: str, scorer, features, frame, config: RerankerRu
             xlabel="evaluation"))),
     }
     return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
-        "version": version, "val_ndcg_at_10": float(metrics["best_val_ndcg10"]),
+        "version": version, "val_ndcg_at_10": float(metrics["best_val_ndcg10"]), **settings_metadata(config),
         "engagement_events": engagement_count(home), "engaged_images": int((prior > 0).sum()),
         "trained_parameters": int(metrics["trained_params"]), "train_seconds": round(seconds, 1),
         "train_device": metrics["device"],

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.embeddings.assets import image_embeddings
+from assets.evaluation.provenance import settings_metadata
 from assets.plots import md_table
 from assets.retrieval.index_store import IndexConfig, load_state, update_index
 from assets.store.lake import read_table, table_partitions
@@ -57,6 +58,7 @@ def faiss_index(context: dg.AssetExecutionContext, config: IndexRunConfig,
     rows = [{"metric": k, "value": report[k]} for k in
             ("factory", "params", "n", "mode", "reason", "recall_at_10", "qps", "exact_qps", "bytes_per_vector")]
     return dg.MaterializeResult(metadata={
+        "generation": report["generation"], **settings_metadata(config),
         "factory": report["factory"], "search_params": report["params"] or "(exact)", "n": report["n"],
         "mode": report["mode"], "recall_at_10": report["recall_at_10"], "target_recall": report["target_recall"],
         "qps": report["qps"], "exact_qps": report["exact_qps"], "speedup_vs_exact": report["speedup_vs_exact"],

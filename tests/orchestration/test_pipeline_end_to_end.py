@@ -2,6 +2,9 @@
 configs), then the report schema, promotion, `recommend` for an outside image and the SQL views."""
 
 import json
+import os
+import re
+import subprocess
 
 import numpy as np
 import polars as pl
@@ -55,7 +58,9 @@ def test_report_matches_schema(pipeline):
     assert ch["retrieval_ndcg_diff"] == pytest.approx(
         per_system["gutted"]["ndcg_at_10"] - per_system["retrieval"]["ndcg_at_10"], abs=1e-9)
     page = (latest_dir(home) / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
+    # self-contained: nothing is loaded from elsewhere (the one link is to the run in the Dagster UI)
+    assert page.count("data:image/png;base64,") >= 3 and not re.search(r"(src=|url\()[\"']?https?:", page)
+    assert "<link" not in page
     # the decision comes first: each comparison with its paired interval and verdict, then promotion
     assert page.index("<h2>Related images: decision</h2>") < page.index("<h3>Systems</h3>")
     vs = on_disk["comparisons"]["gutted_vs_retrieval"]
@@ -86,6 +91,74 @@ def test_the_report_has_the_user_task_beside_related_images(pipeline):
     plots = {p.name for p in latest_dir(home).glob("*.png")}
     assert {"for_a_user_paired_differences.png", "for_a_user_quality_against_cost.png"} <= plots
     assert all(":" not in name for name in plots)  # names every object store and filesystem takes
+
+
+def test_the_report_says_where_its_numbers_come_from(pipeline, capsys):
+    """Settings and versions of every trained asset as they ran, the commit, the run and the host;
+    the production estimate in GFLOPs, never in exponent notation."""
+    from assets.evaluation.report import latest_dir
+    from assets.store.models import pointers
+    from orchestration.cli import main
+
+    home, _ = pipeline
+    on_disk = json.loads((latest_dir(home) / "report.json").read_text())
+    p = on_disk["provenance"]
+    assets = p["assets"]
+    assert set(assets) == {"image_encoder", "faiss_index", "training_pairs", "user_histories", "gutted_reranker",
+                           "full_vlm_reranker", "sequential_reranker", "candidates"}
+    assert assets["image_encoder"]["settings"]["architecture"] == "tiny"  # TINY's, not the defaults
+    assert assets["image_encoder"]["settings"]["epochs"] == 2 and assets["image_encoder"]["settings"]["seed"] == 0
+    assert assets["gutted_reranker"]["settings"]["max_train_groups"] == 48
+    assert assets["candidates"]["settings"]["k"] == 20
+    for kind in ("image_encoder", "gutted_reranker", "full_vlm_reranker", "sequential_reranker"):
+        assert assets[kind]["version"] == pointers(home, kind)["current"]
+    assert assets["faiss_index"]["version"] == json.loads((home.root / "indexes" / "current.json").read_text())["generation"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    if head.returncode == 0:
+        assert p["commit"].removesuffix("-dirty") == head.stdout.strip()
+    assert p["run"]["id"] == on_disk["run_id"] and p["run"]["url"].endswith(f"/runs/{on_disk['run_id']}")
+    assert p["host"]["cpus"] == os.cpu_count() and p["host"]["device"] == "cpu" and p["host"]["versions"]["torch"]
+    page = (latest_dir(home) / "report.html").read_text()
+    assert '<h2 id="provenance">Provenance</h2>' in page and f'href="{p["run"]["url"]}"' in page
+    start = page.index("<h2>Production estimate")
+    production = page[start:page.index("<h2", start + 1)]
+    assert "GFLOPs/cand" in production and "e+" not in production and "_" not in production
+    assert main(["report"]) == 0
+    assert f"Dagster run {on_disk['run_id']}" in capsys.readouterr().out
+
+
+def test_a_second_run_on_unchanged_inputs_skips_what_is_up_to_date(pipeline, capsys):
+    """The same source, code and settings again: nothing is trained, embedded, indexed or
+    evaluated again (only the engagement log is re-read); a changed setting makes its asset and
+    what follows it in the same run due, and nothing upstream."""
+    import dagster as dg
+
+    from assets.reranker.pairs import PairConfig
+    from orchestration.cli import ensure_demo
+    from orchestration.definitions import defs
+    from orchestration.instance import get_instance
+    from orchestration.pipeline import run_all
+    from orchestration.runner import up_to_date
+
+    home, report = pipeline
+    before = {r.run_id for r in get_instance().get_runs()}
+    capsys.readouterr()
+    again = run_all(home, ensure_demo(200), run_config=TINY)
+    err = capsys.readouterr().err
+    new = [r for r in get_instance().get_runs() if r.run_id not in before]
+    assert [r.job_name for r in new] == ["engagement_job"], err[-3000:]
+    assert again["run_id"] == report["run_id"]  # the report is the one already written
+    for name in ("image_encoder", "image_embeddings", "faiss_index", "gutted_reranker", "full_vlm_reranker",
+                 "sequential_reranker", "candidates", "evaluation_report", "reranker_champion"):
+        assert f"{name} (run " in err, f"{name} was not reported as up to date:\n{err}"
+    graph = defs.resolve_asset_graph()
+    train = sorted(k.to_user_string() for k in dg.AssetSelection.groups("retrieval", "reranker").resolve(graph))
+    assert set(up_to_date(train, run_config=TINY)) == set(train)
+    changed = {"ops": {**TINY["ops"], "training_pairs": {"config": {"negatives": PairConfig.negatives + 1}}}}
+    due = set(train) - set(up_to_date(train, run_config=changed))
+    assert due == {"training_pairs", "gutted_reranker", "full_vlm_reranker", "sequential_reranker"}
+    # without TINY's settings the rerankers are due (TINY trains them smaller); the rest used defaults
+    assert set(up_to_date(train)) == {"faiss_index", "training_pairs", "user_histories"}
 
 
 def test_user_histories_never_train_on_the_future(pipeline):
