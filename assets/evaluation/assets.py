@@ -179,6 +179,7 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
             "champion_ndcg_diff_ci_low": _round(champion["ndcg_diff_ci"][0]),
             "champion_ndcg_diff_ci_high": _round(champion["ndcg_diff_ci"][1])} if champion["ndcg_diff_ci"] else {}),
         "report": dg.MetadataValue.path(str(folder / "report.html")),
+        **{f"plot_{png.stem}": dg.MetadataValue.path(str(png)) for png in sorted(folder.glob("*.png"))},
         "decision": _table(decision_rows(report)),
         "systems": _table(summary_rows(report)),
         "provenance": _table(provenance_rows(report)),

@@ -109,8 +109,16 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The systems no other system beats on both cost (lower) and quality (higher), by cost."""
+    front = [a for a, (ca, qa) in points.items()
+             if not any(cb <= ca and qb >= qa and (cb, qb) != (ca, qa) for b, (cb, qb) in points.items() if b != a)]
+    return sorted(front, key=lambda name: points[name][0])
+
+
 def quality_cost_plot(section: dict, title: str = "quality against cost") -> bytes:
-    """NDCG@10 (with its CI) against ms per 1k candidates, one point per system that has a cost."""
+    """NDCG@10 (with its CI) against ms per 1k candidates, one labelled point per system that
+    has a cost, the Pareto front (cheapest for its quality) as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,18 +126,22 @@ def quality_cost_plot(section: dict, title: str = "quality against cost") -> byt
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     free = {name: s for name, s in section["systems"].items() if s["ms_per_1k_candidates"] is None}
-    for name, s in section["systems"].items():
-        if name in free:
-            continue
+    costed = {name: s for name, s in section["systems"].items() if name not in free}
+    front = pareto_front({name: (s["ms_per_1k_candidates"], s["ndcg_at_10"]) for name, s in costed.items()})
+    for name, s in costed.items():
         lo, hi = s["ndcg_at_10_ci"]
         ax.errorbar(s["ms_per_1k_candidates"], s["ndcg_at_10"], yerr=[[s["ndcg_at_10"] - lo], [hi - s["ndcg_at_10"]]],
-                    fmt="o", capsize=4, label=name)
+                    fmt="o", capsize=4, color="tab:blue" if name in front else "tab:grey")
+        ax.annotate(name.replace("_", " "), (s["ms_per_1k_candidates"], s["ndcg_at_10"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.plot([costed[n]["ms_per_1k_candidates"] for n in front], [costed[n]["ndcg_at_10"] for n in front],
+            ls="--", lw=1, color="tab:blue", drawstyle="steps-post", label="Pareto front")
     ax.set_xscale("log")
     for name, s in free.items():  # systems without a measured cost: a labelled line, after the x range is known
         ax.axhline(s["ndcg_at_10"], ls=":", lw=1, color="grey")
         ax.text(ax.get_xlim()[0], s["ndcg_at_10"], f" {name}", va="bottom", fontsize=8, color="grey")
     ax.set(xlabel="measured ms per 1,000 candidates (log)", ylabel="NDCG@10", title=title)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     png = _png(fig)

@@ -59,7 +59,7 @@ def evaluation_inputs(home: Home, log=print) -> dict:
     state = load_state(home)
     n_labels = len({lab for lab in labels if lab is not None})
     header = {
-        "dataset": {"source": ", ".join(watched_sources(home)) or "unknown", "images": len(ids),
+        "dataset": {"source": ", ".join(map(home.relative, watched_sources(home))) or "unknown", "images": len(ids),
                     "quarantined": read_table(home, "quarantine").height, "labels": n_labels or None,
                     "queries": len(queries), "relevance": source, "candidates_per_query": int(k)},
         "encoder": {"dim": int(emb.shape[1]), "knn_precision_at_10": enc.get("ours_knn_precision_at_10"),

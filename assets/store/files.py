@@ -83,6 +83,12 @@ class Home:
         """`<home>/<parts...>`."""
         return self.root.joinpath(*parts)
 
+    def relative(self, path: str) -> str:
+        """`path` as `$LENSLESS_HOME/...` when it lies in the home (what a report prints, so a
+        moved or copied home still reads right), else unchanged."""
+        root = str(self.root).rstrip("/")
+        return "$LENSLESS_HOME" + path[len(root):] if path == root or path.startswith(root + "/") else path
+
     def local_dir(self, *parts: str) -> Path:
         """`<home>/<parts...>` as a local `Path`; only for a local home (ValueError otherwise:
         use `path` to read and write, or `cache` for a library that needs a local folder)."""

@@ -124,3 +124,45 @@ def test_ui_materialise_and_asset_graph(dagster_dev, tmp_path):
         shot = artifacts / f"asset_graph_{group}.png"
         chromium("--virtual-time-budget=20000", "--window-size=1600,1000", f"--screenshot={shot}", url)
         assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot of {group}"
+
+
+def test_report_and_its_asset_page_show_the_verdict_the_plot_and_the_systems(dagster_dev, tmp_path):
+    """A small pipeline run, then report.html and the `evaluation_report` asset page as a
+    browser renders them: the decision's verdict line, the quality-against-cost plot with its
+    Pareto front, and the systems table. Screenshots go to `test-artifacts/`."""
+    import re
+
+    from assets.evaluation.report import latest_dir
+    from assets.store.files import Home
+    from orchestration.cli import ensure_demo
+    from orchestration.pipeline import run_all
+    from tests.orchestration.test_pipeline_end_to_end import TINY
+
+    port = dagster_dev
+    home = Home.from_env()  # the fixture's, which the webserver serves
+    report = run_all(home, ensure_demo(200), run_config=TINY)
+    page = latest_dir(home) / "report.html"
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+
+    dom = chromium("--virtual-time-budget=5000", "--dump-dom", page.as_uri())
+    verdict = re.search(r"<td>gutted vs retrieval</td><td>[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]</td>"
+                        r"<td>[^<]+</td><td>(better|worse|no significant difference)</td>", dom)
+    assert verdict, "report.html has no verdict line for gutted vs retrieval"
+    assert dom.index("Related images: decision") < dom.index('alt="Quality against cost"')
+    assert re.search(r'<img alt="Quality against cost" src="data:image/png;base64,[A-Za-z0-9+/=]{2000,}"', dom)
+    systems = dom[dom.index("<h3>Systems</h3>"):]
+    assert all(f"<td>{name}</td>" in systems for name in ("random", "popularity", "retrieval", "gutted", "full_vlm"))
+    assert f"Dagster run {report['run_id']}" in dom and 'id="provenance"' in dom
+    top = artifacts / "report_top.png"
+    chromium("--virtual-time-budget=5000", "--window-size=1280,1000", f"--screenshot={top}", page.as_uri())
+    assert top.exists() and top.stat().st_size > 20_000, "no screenshot of report.html"
+
+    url = f"http://127.0.0.1:{port}/assets/evaluation_report"
+    dom = chromium("--virtual-time-budget=30000", "--dump-dom", url)
+    for text in ("gutted vs retrieval", "retrieval_ndcg_diff_ci_low", "plot_quality_against_cost", "systems",
+                 "provenance"):
+        assert text in dom, f"the evaluation_report asset page lacks {text!r}"
+    shot = artifacts / "evaluation_report_asset.png"
+    chromium("--virtual-time-budget=30000", "--window-size=1600,1400", f"--screenshot={shot}", url)
+    assert shot.exists() and shot.stat().st_size > 20_000, "no screenshot of the asset page"

@@ -5,6 +5,7 @@ import polars as pl
 import pytest
 
 from assets.store.files import (
+    Home,
     NpyWriter,
     iter_npy_rows,
     read_npy,
@@ -75,3 +76,11 @@ def test_npy_writer_rejects_rows_past_its_shape(tmp_path):
     writer.close()
     assert np.load(tmp_path / "p.npy").dtype == np.float32
 
+
+
+def test_home_relative_names_paths_inside_the_home_only(tmp_path):
+    home = Home.at(tmp_path / "home")
+    assert home.relative(str(tmp_path / "home" / "sources" / "demo")) == "$LENSLESS_HOME/sources/demo"
+    assert home.relative(str(tmp_path / "home")) == "$LENSLESS_HOME"
+    assert home.relative(str(tmp_path / "homework" / "a")) == str(tmp_path / "homework" / "a")  # a sibling, not inside
+    assert Home.at("s3://bucket/home").relative("s3://bucket/home/sources/x") == "$LENSLESS_HOME/sources/x"
