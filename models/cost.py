@@ -15,10 +15,10 @@ Analytic (`analytic_flops`, `cost_rows`), forward FLOPs = 2 × multiply-accumula
 - LLM, per token at absolute index t (0-based), summed over L layers:
   2·H·(nq·hd + 2·nkv·hd) [q, k, v] + 2·nq·hd·H [o] + 6·H·I [gated MLP] + 4·nq·hd·(t + 1)
   [scores and values over t + 1 keys]. The yes−no head adds 2·H.
-- Prompt: prefix = T_img + 2 tokens (query image between vision markers), suffix =
-  T_img + 2 + p + q tokens (candidate image, markers, p = 1 engagement-prior token when the
-  model has one, question). With the KV cache the prefix
-  runs once per query, so a candidate costs suffix + prefix / C; without it, prefix + suffix.
+- Prompt: prefix = T_img + 2 + q tokens (query image between vision markers, question),
+  suffix = T_img + 2 + p + a tokens (candidate image, markers, p = 1 engagement-prior token
+  when the model has one, the answer cue). With the KV cache the prefix runs once per query,
+  so a candidate costs suffix + prefix / C; without it, prefix + suffix.
 - Vision tower per image of R px: N = (R / p)^2 patches, T_img = N / m^2 LLM tokens;
   patch embed 2·N·(3·tp·p^2)·Hv; per block 2·N·4·Hv^2 + 4·N·Hv·Iv + 4·N^2·Hv; each of the
   1 + n_deepstack mergers 2·T_img·((m^2·Hv)^2 + m^2·Hv·H). The query image's tower runs once
@@ -103,7 +103,8 @@ def tokens_per_candidate(scorer, candidates_per_query: int = CANDIDATES, history
     if t_img == 0:  # no language model (the sequential peer)
         return {"image_tokens": 0, "prompt_tokens": 0, "per_candidate_nocache": 0, "per_candidate_cache": 0}
     images = history + (history > 1 and scorer.cfg.history_summary)  # a history ends with its summary image
-    prefix, suffix = images * (t_img + 2), t_img + 2 + scorer.prior_tokens() + len(scorer.question_ids)
+    text_prefix, text_suffix = scorer.text_tokens()
+    prefix, suffix = images * (t_img + 2) + text_prefix, t_img + 2 + scorer.prior_tokens() + text_suffix
     return {
         "image_tokens": t_img,
         "prompt_tokens": prefix + suffix,
@@ -190,15 +191,18 @@ def analytic_flops(
     name: str,
     resolution: int = 448,
     gutted: GuttedConfig | None = None,
-    question_tokens: int = 12,
+    question_tokens: int = 9,
+    cue_tokens: int = 2,
     candidates_per_query: int = CANDIDATES,
     use_cache: bool = True,
     history: int = 1,
 ) -> dict:
     """Forward FLOPs per scored candidate for a named Qwen3-VL: full VLM vs a gutted model of
     `gutted`'s k, d and projector width (default: `GuttedConfig()`), see the module doc.
-    `question_tokens` is the question's length in Qwen's tokenizer; `history` is the number
-    of query images (a user's history; 1 for related images), the same for both models."""
+    `question_tokens` and `cue_tokens` are the question's and the cue's lengths in Qwen's
+    tokenizer (`cue_tokens=0`: the older layout, the question after every candidate);
+    `history` is the number of query images (a user's history; 1 for related images), the
+    same for both models."""
     gutted = gutted or GuttedConfig()
     num_tokens, embed_dim, proj_hidden = gutted.num_tokens, gutted.embed_dim, gutted.proj_hidden
     prior = int(gutted.prior_buckets > 0)  # both models read the same prior token
@@ -211,7 +215,8 @@ def analytic_flops(
     images = history + (history > 1 and gutted.history_summary)  # a history ends with its summary image
 
     def per_candidate(t_img: int) -> float:
-        prefix, suffix = images * (t_img + 2), t_img + 2 + prior + question_tokens
+        text_prefix, text_suffix = (question_tokens, cue_tokens) if cue_tokens else (0, question_tokens)
+        prefix, suffix = images * (t_img + 2) + text_prefix, t_img + 2 + prior + text_suffix
         pre = _llm_flops(text, 0, prefix)
         post = _llm_flops(text, prefix, suffix) + 2 * text["hidden_size"]
         return post + (pre / c if use_cache else pre)

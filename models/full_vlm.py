@@ -27,7 +27,13 @@ from transformers import Qwen3VLForConditionalGeneration
 
 from models.gutted_vlm import base_identity, random_language_model
 from models.qwen3vl_configs import config_names, qwen3vl_config
-from models.rerank_head import DEFAULT_QUESTION, PRIOR_BUCKETS, ImageTokens, PromptScorer
+from models.rerank_head import (
+    DEFAULT_CUE,
+    DEFAULT_QUESTION,
+    PRIOR_BUCKETS,
+    ImageTokens,
+    PromptScorer,
+)
 from models.tokenizer import build_tiny_tokenizer, encode_text, load_tokenizer, single_token_id
 
 IMAGE_MEAN = 0.5  # Qwen3-VL processor normalisation
@@ -38,7 +44,8 @@ IMAGE_STD = 0.5
 class FullVLMConfig:
     base: str = "tiny"  # a named config (random init) or a local checkpoint dir with vision weights
     resolution: int = 224  # square input size in px; (resolution / 32)^2 LLM tokens per image
-    question: str = DEFAULT_QUESTION  # fixed question after the candidate
+    question: str = DEFAULT_QUESTION  # fixed question, after the query (in the cached prefix)
+    cue: str = DEFAULT_CUE  # after each candidate; "" puts the question there (older checkpoints)
     yes: str = " yes"  # answer tokens whose logit difference is the score
     no: str = " no"
     use_kv_cache: bool = True  # run the long query prefix once per query, not once per candidate
@@ -111,6 +118,7 @@ class FullVLMReranker(PromptScorer):
             vlm.config.vision_end_token_id,
             cfg.prior_buckets,
             cfg.seed,
+            encode_text(tokenizer, cfg.cue) if cfg.cue else (),
         )
         for p in self.vlm.parameters():
             p.requires_grad_(False)

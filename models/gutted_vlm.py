@@ -23,7 +23,13 @@ from transformers import Qwen3VLConfig, Qwen3VLTextModel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
 
 from models.qwen3vl_configs import config_names, qwen3vl_config
-from models.rerank_head import DEFAULT_QUESTION, PRIOR_BUCKETS, ImageTokens, PromptScorer
+from models.rerank_head import (
+    DEFAULT_CUE,
+    DEFAULT_QUESTION,
+    PRIOR_BUCKETS,
+    ImageTokens,
+    PromptScorer,
+)
 from models.tokenizer import build_tiny_tokenizer, encode_text, load_tokenizer, single_token_id
 
 LM_PREFIX = "model.language_model."
@@ -36,7 +42,8 @@ class GuttedConfig:
     embed_dim: int = 128  # d: dimension of our image embeddings
     num_tokens: int = 4  # k: soft tokens per image
     proj_hidden: int = 512  # width of the projector MLP's hidden layer
-    question: str = DEFAULT_QUESTION  # fixed question after the candidate
+    question: str = DEFAULT_QUESTION  # fixed question, after the query (in the cached prefix)
+    cue: str = DEFAULT_CUE  # after each candidate; "" puts the question there (older checkpoints)
     yes: str = " yes"  # answer tokens whose logit difference is the score
     no: str = " no"
     use_kv_cache: bool = True  # run the query prefix once per query, not once per candidate
@@ -148,6 +155,7 @@ class GuttedReranker(PromptScorer):
             config.vision_end_token_id,
             cfg.prior_buckets,
             cfg.seed,
+            encode_text(tokenizer, cfg.cue) if cfg.cue else (),
         )
         for p in self.lm.parameters():
             p.requires_grad_(False)

@@ -36,7 +36,11 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
-DEFAULT_QUESTION = "Is the second image relevant to the first? Answer:"
+# The question follows the query (one image, or a user's history) in the prefix, so the KV
+# cache reads it once per query; the short cue ends every candidate, and the yes-no head
+# reads the cue's last token.
+DEFAULT_QUESTION = "Is the second image relevant to the first?"
+DEFAULT_CUE = " Answer:"
 PRIOR_BUCKETS = 16  # engagement buckets: 0, 1, 2-3, 4-7, ... up to 2^14 and more
 
 
@@ -288,10 +292,13 @@ class PromptScorer(nn.Module):
     kind = "base"
 
     def _init_prompt(self, lm, head_rows: torch.Tensor, question_ids, start_id: int, end_id: int,
-                     prior_buckets: int = 0, seed: int = 0):
+                     prior_buckets: int = 0, seed: int = 0, cue_ids=()):
         # head_rows: (2, H) output-embedding rows of " yes" and " no"; frozen buffers.
+        # cue_ids empty: the layout of checkpoints from before the cue, the whole question
+        # after every candidate.
         self.register_buffer("head_vec", (head_rows[0] - head_rows[1]).detach().clone())
         self.register_buffer("question_ids", torch.tensor(question_ids, dtype=torch.long))
+        self.register_buffer("cue_ids", torch.tensor(list(cue_ids), dtype=torch.long))
         self.register_buffer("marker_ids", torch.tensor([start_id, end_id], dtype=torch.long))
         self.prior = None
         if prior_buckets > 0:
@@ -309,13 +316,19 @@ class PromptScorer(nn.Module):
         """Tokens the engagement prior adds to each candidate's suffix (0 or 1)."""
         return int(self.prior is not None)
 
+    def text_tokens(self) -> tuple[int, int]:
+        """Text tokens of the prompt in the prefix (once per query) and in each candidate's suffix."""
+        q, cue = len(self.question_ids), len(self.cue_ids)
+        return (q, cue) if cue else (0, q)
+
     def _markers(self):
         emb = self.lm.embed_tokens(self.marker_ids)  # (2, H)
         return emb[0:1], emb[1:2]
 
     def prompt_blocks(self, q: ImageTokens, c: ImageTokens, prior: torch.Tensor | None = None,
                       history: torch.Tensor | None = None) -> tuple[Block, Block]:
-        """Prefix (one row per query) and suffix (one row per candidate) of the prompt;
+        """Prefix (one row per query: the query or history, then the question) and suffix (one row
+        per candidate: its image, its prior, the cue) of the prompt;
         `prior` (B*C,) holds the candidates' engagement buckets (None: bucket 0, unknown).
         With `history` (B, H) bool, `q` holds B*H history images and says which are real."""
         start, end = self._markers()
@@ -332,8 +345,13 @@ class PromptScorer(nn.Module):
             buckets = torch.zeros(n, dtype=torch.long) if prior is None else prior.reshape(n).long()
             buckets = buckets.clamp(0, self.prior.num_embeddings - 1).to(cand.embeds.device)
             cand = concat(cand, token_block(self.prior(buckets)[:, None, :]))  # (B*C, Tc+3)
-        question = text_block(self.lm.embed_tokens(self.question_ids), cand.embeds.shape[0])
-        return prefix, concat(cand, question)
+        question = self.lm.embed_tokens(self.question_ids)
+        if len(self.cue_ids):
+            prefix = concat(prefix, text_block(question, prefix.embeds.shape[0]))
+            tail = self.lm.embed_tokens(self.cue_ids)
+        else:
+            tail = question
+        return prefix, concat(cand, text_block(tail, cand.embeds.shape[0]))
 
     def score(self, query_feats, cand_feats, use_cache: bool | None = None, prior=None, history=None) -> torch.Tensor:
         """Query features (B, ...) or, with `history` (B, H) bool, a history (B, H, ...);

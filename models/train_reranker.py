@@ -334,7 +334,10 @@ def load_reranker(directory):
             f"checkpoint {directory} has kind {config.get('kind')!r}; valid: {', '.join(RERANKERS)}"
         )
     cfg_cls, build = RERANKERS[config["kind"]]
-    cfg = cfg_cls(**{"prior_buckets": 0, **config["model"]})  # saved before the prior: none
+    # fields a checkpoint saved before them lacks: no prior; the question after the candidate
+    legacy = {k: v for k, v in {"prior_buckets": 0, "cue": ""}.items()
+              if k in {f.name for f in dataclasses.fields(cfg_cls)}}
+    cfg = cfg_cls(**{**legacy, **config["model"]})
     want = extra.get("base")
     if hasattr(cfg, "base"):  # the frozen base must be the one trained on, before it is built
         have = base_identity(cfg.base, cfg.seed)

@@ -109,7 +109,8 @@ def user_task(home: Home, inputs: dict, max_users: int = 400, seed: int = 0, cos
         comparisons[f"gutted_vs_{bar}"] = {"diff": mean, "ci": [lo, hi]}
     gutted_cfg, full_history = models["gutted"][0].cfg, models["full_vlm"][1]
     equal = analytic_flops("tiny", resolution=models["full_vlm"][0].cfg.resolution, gutted=gutted_cfg,
-                           history=HistoryConfig.length, question_tokens=len(models["gutted"][0].question_ids))
+                           history=HistoryConfig.length, question_tokens=len(models["gutted"][0].question_ids),
+                           cue_tokens=len(models["gutted"][0].cue_ids))
     section = {
         "history_length": HistoryConfig.length, "full_vlm_history": full_history, "users": users.height,
         "candidates_per_user": int(k), "systems": systems, "comparisons": comparisons,

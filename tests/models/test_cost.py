@@ -39,6 +39,7 @@ def test_counted_flops_match_analytic_formula(models, use_cache):
     (q, c), (qp, cp) = _inputs()
     a = analytic_flops(
         "tiny", resolution=RES, gutted=gutted.cfg, question_tokens=len(gutted.question_ids),
+        cue_tokens=len(gutted.cue_ids),
         candidates_per_query=c.shape[1], use_cache=use_cache,
     )  # fmt: skip
     g = flops_per_candidate(gutted, q, c, use_cache=use_cache)
@@ -53,7 +54,9 @@ def test_tokens_and_timing(models):
     (q, c), _ = _inputs()
     t = tokens_per_candidate(gutted, candidates_per_query=4)
     assert gutted.prior_tokens() == 1  # the engagement prior's token, in the suffix
-    assert t["image_tokens"] == 4 and t["prompt_tokens"] == 2 * (4 + 2) + 1 + len(gutted.question_ids)
+    assert t["image_tokens"] == 4 and t["prompt_tokens"] == 2 * (4 + 2) + 1 + len(gutted.question_ids) + 2
+    # the question is in the prefix, read once per query; each candidate pays only the 2-token cue
+    assert t["per_candidate_cache"] == (4 + 2) + 1 + 2 + (4 + 2 + len(gutted.question_ids)) / 4
     assert tokens_per_candidate(full)["image_tokens"] == (RES // 32) ** 2
     assert ms_per_1k_candidates(gutted, q, c, repeats=1, warmup=0) > 0
 

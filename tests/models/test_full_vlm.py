@@ -55,7 +55,8 @@ def test_score_equals_hf_forward_yes_no_logits(tmp_path):
         scores = model.score(q, c)
         t = model.tokens_per_image()
         img = [cfg.vision_start_token_id, *[cfg.image_token_id] * t, cfg.vision_end_token_id]
-        ids = torch.tensor([img + img + model.question_ids.tolist()] * 2)
+        # query image, question, candidate image, answer cue
+        ids = torch.tensor([img + model.question_ids.tolist() + img + model.cue_ids.tolist()] * 2)
         values, grid = patchify(torch.stack([q[0], c[0, 0], q[0], c[0, 1]]), RES, 16, 2, 2)
         logits = model.vlm(
             input_ids=ids,

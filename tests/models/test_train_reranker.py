@@ -223,6 +223,28 @@ def test_a_checkpoint_saved_without_the_prior_loads_without_it(tmp_path):
     assert loaded.prior is None and loaded.prior_tokens() == 0
 
 
+def test_a_checkpoint_saved_before_the_cue_keeps_its_question_after_the_candidate(tmp_path):
+    """Checkpoints written before the question moved into the cached prefix lack `cue`: they
+    load with their whole question after every candidate, the layout they were trained on,
+    and score exactly as a model built that way."""
+    import json
+
+    from models.rerank_head import DEFAULT_QUESTION
+
+    old = GuttedConfig(**{**SMALL.__dict__, "question": DEFAULT_QUESTION + " Answer:", "cue": ""})
+    model = build_gutted(old)
+    save_reranker(model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["config"]["model"]["cue"]  # as written before the cue existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    loaded = load_reranker(tmp_path / "m")
+    assert loaded.cfg.cue == "" and loaded.text_tokens() == (0, len(model.question_ids))
+    emb, _, _ = _data()
+    q, c = torch.as_tensor(emb[:2]), torch.as_tensor(emb[2:8]).reshape(2, 3, -1)
+    torch.testing.assert_close(loaded.score(q, c), model.score(q, c))
+    assert build_gutted(SMALL).text_tokens() == (len(build_gutted(SMALL).question_ids), 2)  # today's layout
+
+
 def test_the_sequential_peer_learns_a_users_taste_from_the_history_order_and_round_trips(tmp_path):
     """Users' histories come from one of 4 clusters, and their targets are images of the
     cluster of their MOST RECENT history images; older images are from another cluster.
