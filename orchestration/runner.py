@@ -98,7 +98,8 @@ def materialize_assets(selection: dg.AssetSelection | list[str], job: str, parti
                        raise_on_error: bool = True, skip_up_to_date: bool = False) -> dg.ExecuteInProcessResult | None:
     """Materialise `selection` and their checks on the persistent instance, as a run of the
     named `job` (which must hold the whole selection). `run_config` may hold ops of other
-    assets too: only the selected ones' are passed. With `skip_up_to_date`, the assets
+    assets too: only the selected ones' are passed. A failed step raises `StepFailed` unless
+    `raise_on_error` is False. With `skip_up_to_date`, the assets
     `up_to_date` names are left out (and said so on stderr); None when that is all of them."""
     from orchestration.definitions import defs
 
@@ -125,14 +126,17 @@ def materialize_assets(selection: dg.AssetSelection | list[str], job: str, parti
     job_def = defs.resolve_job_def(job)
     outside = keys - {k.to_user_string() for k in job_def.asset_layer.selected_asset_keys}
     assert not outside, f"{job} does not hold {sorted(outside)}"
-    return job_def.execute_in_process(
+    result = job_def.execute_in_process(
         asset_selection=[dg.AssetKey.from_user_string(k) for k in sorted(keys)],
         partition_key=partition_key,
         run_config=config,
         instance=instance,
         tags={"lensless/launched_by": "cli", **run_tags(), **(tags or {})},
-        raise_on_error=raise_on_error,
+        raise_on_error=False,
     )
+    if raise_on_error:  # StepFailed naming the step and its error (a retried step's too)
+        raise_failures(result)
+    return result
 
 
 def failed_checks(result: dg.ExecuteInProcessResult) -> set[str]:
@@ -153,7 +157,10 @@ def raise_failures(result: dg.ExecuteInProcessResult, allowed_checks: set[str] =
         if event.step_key in check_steps and checks <= set(allowed_checks):
             continue
         error = event.step_failure_data.error
-        while error is not None and error.cause is not None:  # Dagster wraps the user's error
+        # Dagster wraps the user's error (and a retried step's last one); the user's error may
+        # wrap a library's, but its own message is the one that names the problem
+        while error is not None and error.cause is not None and (
+                error.cls_name.startswith("Dagster") or error.cls_name == "RetryRequestedFromPolicy"):
             error = error.cause
         # the message starts with the error's class, as Python prints it
         errors.append(f"{event.step_key}: {error.message.strip().splitlines()[0]}" if error else event.step_key)

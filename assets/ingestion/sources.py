@@ -109,7 +109,10 @@ def _label(rel_parts: list[str], depth: int) -> str | None:
 
 
 def list_source(source: str, label_depth: int = 1) -> Listing:
-    """List every file under `source` (recursively) without reading any of them."""
+    """List every file under `source` (recursively) without reading any of them; the folder
+    `label_depth` levels down names a file's label (0: no labels)."""
+    if label_depth < 0:
+        raise ValueError(f"--label-depth must be >= 0 (0: no labels), got {label_depth}")
     root = resolve_source(source)
     fs, root_path = fsspec.core.url_to_fs(root)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]

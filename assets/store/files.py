@@ -165,12 +165,17 @@ def write_parquet(df: pl.DataFrame, path: UPath | str) -> UPath:
 
 
 def read_parquet(path: UPath | str) -> pl.DataFrame:
-    """Read a Parquet file written by `write_parquet`."""
+    """Read a Parquet file written by `write_parquet`; a damaged one raises naming the file."""
     path = UPath(path)
-    if is_local(path):
-        return pl.read_parquet(path.path)
-    with path.open("rb") as f:
-        return pl.read_parquet(io.BytesIO(f.read()))
+    try:
+        if is_local(path):
+            return pl.read_parquet(path.path)
+        with path.open("rb") as f:
+            return pl.read_parquet(io.BytesIO(f.read()))
+    except pl.exceptions.PolarsError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path} is not a readable Parquet file ({first}): rematerialise the asset that "
+                         "writes it, or restore the file") from e
 
 
 def write_json(obj: Any, path: UPath | str | os.PathLike) -> UPath:

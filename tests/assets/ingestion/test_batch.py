@@ -38,3 +38,9 @@ def test_an_error_in_a_worker_propagates_and_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError, match="disk on fire"):
         ingest_batch("b", entries, tmp_path / "p.npy", DecodePolicy(size=32), read=read, workers=3)
     assert list(tmp_path.glob("p.npy*")) == []
+
+
+def test_a_negative_label_depth_is_refused_before_listing(tmp_path):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(ValueError, match="--label-depth must be >= 0"):
+        list_source(str(tmp_path / "src"), label_depth=-1)

@@ -84,3 +84,13 @@ def test_home_relative_names_paths_inside_the_home_only(tmp_path):
     assert home.relative(str(tmp_path / "home")) == "$LENSLESS_HOME"
     assert home.relative(str(tmp_path / "homework" / "a")) == str(tmp_path / "homework" / "a")  # a sibling, not inside
     assert Home.at("s3://bucket/home").relative("s3://bucket/home/sources/x") == "$LENSLESS_HOME/sources/x"
+
+
+def test_a_damaged_parquet_file_is_named(tmp_path):
+    path = tmp_path / "t.parquet"
+    write_parquet(pl.DataFrame({"a": list(range(100))}), path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"t\.parquet is not a readable Parquet file .*rematerialise"):
+        read_parquet(path)
+    with pytest.raises(FileNotFoundError):  # a missing file stays what it is
+        read_parquet(tmp_path / "missing.parquet")
