@@ -25,7 +25,8 @@ def check_read_only(query: str) -> None:
     """Raise ValueError naming the first statement of `query` that would do more than read."""
     for statement in duckdb.extract_statements(query):
         if statement.type not in READ_STATEMENTS:
-            raise ValueError(f"{statement.type.name} statements change things; lensless sql only reads "
+            verb = (statement.query.split() or [statement.type.name])[0].upper()  # INSTALL is of type LOAD
+            raise ValueError(f"{verb} statements change things; lensless sql only reads "
                              "(pass --write to allow them)")
 
 
