@@ -73,7 +73,11 @@ def current_generation(home: Home) -> UPath | None:
     or `indexes/` itself for a home written before generations."""
     root = index_dir(home)
     if (root / POINTER).exists():
-        return root / read_json(root / POINTER)["generation"]
+        folder = root / read_json(root / POINTER)["generation"]
+        if not (folder / "state.json").exists():
+            raise FileNotFoundError(f"{root / POINTER} names index generation {folder.name}, which is missing "
+                                    "or incomplete: rematerialise faiss_index to rebuild it")
+        return folder
     return root if (root / "state.json").exists() else None
 
 
@@ -170,8 +174,12 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
     """Bring the index up to date with `partitions` ({batch: image_id/embedding frame}); returns a report."""
     assert partitions, "no embedding partitions to index"
     started = time.perf_counter()
-    folder = current_generation(home)  # resolved once: the state and files read below are of one generation
-    state = None if folder is None else read_json(folder / "state.json")
+    try:  # resolved once: the state and files read below are of one generation
+        folder = current_generation(home)
+        state = None if folder is None else read_json(folder / "state.json")
+    except (FileNotFoundError, ValueError) as e:  # a missing or damaged generation: build a new one
+        log(f"the current index cannot be read ({e}); building a new one")
+        folder, state = None, None
     d = next(iter(partitions.values()))["embedding"].dtype.size
     n_total = sum(f.height for f in partitions.values())
     new_keys = sorted(partitions) if state is None else sorted(set(partitions) - set(state["partitions"]))

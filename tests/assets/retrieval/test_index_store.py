@@ -116,6 +116,19 @@ def test_readers_see_one_whole_generation_and_a_damaged_index_is_refused_then_re
     assert len(kept) == KEEP_GENERATIONS and not first.exists()
 
 
+def test_a_pointer_to_a_missing_generation_is_named_then_rebuilt(home):
+    from assets.retrieval.index_store import index_dir
+
+    parts = {"b1": partition("a", 600, E[0], 0)}
+    update_index(home, parts, "enc1", CFG, log=quiet)
+    (index_dir(home) / "current.json").write_text('{"generation": "gone"}')
+    with pytest.raises(FileNotFoundError, match="names index generation gone.*rematerialise faiss_index"):
+        load_index(home)
+    assert update_index(home, parts, "enc1", CFG, log=quiet)["mode"] == "rebuild"  # what the message says works
+    index, ids, state = load_index(home)
+    assert index.ntotal == len(ids) == state["n"] == 600
+
+
 def test_an_index_on_an_object_store_is_written_and_read_as_bytes():
     """fsspec's in-memory filesystem stands in for a bucket: build, incremental add and load
     go through faiss's serialised bytes, one object each."""
