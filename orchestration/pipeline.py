@@ -69,7 +69,8 @@ def ingest(home: Home, source: str, engagement: str | None = None, label_depth: 
     resumed = resume_unfinished(home)
     listing = list_source(source, label_depth=label_depth)
     if listing.files.height + listing.skipped.height == 0:
-        raise ValueError(f"source {source!r} holds no files: nothing to ingest, and it is not watched")
+        why = " (fsspec lists a URL that does not exist, or whose host does not answer, as empty)" if "://" in source else ""
+        raise ValueError(f"source {source!r} holds no files{why}: nothing to ingest, and it is not watched")
     fresh = new_entries(home, listing)
     if limit is not None:
         if limit < 1:
