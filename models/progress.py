@@ -8,6 +8,9 @@ only make it shorter.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 
 def clock(seconds: float) -> str:
     """`m:ss`, or `h:mm:ss` from an hour."""
@@ -46,3 +49,19 @@ def progress_line(event: dict) -> str:
     if "elapsed" in event:
         line += f" · {clock(event['elapsed'])} · {time_left(event['step'], event['total'], event['elapsed'])}"
     return line
+
+
+def throttled(log: Callable[[str], None], what: str, every: float = 15.0) -> Callable[[int, int], None]:
+    """A `progress(done, total)` callback for a long loop that logs `what: done/total · elapsed ·
+    time left` at most every `every` seconds, and once at the end."""
+    start = last = time.perf_counter()
+
+    def update(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if done < total and now - last < every:
+            return
+        last = now
+        log(f"{what}: {done}/{total} · {clock(now - start)} · {time_left(done, total, now - start)}")
+
+    return update

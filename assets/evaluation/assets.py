@@ -41,6 +41,7 @@ from assets.retrieval.candidates import Queries, catalog_candidates, chosen_shar
 from assets.store.lake import CANDIDATE_SCHEMA, read_table, write_table
 from assets.store.models import current_dir, pointers, set_current
 from assets.store.resource import LenslessHome
+from models.progress import throttled
 from models.scoring import CANDIDATES, score_candidates
 from models.train_reranker import load_reranker
 
@@ -97,7 +98,7 @@ def reranked_candidates(context: dg.AssetExecutionContext, lensless_home: Lensle
     queries, q_rows, c_rows = candidate_grid(cands, frame)
     scorer = load_reranker(current_dir(home, CHALLENGER))
     scores = score_candidates(scorer, emb, q_rows, c_rows, prior=engagement_prior(home, frame),
-                              progress=lambda d, n: context.log.info(f"gutted reranker: {d}/{n} queries"))
+                              progress=throttled(context.log.info, "gutted reranker, queries scored"))
     table = _ranked_table(candidate_lists(cands), queries, scores)
     write_table(home, "reranked_candidates", table)
     return dg.MaterializeResult(metadata={"queries": len(queries), "candidates": table.height,

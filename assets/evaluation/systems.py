@@ -25,6 +25,7 @@ from assets.store.lake import read_table
 from assets.store.models import current_dir, pointers, version_dir
 from models.checkpoint import load_checkpoint
 from models.cost import PRODUCTION, analytic_flops, measure_costs
+from models.progress import throttled
 from models.scoring import score_candidates
 from models.train_reranker import load_reranker
 
@@ -101,7 +102,7 @@ def system_rankings(home: Home, inputs: dict, seed: int = 0, cost_queries: int =
     pixels = aligned_pixels(home, inputs["frame"])
     full = load_reranker(current_dir(home, "full_vlm_reranker"))
     full_scores = score_candidates(full, pixels, q_rows, c_rows, prior=inputs["prior"],
-                                   progress=lambda d, n: log(f"full VLM: {d}/{n} queries"))
+                                   progress=throttled(log, "full VLM, queries scored"))
     rankings["full_vlm"] = ranked_ids(ids, c_rows, full_scores)
 
     gutted = load_reranker(current_dir(home, "gutted_reranker"))

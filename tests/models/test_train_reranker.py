@@ -82,6 +82,21 @@ def test_progress_line_formats_position_time_and_estimate():
     assert progress_line({"step": 10, "total": 256, "loss": 32.47}) == "step 10/256 loss 32.4700"
 
 
+def test_a_throttled_progress_logs_at_most_every_interval_and_at_the_end():
+    from models.progress import throttled
+
+    lines = []
+    update = throttled(lines.append, "full VLM, queries scored", every=3600)
+    for done in range(8, 401, 8):
+        update(done, 400)
+    assert lines == [lines[-1]] and lines[-1].startswith("full VLM, queries scored: 400/400 · 0:00 · done")
+    every_call = []
+    update = throttled(every_call.append, "x", every=0)
+    for done in (1, 2, 3):
+        update(done, 3)
+    assert [line.split(" · ")[0] for line in every_call] == ["x: 1/3", "x: 2/3", "x: 3/3"]
+
+
 def test_training_is_deterministic():
     emb, train, val = _data(n_groups=12, n_train=8)
     cfg = RerankerTrainConfig(stage1_epochs=1, stage2_epochs=1, batch_groups=4, device="cpu")
