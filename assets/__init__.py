@@ -3,5 +3,6 @@
 `ingestion`, `embeddings`, `retrieval`, `reranker` and `evaluation` are the Dagster groups;
 each has an `assets.py` (its assets and checks) and Dagster-free helpers beside it. `store`
 is the one storage layer, `serving` answers `lensless recommend`, `demo` renders the demo
-catalog. `compute` (the train pool) and `plots` are shared by several stages.
+catalog. `compute` (the train pool), `plots` and `settings` (run settings as metadata) are
+shared by several stages.
 """

@@ -53,7 +53,7 @@ def up_to_date(keys: list[str], partition_key: str | None = None, run_config: di
     from dagster._core.definitions.partitions.context import partition_loading_context
     from dagster._core.definitions.temporal_context import TemporalContext
 
-    from assets.evaluation.provenance import SETTINGS
+    from assets.settings import SETTINGS
     from orchestration.definitions import defs
 
     instance = instance or get_instance()
@@ -62,20 +62,17 @@ def up_to_date(keys: list[str], partition_key: str | None = None, run_config: di
                           instance=instance, asset_graph=graph)
     resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
     ops = (run_config or {}).get("ops", {})
-    ordered = [k.to_user_string() for k in graph.toposorted_asset_keys if k.to_user_string() in keys]
+    with partition_loading_context(dynamic_partitions_store=instance):  # inputs whose versions Dagster skips
+        untracked = {k for k in graph.get_all_asset_keys() if graph.get(k).is_partitioned
+                     and graph.get(k).partitions_def.get_num_partitions() >= SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD}
     fresh, running = {}, set()
-    for name in ordered:
-        key = dg.AssetKey.from_user_string(name)
-        node = graph.get(key)
-        with partition_loading_context(dynamic_partitions_store=instance):
-            untracked = [p for p in node.parent_keys if graph.get(p).is_partitioned
-                         and graph.get(p).partitions_def.get_num_partitions()
-                         >= SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD]
+    for key in (k for k in graph.toposorted_asset_keys if k.to_user_string() in keys):
+        name, node = key.to_user_string(), graph.get(key)
         partition = partition_key if node.is_partitioned else None
-        if (running & {p.to_user_string() for p in node.parent_keys} or untracked
+        if (running & set(node.parent_keys) or untracked & set(node.parent_keys)
                 or (node.is_partitioned and partition is None)  # Dagster calls that FRESH; it means nothing
                 or resolver.get_status(key, partition) != StaleStatus.FRESH):
-            running.add(name)
+            running.add(key)
             continue
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
@@ -87,7 +84,7 @@ def up_to_date(keys: list[str], partition_key: str | None = None, run_config: di
         else:  # no settings recorded: the defaults are assumed, so any override makes it due
             same = not overrides
         if not same:
-            running.add(name)
+            running.add(key)
             continue
         fresh[name] = f"run {event.run_id[:8]}"
     return fresh

@@ -117,8 +117,7 @@ def _render_and_write(task: tuple) -> tuple[tuple, str]:
             return _row(path, spec), known_digest
     spec, data = render_image(seed, index, size, quality_range)
     path = image_path(Path(dest), spec)
-    if not (path.is_file() and path.read_bytes() == data):
-        write_bytes(data, path, fsync=False)  # readers never see a half-written JPEG; a lost one is re-rendered
+    _write_if_changed(data, path, fsync=False)  # readers never see a half-written JPEG; a lost one is re-rendered
     return _row(path, spec), hashlib.sha256(data).hexdigest()
 
 
@@ -197,11 +196,11 @@ def _parquet_bytes(frame: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def _write_if_changed(data: bytes, path: Path) -> None:
+def _write_if_changed(data: bytes, path: Path, fsync: bool = True) -> None:
     """Write atomically unless the file already holds these bytes: a re-rendered catalog keeps
     its files' mtimes, so a folder ingest does not see them as new."""
     if not (path.is_file() and path.read_bytes() == data):
-        write_bytes(data, path)
+        write_bytes(data, path, fsync)
 
 
 _MANIFEST = ".demo_manifest.json"

@@ -8,9 +8,9 @@ import polars as pl
 
 from assets.compute import GPU_STEP_TAGS, TRAIN_POOL
 from assets.embeddings.quality import evaluate_encoder, train_pairs_rows, training_rows
-from assets.evaluation.provenance import settings_metadata
 from assets.ingestion.assets import engagement_events, image_batches, raw_images
 from assets.plots import line_plot, md_image, md_table
+from assets.settings import settings_metadata
 from assets.store.files import iter_npy_rows
 from assets.store.lake import catalog, load_pixels, pixels_path, read_table, write_table
 from assets.store.models import current_dir, save_version, set_current

@@ -9,7 +9,7 @@ import polars as pl
 from assets.embeddings.assets import image_encoder
 from assets.evaluation.metrics import list_metrics, paired_difference_ci, summarise
 from assets.evaluation.promotion import CHALLENGER, CHAMPION, promotion_decision
-from assets.evaluation.provenance import provenance, settings_metadata
+from assets.evaluation.provenance import provenance
 from assets.evaluation.report import (
     decision_rows,
     latest_report,
@@ -38,6 +38,7 @@ from assets.reranker.assets import (
 )
 from assets.retrieval.assets import faiss_index
 from assets.retrieval.candidates import Queries, catalog_candidates, chosen_share, source_recall
+from assets.settings import settings_metadata
 from assets.store.lake import CANDIDATE_SCHEMA, read_table, write_table
 from assets.store.models import current_dir, pointers, set_current
 from assets.store.resource import LenslessHome

@@ -1,9 +1,9 @@
 """Where a report's numbers come from: the settings and version of every trained asset, the
 code, the Dagster run, and the host its timings were taken on.
 
-Each configurable asset records its effective run config (defaults filled in) under the
-`settings` metadata key (`settings_metadata`); the report reads it back from the latest
-materialization of each asset, so what it shows is what actually ran.
+Each configurable asset records its effective run config under the `settings` metadata key
+(`assets/settings.py`); the report reads it back from the latest materialization of each
+asset, so what it shows is what actually ran.
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ from pathlib import Path
 
 import dagster as dg
 
-SETTINGS = "settings"  # the metadata key that holds an asset's effective run config
+from assets.settings import SETTINGS
+
 # the assets whose settings and versions decide a report's numbers, upstream first
 TRAINED = ("image_encoder", "faiss_index", "training_pairs", "user_histories", "gutted_reranker",
            "full_vlm_reranker", "sequential_reranker", "candidates")
 UI_URL_ENV = "LENSLESS_UI_URL"  # where the Dagster UI serves, for run links (default: `lensless dev`'s)
 COMMIT_ENV = "LENSLESS_GIT_COMMIT"  # the commit of a deployment without a git checkout (the image)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def settings_metadata(config: dg.Config) -> dict:
-    """The `settings` metadata entry of an asset run with `config`."""
-    return {SETTINGS: dg.MetadataValue.json(config.model_dump())}
 
 
 def trained_assets(instance: dg.DagsterInstance, keys: tuple[str, ...] = TRAINED) -> dict[str, dict]:

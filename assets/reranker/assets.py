@@ -7,7 +7,6 @@ import time
 import dagster as dg
 
 from assets.compute import GPU_STEP_TAGS, TRAIN_POOL
-from assets.evaluation.provenance import settings_metadata
 from assets.ingestion.assets import engagement_events
 from assets.ingestion.coengagement import SplitConfig
 from assets.ingestion.engagement import engagement_count
@@ -17,6 +16,7 @@ from assets.reranker.histories import HistoryConfig
 from assets.reranker.pairs import PairConfig, build_pairs, build_user_pairs, training_set
 from assets.retrieval.assets import faiss_index
 from assets.retrieval.candidates import save_mix
+from assets.settings import settings_metadata
 from assets.store.lake import write_table
 from assets.store.models import pointers, save_version, set_current
 from assets.store.resource import LenslessHome

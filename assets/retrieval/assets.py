@@ -3,9 +3,9 @@
 import dagster as dg
 
 from assets.embeddings.assets import image_embeddings
-from assets.evaluation.provenance import settings_metadata
 from assets.plots import md_table
 from assets.retrieval.index_store import IndexConfig, load_state, update_index
+from assets.settings import settings_metadata
 from assets.store.lake import read_table, table_partitions
 from assets.store.models import pointers
 from assets.store.resource import LenslessHome
