@@ -182,6 +182,10 @@ def write_demo_catalog(
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(workers, initializer=_init_worker) as pool:
             collect(pool.imap_unordered(_render_and_write, tasks, chunksize=chunk))
+            # let the workers exit on their own: terminate(), what leaving the block calls, stops
+            # them by SIGTERM and waits forever for one that a parent's ignored SIGTERM left alive
+            pool.close()
+            pool.join()
     catalog = pl.DataFrame(sorted(rows, key=lambda r: r[4]), schema=CATALOG_SCHEMA, orient="row")
     _write_if_changed(_parquet_bytes(catalog), dest / "catalog.parquet")
     _write_if_changed(_parquet_bytes(generate_engagement(catalog, config)), dest / "engagement.parquet")
