@@ -4,7 +4,8 @@ Runs launched here are ordinary Dagster runs in `$LENSLESS_HOME/dagster`: they s
 the UI (`lensless dev`) under the name of the job they ran (`job`, one of
 `orchestration/jobs.py`, restricted to the selection), with their logs, lineage and
 metadata. Execution is in-process so the command
-line can show progress and return results directly. A selection is an `AssetSelection`
+line can show progress and return results directly; each run records the origin of its job
+in the code location `workspace.yaml` loads, so the UI can re-execute it. A selection is an `AssetSelection`
 (a group, or keys and what the graph derives from them) or a list of asset keys; a run config
 for the whole graph is cut down to the selected assets.
 """
@@ -13,13 +14,17 @@ import json
 import os
 import sys
 import typing
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
 
 import dagster as dg
 
 from orchestration.instance import get_instance, release_dead_runs, run_tags
 
 LOG_LEVEL = os.environ.get("LENSLESS_LOG_LEVEL", "INFO")  # Dagster's console log level for CLI runs
+WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
 
 
 class StepFailed(RuntimeError):
@@ -90,6 +95,40 @@ def up_to_date(keys: list[str], partition_key: str | None = None, run_config: di
     return fresh
 
 
+def job_origin(job: str):
+    """Where `job` lives for the webserver: the code location `workspace.yaml` loads (its
+    module, working directory and name; the Kubernetes user deployment has the same name)."""
+    import yaml
+    from dagster._core.definitions.repository_definition.valid_definitions import (
+        SINGLETON_REPOSITORY_NAME,
+    )
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    (entry,) = yaml.safe_load(WORKSPACE.read_text())["load_from"]
+    module = entry["python_module"]
+    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=module["module_name"],
+                                  working_directory=str(WORKSPACE.parent / module.get("working_directory", ".")))
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(target, module["location_name"])
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job)
+
+
+@contextmanager
+def _recording_origin(instance: dg.DagsterInstance, job: str):
+    """`execute_in_process` creates its run without a code location, and the UI cannot
+    re-execute such a run; within this block, runs `instance` creates carry `job_origin(job)`."""
+    instance.create_run_for_job = partial(type(instance).create_run_for_job, instance,
+                                          remote_job_origin=job_origin(job))
+    try:
+        yield
+    finally:
+        del instance.create_run_for_job
+
+
 def materialize_assets(selection: dg.AssetSelection | list[str], job: str, partition_key: str | None = None,
                        run_config: dict | None = None, tags: dict | None = None,
                        raise_on_error: bool = True, skip_up_to_date: bool = False) -> dg.ExecuteInProcessResult | None:
@@ -123,14 +162,15 @@ def materialize_assets(selection: dg.AssetSelection | list[str], job: str, parti
     job_def = defs.resolve_job_def(job)
     outside = keys - {k.to_user_string() for k in job_def.asset_layer.selected_asset_keys}
     assert not outside, f"{job} does not hold {sorted(outside)}"
-    result = job_def.execute_in_process(
-        asset_selection=[dg.AssetKey.from_user_string(k) for k in sorted(keys)],
-        partition_key=partition_key,
-        run_config=config,
-        instance=instance,
-        tags={"lensless/launched_by": "cli", **run_tags(), **(tags or {})},
-        raise_on_error=False,
-    )
+    with _recording_origin(instance, job):
+        result = job_def.execute_in_process(
+            asset_selection=[dg.AssetKey.from_user_string(k) for k in sorted(keys)],
+            partition_key=partition_key,
+            run_config=config,
+            instance=instance,
+            tags={"lensless/launched_by": "cli", **run_tags(), **(tags or {})},
+            raise_on_error=False,
+        )
     if raise_on_error:  # StepFailed naming the step and its error (a retried step's too)
         raise_failures(result)
     return result

@@ -166,3 +166,53 @@ def test_report_and_its_asset_page_show_the_verdict_the_plot_and_the_systems(dag
     shot = artifacts / "evaluation_report_asset.png"
     chromium("--virtual-time-budget=30000", "--window-size=1600,1400", f"--screenshot={shot}", url)
     assert shot.exists() and shot.stat().st_size > 20_000, "no screenshot of the asset page"
+
+
+REEXECUTE = """
+mutation Reexecute($parentRunId: String!) {
+  launchPipelineReexecution(reexecutionParams: {parentRunId: $parentRunId, strategy: ALL_STEPS}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}"""
+RUN = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run { jobName repositoryOrigin { repositoryLocationName repositoryName } }
+  }
+}"""
+
+
+def test_a_command_line_run_is_reexecuted_from_the_ui(dagster_dev, tmp_path):
+    """`lensless ingest` runs in the command's process; the webserver still finds its job in
+    the code location, and re-executes it as the run page's "Re-execute" button asks."""
+    from dagster import DagsterInstance
+    from dagster_graphql import DagsterGraphQLClient
+
+    from assets.store.files import Home
+    from orchestration.pipeline import ingest
+
+    src = tmp_path / "src" / "shapes"
+    src.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 70 * i, np.uint8)).save(src / f"{i}.png")
+    ingest(Home.from_env(), str(tmp_path / "src"))
+    (parent,) = [r for r in DagsterInstance.get().get_runs() if r.job_name == "ingest_job"]
+
+    client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev)
+    origin = client._execute(RUN, {"runId": parent.run_id})["runOrError"]
+    assert origin == {"jobName": "ingest_job",
+                      "repositoryOrigin": {"repositoryLocationName": "lensless", "repositoryName": "__repository__"}}
+    launched = client._execute(REEXECUTE, {"parentRunId": parent.run_id})["launchPipelineReexecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline, status = time.time() + 240, None
+    while time.time() < deadline:
+        status = client.get_run_status(run_id).value
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    assert status == "SUCCESS", f"re-execution {run_id} of {parent.run_id} ended {status}"
+    child = DagsterInstance.get().get_run_by_id(run_id)
+    assert child.parent_run_id == parent.run_id and child.tags["dagster/partition"] == parent.tags["dagster/partition"]
