@@ -17,6 +17,7 @@ from assets.ingestion.sources import (
     unfinished_batches,
     watched_sources,
 )
+from assets.store.lock import LockBusy, step_lock
 from assets.store.resource import LenslessHome
 
 
@@ -41,18 +42,11 @@ def new_images_sensor(context: dg.SensorEvaluationContext,
     if not sources:
         return dg.SkipReason("no watched sources: set LENSLESS_WATCH or run `lensless ingest SOURCE` once")
     started = time.perf_counter()
-    # A batch whose file list was frozen but whose partition was never added (a crash between
-    # the two) is added now, so no file is stranded.
-    existing = set(context.instance.get_dynamic_partitions(image_batches.name))
-    keys = [b for b in known_batches(home) if b not in existing]
-    retries = _interrupted(context.instance, [b for b in unfinished_batches(home) if b in existing])
-    listed = 0
-    for source in sources:
-        listing = list_source(source)
-        listed += listing.files.height + listing.skipped.height
-        fresh = new_entries(home, listing)
-        for chunk in cut_batches(fresh, sensor_batch_size()) if fresh.height else []:
-            keys.append(register_batch(home, chunk))
+    try:  # a command writing the home may be cutting batches of the same files: not now
+        with step_lock(home, "new_images_sensor", wait=False):
+            existing, keys, retries, listed = _cut_batches(context, home, sources)
+    except LockBusy as e:
+        return dg.SkipReason(f"{e}; the next tick lists again")
     cursor = json.dumps({"listed": listed, "batches": len(existing) + len(keys),
                          "last_batch": keys[-1] if keys else (json.loads(context.cursor)["last_batch"] if context.cursor else None),
                          "list_seconds": round(time.perf_counter() - started, 3)})
@@ -65,6 +59,23 @@ def new_images_sensor(context: dg.SensorEvaluationContext,
         dynamic_partitions_requests=[image_batches.build_add_request(keys)],
         cursor=cursor,
     )
+
+
+def _cut_batches(context: dg.SensorEvaluationContext, home, sources: list[str]):
+    """(partitions that exist, batches to add and run, interrupted batches to rerun, files
+    listed). A batch whose file list was frozen but whose partition was never added (a crash
+    between the two) is added now, so no file is stranded."""
+    existing = set(context.instance.get_dynamic_partitions(image_batches.name))
+    keys = [b for b in known_batches(home) if b not in existing]
+    retries = _interrupted(context.instance, [b for b in unfinished_batches(home) if b in existing])
+    listed = 0
+    for source in sources:
+        listing = list_source(source)
+        listed += listing.files.height + listing.skipped.height
+        fresh = new_entries(home, listing)
+        for chunk in cut_batches(fresh, sensor_batch_size()) if fresh.height else []:
+            keys.append(register_batch(home, chunk))
+    return existing, keys, retries, listed
 
 
 def _interrupted(instance, batches: list[str]) -> list[tuple[str, str]]:

@@ -1,7 +1,11 @@
-"""The home's single-writer lock, on a local disk or an object store. No Dagster.
+"""The home's writer lock, on a local disk or an object store. No Dagster.
 
-Commands that write the lake (`lensless ingest`, `run`, `demo`, ...) hold `writer_lock`; a
-second writer waits, saying who holds it. Readers never take it.
+Commands that write the lake (`lensless ingest`, `run`, `demo`, ...) hold `writer_lock`,
+exclusive: a second writer waits, saying who holds it. The steps of runs the UI or the
+daemon launches, and the sensor that cuts batches, hold `step_lock`, shared: they wait for a
+command and a command waits for them, but they do not wait for each other (each writes its
+own partition, or a new version switched to atomically). A thread that holds the exclusive
+lock passes its own step locks (a command's in-process runs). Readers never take either.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,6 +26,17 @@ from upath import UPath
 from assets.store.files import Home, write_bytes
 
 LOCK_LEASE_SECONDS = 60.0  # a remote lock not renewed for this long is a dead writer's
+_HELD = threading.local()  # .homes: the homes whose exclusive lock this thread holds
+
+
+def _held() -> set[str]:
+    if not hasattr(_HELD, "homes"):
+        _HELD.homes = set()
+    return _HELD.homes
+
+
+class LockBusy(RuntimeError):
+    """A lock asked for without waiting is held by someone else; the message says who."""
 
 
 @contextmanager
@@ -33,8 +49,48 @@ def writer_lock(home: Home, command: str) -> Iterator[None]:
     (an exclusive create: `If-None-Match: *` on S3) and renewed by a thread while held; a lock
     not renewed for `LOCK_LEASE_SECONDS` was left by a writer that died, and is taken over."""
     holder = f"`lensless {command}` (pid {os.getpid()} on {socket.gethostname()})"
+    with _exclusive(home, holder, command):
+        _held().add(str(home.root))
+        try:
+            yield
+        finally:
+            _held().discard(str(home.root))
+
+
+@contextmanager
+def step_lock(home: Home, holder: str, wait: bool = True) -> Iterator[None]:
+    """Hold the home's lock shared while a run's step (or a sensor tick) named `holder`
+    writes; nothing when this thread holds it exclusively. With `wait` False, `LockBusy`
+    instead of waiting for a command."""
+    if str(home.root) in _held():
+        yield
+        return
     if not home.local:
-        with _object_lock(home.path(".lock"), holder, command):
+        with _object_shared(home, holder, wait):
+            yield
+        return
+    path = home.local_dir(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            current = f.read().strip() or "another lensless command"
+            if not wait:
+                raise LockBusy(f"{home.root} is being written by {current}") from None
+            _say_waiting(home, holder, current)
+            fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _exclusive(home: Home, holder: str, command: str) -> Iterator[None]:
+    if not home.local:
+        with _object_lock(home, holder, command):
             yield
         return
     path = home.local_dir(".lock")
@@ -44,8 +100,8 @@ def writer_lock(home: Home, command: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            current = f.read().strip() or "another lensless command"
-            _say_waiting(home, command, current)
+            current = f.read().strip() or "the steps of a Dagster run"  # shared holders leave no name
+            _say_waiting(home, f"lensless {command}", current)
             fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         f.truncate()
@@ -59,21 +115,86 @@ def writer_lock(home: Home, command: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _say_waiting(home: Home, command: str, holder: str) -> None:
-    print(f"lensless {command}: {home.root} is being written by {holder}; waiting for it to finish",
+def _say_waiting(home: Home, who: str, holder: str) -> None:
+    print(f"{who}: {home.root} is being written by {holder}; waiting for it to finish",
           file=sys.stderr, flush=True)
 
 
-@contextmanager
-def _object_lock(path: UPath, holder: str, command: str) -> Iterator[None]:
-    def lease() -> bytes:
-        return json.dumps({"holder": holder, "expires": time.time() + LOCK_LEASE_SECONDS}).encode()
+def _lease(holder: str) -> bytes:
+    return json.dumps({"holder": holder, "expires": time.time() + LOCK_LEASE_SECONDS}).encode()
 
+
+@contextmanager
+def _renewed(path: UPath, holder: str) -> Iterator[None]:
+    """Renew the lease object `path` from a thread while the block runs; delete it after."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LOCK_LEASE_SECONDS / 4):
+            write_bytes(_lease(holder), path)
+
+    renewer = threading.Thread(target=renew, name="lensless-lock", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        path.unlink(missing_ok=True)
+
+
+def _live_holder(path: UPath) -> str | None:
+    """Who holds the lease object `path`, or None when there is none or it ran out."""
+    try:
+        current = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):  # none, or being written just now
+        return None
+    return current["holder"] if current["expires"] >= time.time() else None
+
+
+def _shared_leases(home: Home) -> list[str]:
+    """Holders of the live shared leases under `<home>/.lock-shared/`."""
+    folder = home.path(".lock-shared")
+    try:
+        paths = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):  # no lease yet (object stores have no empty folders)
+        return []
+    return [h for h in (_live_holder(p) for p in paths) if h is not None]
+
+
+@contextmanager
+def _object_shared(home: Home, holder: str, wait: bool) -> Iterator[None]:
+    """A shared lease `<home>/.lock-shared/<uuid>`, taken only while no exclusive `.lock` is
+    live; taken first and checked after, so an exclusive writer that lists the leases after
+    creating `.lock` sees it, or it sees that writer's `.lock`."""
+    mine = home.path(".lock-shared", uuid.uuid4().hex)
+    waited = False
+    while True:
+        current = _live_holder(home.path(".lock"))
+        if current is None:
+            write_bytes(_lease(holder), mine)
+            current = _live_holder(home.path(".lock"))
+            if current is None:
+                break
+            mine.unlink(missing_ok=True)
+        if not wait:
+            raise LockBusy(f"{home.root} is being written by {current}")
+        if not waited:
+            _say_waiting(home, holder, current)
+            waited = True
+        time.sleep(1.0)
+    with _renewed(mine, holder):
+        yield
+
+
+@contextmanager
+def _object_lock(home: Home, holder: str, command: str) -> Iterator[None]:
+    path = home.path(".lock")
     waited = False
     while True:
         try:
             with path.open("xb") as f:
-                f.write(lease())
+                f.write(_lease(holder))
             break
         except FileExistsError:
             try:
@@ -86,20 +207,14 @@ def _object_lock(path: UPath, holder: str, command: str) -> Iterator[None]:
                 path.unlink(missing_ok=True)
                 continue
             if not waited:
-                _say_waiting(Home(path.parent), command, current["holder"])
+                _say_waiting(home, f"lensless {command}", current["holder"])
                 waited = True
             time.sleep(1.0)
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(LOCK_LEASE_SECONDS / 4):
-            write_bytes(lease(), path)
-
-    renewer = threading.Thread(target=renew, name="lensless-lock", daemon=True)
-    renewer.start()
-    try:
+    with _renewed(path, holder):
+        waited = False
+        while shared := _shared_leases(home):  # steps that started before this lock: let them end
+            if not waited:
+                _say_waiting(home, f"lensless {command}", f"{len(shared)} Dagster step(s), e.g. {shared[0]}")
+                waited = True
+            time.sleep(1.0)
         yield
-    finally:
-        stop.set()
-        renewer.join()
-        path.unlink(missing_ok=True)

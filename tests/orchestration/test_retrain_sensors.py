@@ -31,8 +31,9 @@ def report(instance, key: str, **metadata) -> None:
 
 
 def tick(home, sensor, instance):
-    return sensor(dg.build_sensor_context(instance=instance,
-                                          resources={"lensless_home": LenslessHome(path=str(home.root))}))
+    with dg.build_sensor_context(instance=instance,
+                                 resources={"lensless_home": LenslessHome(path=str(home.root))}) as context:
+        return sensor(context)
 
 
 def test_encoder_sensor_growth_and_drift(home):

@@ -18,9 +18,9 @@ def write_images(folder, names):
 
 
 def tick(home, instance, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                      resources={"lensless_home": LenslessHome(path=str(home.root))})
-    result = new_images_sensor(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                 resources={"lensless_home": LenslessHome(path=str(home.root))}) as context:
+        result = new_images_sensor(context)
     if isinstance(result, dg.SensorResult):
         for req in result.dynamic_partitions_requests or []:
             instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
@@ -104,3 +104,28 @@ def test_sensor_requests_an_interrupted_batch_again(home, tmp_path, monkeypatch)
     retry = tick(home, instance).run_requests
     assert [(r.partition_key, r.run_key, r.tags["lensless/reason"]) for r in retry] == [
         (batch, f"{batch}:after:{failed}", "interrupted_batch")]
+
+
+def test_sensor_skips_a_tick_while_a_command_writes_the_home(home, tmp_path, monkeypatch):
+    """A `lensless` command holding the home (in another process) may be cutting batches of
+    the same files: the tick cuts none, says who writes, and the next tick does the work."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "watched"
+    write_images(src, ["a.png", "b.png"])
+    monkeypatch.setenv("LENSLESS_WATCH", str(src))
+    instance = dg.DagsterInstance.ephemeral()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, '.');"
+        "from assets.store.files import Home; from assets.store.lock import writer_lock;"
+        f"cm = writer_lock(Home.at({str(home.root)!r}), 'ingest'); cm.__enter__(); print('held', flush=True);"
+        "sys.stdin.readline()")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = tick(home, instance)
+        assert isinstance(busy, dg.SkipReason) and "`lensless ingest`" in busy.skip_message
+        assert not instance.get_dynamic_partitions("image_batches")
+    finally:
+        holder.communicate("\n", timeout=10)
+    assert len(tick(home, instance).run_requests) == 1

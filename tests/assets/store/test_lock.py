@@ -36,3 +36,97 @@ def test_the_object_store_lock_excludes_a_second_writer_and_takes_over_a_dead_on
         assert json.loads(stale.path(".lock").read_bytes())["expires"] > time.time()  # renewed
     assert not stale.path(".lock").exists()
     assert "taking over the lock of `lensless run` (pid 1)" in capsys.readouterr().err
+
+
+def _shared_and_exclusive(home, capsys):
+    """On `home`: two step locks at once do not wait for each other; a command waits for the
+    steps that hold it, and a step for a command (or, told not to wait, says who writes);
+    the command's own thread passes its step locks."""
+    import threading
+    import time
+
+    import pytest
+
+    from assets.store.lock import LockBusy, step_lock, writer_lock
+
+    order = []
+    with step_lock(home, "run a"), step_lock(home, "run b"):  # would deadlock were they exclusive
+
+        def ingest():
+            with writer_lock(home, "ingest"):
+                order.append("ingest")
+                with step_lock(home, "its own in-process run"):  # passes: this thread holds it
+                    order.append("its step")
+                time.sleep(1.0)
+            order.append("ingest done")
+
+        command = threading.Thread(target=ingest)
+        command.start()
+        time.sleep(1.5)
+        order.append("steps done")
+    deadline = time.time() + 10
+    while "ingest" not in order and time.time() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(LockBusy, match="`lensless ingest`"), step_lock(home, "sensor", wait=False):
+        pass
+    with step_lock(home, "run c"):  # waits for the command
+        order.append("run c")
+    command.join(timeout=10)
+    assert order == ["steps done", "ingest", "its step", "ingest done", "run c"]
+    err = capsys.readouterr().err
+    assert "lensless ingest: " in err and "run c: " in err and "being written by `lensless ingest`" in err
+
+
+def test_steps_share_the_lock_and_a_command_excludes_them_on_a_local_home(tmp_path, capsys):
+    from assets.store.files import Home
+
+    _shared_and_exclusive(Home.at(tmp_path / "home"), capsys)
+
+
+def test_steps_share_the_lock_and_a_command_excludes_them_on_an_object_store(capsys):
+    import uuid
+
+    from assets.store.files import Home
+
+    home = Home.at(f"memory://lock-{uuid.uuid4().hex}/home")
+    _shared_and_exclusive(home, capsys)
+    shared = home.path(".lock-shared")
+    assert not (shared.exists() and list(shared.iterdir())) and not home.path(".lock").exists()  # all released
+
+
+def test_a_dagster_step_waits_for_a_command_and_a_commands_own_run_passes(tmp_path):
+    """A run's step that uses `lensless_home` holds the lock shared: it starts only after a
+    command in another process releases the home; a run the command itself executes in
+    process (what every `lensless` command does) passes its own lock."""
+    import subprocess
+    import sys
+    import time
+
+    import dagster as dg
+
+    from assets.store.files import Home
+    from assets.store.lock import writer_lock
+    from assets.store.resource import LenslessHome
+
+    home = Home.at(tmp_path / "home")
+    started = []
+
+    @dg.asset
+    def touches_home(lensless_home: LenslessHome) -> None:
+        started.append(time.time())
+
+    resources = {"lensless_home": LenslessHome(path=str(home.root))}
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, '.');"
+        "from assets.store.files import Home; from assets.store.lock import writer_lock;"
+        f"cm = writer_lock(Home.at({str(home.root)!r}), 'demo'); cm.__enter__(); print('held', flush=True);"
+        "time.sleep(3); print(time.time(), flush=True)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert dg.materialize([touches_home], resources=resources).success
+    released = float(holder.stdout.readline())
+    holder.wait(timeout=10)
+    assert started[0] >= released  # the step waited for the command
+
+    with writer_lock(home, "run"):  # the command's own in-process run: no deadlock
+        assert dg.materialize([touches_home], resources=resources).success
+    assert len(started) == 2
