@@ -31,7 +31,10 @@ Two data sources:
 `--task user` measures the cost of the "for a user" prompt at equal history for both models:
 H history images (soft tokens for the gutted model, pixels through the tower for the full
 VLM), then each candidate, with the KV cache of the history prefix reused across the
-candidates. Cost does not depend on trained weights, so the models are untrained.
+candidates. Cost does not depend on trained weights, so the models are untrained. With
+`--history-pool M` a third model, the gutted one reading the history through a learned pool
+of M tokens, is timed in the same interleaved repeats (`history_pool` in the JSON: its FLOPs
+and time against the H x k soft tokens; `bench/rerank_seeds.py --history-pool M` gives quality).
 
 The last line is one JSON object (ratios, NDCG@10 per system, `targets_met`).
 """
@@ -230,20 +233,31 @@ def user_cost_run(args) -> tuple[dict, dict, dict, dict]:
         base = args.base or str(write_tiny_checkpoint(Path(tmp) / "qwen3vl-tiny", seed=args.seed))
         gutted = build_gutted(GuttedConfig(base=base, seed=args.seed)).to(dev, dtype)
         full = build_full_vlm(FullVLMConfig(base=base, resolution=args.resolution, seed=args.seed)).to(dev, dtype)
+        pooled = (build_gutted(GuttedConfig(base=base, history_pool=args.history_pool, seed=args.seed)).to(dev, dtype)
+                  if args.history_pool else None)
     g = torch.Generator().manual_seed(args.seed)
     b, h, c, r = args.cost_queries, args.history, args.cost_candidates, args.resolution
     history = torch.ones(b, h, dtype=torch.bool, device=dev)
     emb = torch.nn.functional.normalize(torch.randn(b, h + c, gutted.cfg.embed_dim, generator=g), dim=-1)
     pix = torch.randint(0, 256, (b, h + c, r, r, 3), generator=g, dtype=torch.uint8)
-    cost = measure_costs({
+    scorers = {
         "gutted": (gutted, emb[:, :h].to(dev, dtype), emb[:, h:].to(dev, dtype), history),
         "full_vlm": (full, pix[:, :h].to(dev), pix[:, h:].to(dev), history),
-    }, c, args.repeats)  # fmt: skip
+    }  # fmt: skip
+    if pooled is not None:
+        scorers["gutted_pool"] = (pooled, *scorers["gutted"][1:])
+    cost = measure_costs(scorers, c, args.repeats)
+    extra = {}
+    if args.history_pool:
+        g, p = cost["gutted"], cost["gutted_pool"]
+        extra["history_pool"] = {"tokens": args.history_pool,
+                                 "flops_ratio_tokens_over_pool": g["flops_per_candidate"] / p["flops_per_candidate"],
+                                 "time_ratio_tokens_over_pool": g["ms_per_1k"] / p["ms_per_1k"]}
     analytic = {name: analytic_flops(name, resolution=res, gutted=gutted.cfg, history=h)["ratio"]
                 for name, res in (("tiny", r), ("Qwen3-VL-2B", 448))}
     data = {"source": "random inputs (cost only)", "task": "user", "history": h, "candidates_per_user": c,
             "users": b, "resolution": r}
-    return cost, {}, data, {"analytic_flops_ratio_at_history": analytic}
+    return cost, {}, data, {"analytic_flops_ratio_at_history": analytic, **extra}
 
 
 def lake_run(args) -> tuple[dict, dict, dict, dict]:
@@ -318,6 +332,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--task", default="images", choices=["images", "user"],
                     help="user: the cost of the for-a-user prompt at equal history (no training)")
     ap.add_argument("--history", type=int, default=20, help="--task user: history images per user (both models)")
+    ap.add_argument("--history-pool", type=int, default=0,
+                    help="--task user: also time the gutted model reading the history as M pooled tokens")
     args = ap.parse_args(argv)
     args.device = resolve_device(args.device)
     torch.manual_seed(args.seed)

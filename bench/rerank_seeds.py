@@ -15,6 +15,12 @@ pipeline's own model when the pipeline trained on the CPU (the bench always does
 
 `--train-groups`, `--stage1-epochs`, `--stage2-epochs` and `--evals-per-epoch` override the
 budget (default: the pipeline's), to see whether more data or more passes would pay.
+`--history-pool M` reads a user's history through a learned pool of M tokens instead of its
+H x k soft tokens (gutted only); each row then also gives the user task's counted FLOPs and
+prompt tokens per candidate, so the two ways of reading a history compare on quality and cost:
+
+    python bench/rerank_seeds.py --lake .lensless --seeds 0,1 --history-pool 0
+    python bench/rerank_seeds.py --lake .lensless --seeds 0,1 --history-pool 4
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--stage2-epochs", type=int, help="LoRA + projector epochs (default: the pipeline's)")
     ap.add_argument("--evals-per-epoch", type=int, default=1, help="validation evaluations per epoch")
     ap.add_argument("--no-prior", action="store_true", help="train and score without the engagement prior (ablation)")
+    ap.add_argument("--history-pool", type=int, default=0,
+                    help="gutted: read a history as M learned pooled tokens (0: its H x k soft tokens)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("models.train_reranker").setLevel(logging.WARNING)
@@ -57,6 +65,7 @@ def main(argv=None) -> dict:
     from assets.reranker.pairs import training_set
     from assets.retrieval.candidates import Queries, catalog_candidates
     from assets.store.files import Home
+    from models.cost import measure_costs
     from models.full_vlm import FullVLMConfig, build_full_vlm
     from models.gutted_vlm import GuttedConfig, build_gutted
     from models.ranking_metrics import bootstrap_ci
@@ -96,7 +105,7 @@ def main(argv=None) -> dict:
     def build(seed: int):
         if args.model == "gutted":
             return build_gutted(GuttedConfig(base=budget.base, embed_dim=emb.shape[1], num_tokens=budget.num_tokens,
-                                             prior_buckets=buckets, seed=seed))
+                                             prior_buckets=buckets, history_pool=args.history_pool, seed=seed))
         if args.model == "sequential":
             return build_sequential(SequentialConfig(embed_dim=emb.shape[1], prior_buckets=buckets, seed=seed))
         return build_full_vlm(FullVLMConfig(base=budget.base, prior_buckets=buckets, seed=seed))
@@ -116,13 +125,21 @@ def main(argv=None) -> dict:
                     model, features, hist[:, -history:], u_cands.rows, prior=prior)), u_rel)["ndcg_at_10"]}
         row = {"seed": seed, "val_ndcg10": round(metrics["best_val_ndcg10"], 4),
                "seconds": round(time.perf_counter() - started, 1)}
+        if args.model != "sequential":  # the user task's cost per candidate, on 4 test users
+            users_hist = hist[:4, -history:]
+            cost = measure_costs({"model": (model, features, users_hist)}, users_hist, u_cands.rows[:4],
+                                 prior=prior)["model"]
+            row["users_gflops_per_candidate"] = round(cost["flops_per_candidate"] / 1e9, 4)
+            row["users_tokens_per_candidate"] = round(cost["tokens_per_candidate"], 1)
+            row["users_ms_per_1k_candidates"] = round(cost["ms_per_1k_candidates"], 1)
         for task, values in ndcg.items():
             diff = bootstrap_ci(values - retrieval[task])
             row[f"{task}_test_ndcg10"] = round(float(values.mean()), 4)
             row[f"{task}_minus_retrieval"] = [round(diff[k], 4) for k in ("mean", "lo", "hi")]
         rows.append(row)
         print(args.model, json.dumps(row), flush=True)
-    result = {"lake": str(home.root), "model": args.model, "prior": not args.no_prior, "queries": len(q_rows),
+    result = {"lake": str(home.root), "model": args.model, "prior": not args.no_prior,
+              "history_pool": args.history_pool, "queries": len(q_rows),
               "test_users": users.height, "seeds": len(rows), "train_groups": len(train),
               "stage_epochs": [budget.stage1_epochs, budget.stage2_epochs], "per_seed": rows}
     for task in ("images", "users"):

@@ -102,9 +102,9 @@ def tokens_per_candidate(scorer, candidates_per_query: int = CANDIDATES, history
     t_img = scorer.tokens_per_image()
     if t_img == 0:  # no language model (the sequential peer)
         return {"image_tokens": 0, "prompt_tokens": 0, "per_candidate_nocache": 0, "per_candidate_cache": 0}
-    images = history + (history > 1 and scorer.cfg.history_summary)  # a history ends with its summary image
     text_prefix, text_suffix = scorer.text_tokens()
-    prefix, suffix = images * (t_img + 2) + text_prefix, t_img + 2 + scorer.prior_tokens() + text_suffix
+    prefix = scorer.prefix_image_tokens(history) + text_prefix
+    suffix = t_img + 2 + scorer.prior_tokens() + text_suffix
     return {
         "image_tokens": t_img,
         "prompt_tokens": prefix + suffix,
@@ -202,7 +202,8 @@ def analytic_flops(
     `question_tokens` and `cue_tokens` are the question's and the cue's lengths in Qwen's
     tokenizer (`cue_tokens=0`: the older layout, the question after every candidate);
     `history` is the number of query images (a user's history; 1 for related images), the
-    same for both models."""
+    same for both models; with `gutted.history_pool` = m > 0 the gutted model reads it as m
+    pooled tokens."""
     gutted = gutted or GuttedConfig()
     num_tokens, embed_dim, proj_hidden = gutted.num_tokens, gutted.embed_dim, gutted.proj_hidden
     prior = int(gutted.prior_buckets > 0)  # both models read the same prior token
@@ -213,18 +214,24 @@ def analytic_flops(
     vision, t_full = _vision_flops(dims["vision"], text["hidden_size"], resolution)
 
     images = history + (history > 1 and gutted.history_summary)  # a history ends with its summary image
+    pool = gutted.history_pool
+    pooled = history > 1 and pool > 0  # the gutted model's history: m pooled tokens
 
-    def per_candidate(t_img: int) -> float:
+    def per_candidate(t_img: int, prefix_image_tokens: float) -> float:
         text_prefix, text_suffix = (question_tokens, cue_tokens) if cue_tokens else (0, question_tokens)
-        prefix, suffix = images * (t_img + 2) + text_prefix, t_img + 2 + prior + text_suffix
+        prefix, suffix = prefix_image_tokens + text_prefix, t_img + 2 + prior + text_suffix
         pre = _llm_flops(text, 0, prefix)
         post = _llm_flops(text, prefix, suffix) + 2 * text["hidden_size"]
         return post + (pre / c if use_cache else pre)
 
     per_image_proj = 2 * (embed_dim * proj_hidden + proj_hidden * num_tokens * text["hidden_size"])
-    full_llm, gut_llm = per_candidate(t_full), per_candidate(num_tokens)
+    full_llm = per_candidate(t_full, images * (t_full + 2))
+    gut_llm = per_candidate(num_tokens, pool + 2 if pooled else images * (num_tokens + 2))
     full = {"vision": vision * (1 + history / c), "llm": full_llm}
     gutted = {"projector": per_image_proj * (1 + history / c), "llm": gut_llm}
+    if pooled:  # keys of the H x k history tokens, m queries' scores and mixtures, once per user
+        hk, h = history * num_tokens, text["hidden_size"]
+        gutted["history_pool"] = (2 * hk * h * h + 4 * pool * hk * h) / c
     full_total, gut_total = sum(full.values()), sum(gutted.values())
     return {
         "model": name,

@@ -27,6 +27,7 @@ from models.rerank_head import (
     DEFAULT_CUE,
     DEFAULT_QUESTION,
     PRIOR_BUCKETS,
+    HistoryPool,
     ImageTokens,
     PromptScorer,
 )
@@ -51,6 +52,9 @@ class GuttedConfig:
     cache_min_candidates: int = 16
     prior_buckets: int = PRIOR_BUCKETS  # engagement-prior token per candidate (0 = none)
     history_summary: bool = True  # a user's history ends with the mean of its images' tokens
+    # 0: a user's history enters the prompt as its H x k soft tokens (and their mean);
+    # m > 0: a learned pool (rerank_head.HistoryPool) summarises them into m tokens instead
+    history_pool: int = 0
     seed: int = 0  # random init of a named base (LM), the projector and the prior
 
 
@@ -157,11 +161,16 @@ class GuttedReranker(PromptScorer):
             cfg.seed,
             encode_text(tokenizer, cfg.cue) if cfg.cue else (),
         )
+        if cfg.history_pool > 0:
+            with torch.random.fork_rng():
+                torch.manual_seed(cfg.seed + 1)
+                std = float(lm.embed_tokens.weight.detach().float().std())
+                self.history_pool = HistoryPool(cfg.history_pool, lm.config.hidden_size, std)
         for p in self.lm.parameters():
             p.requires_grad_(False)
 
     def stage1_parameters(self) -> list[nn.Parameter]:
-        """Parameters trained in stage 1: the projector and the prompt's prior."""
+        """Parameters trained in stage 1: the projector, the prompt's prior and history pool."""
         return list(self.projector.parameters()) + self.prompt_parameters()
 
     def check_features(self, feats: torch.Tensor, what: str = "features") -> None:
@@ -194,6 +203,8 @@ def build_gutted(cfg: GuttedConfig | None = None) -> GuttedReranker:
     cfg = cfg or GuttedConfig()
     if cfg.num_tokens < 1:
         raise ValueError(f"num_tokens (k) must be >= 1, got {cfg.num_tokens}")
+    if cfg.history_pool < 0:
+        raise ValueError(f"history_pool (m) must be >= 0, got {cfg.history_pool}")
     if cfg.embed_dim < 1:
         raise ValueError(f"embed_dim (d) must be >= 1, got {cfg.embed_dim}")
     if cfg.base in config_names():

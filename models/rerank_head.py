@@ -11,6 +11,8 @@ the prefix between its own vision markers, oldest first (`history_block`; users 
 images are left padded), followed (`history_summary`, on by default) by one summary image
 whose tokens are the mean of the history's tokens, so the question "is the candidate
 relevant to this image?" that the related-images task teaches applies to the whole history.
+A model with a `HistoryPool` (the gutted model's `history_pool` = m > 0) instead passes a
+learned summary: m tokens that attend over the history's H x k tokens, as one image.
 The KV cache of that prefix serves all the user's candidates.
 
 `prior` is one learned token per candidate: its engagement count in the train split, in log2
@@ -165,6 +167,34 @@ def history_summary(img: ImageTokens, present: torch.Tensor) -> ImageTokens:
     return ImageTokens(add(img.embeds), img.grid, deepstack)
 
 
+class HistoryPool(nn.Module):
+    """A learned summary of a history: m query tokens attend over the history's tokens (keys
+    from a learned projection plus a learned recency bias per image slot from the most
+    recent, values the tokens themselves), so the summary stays a mixture of the LM-space
+    tokens the model already reads. The key projection starts at zero: the untrained pool
+    is the plain mean of the present images' tokens plus the recency bias."""
+
+    SLOTS = 64  # recency slots; older images share the last one
+
+    def __init__(self, tokens: int, dim: int, std: float):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(tokens, dim) * std)
+        self.key = nn.Linear(dim, dim, bias=False)
+        nn.init.zeros_(self.key.weight)
+        self.recency = nn.Parameter(torch.zeros(tokens, self.SLOTS))
+
+    def forward(self, img: ImageTokens, present: torch.Tensor) -> ImageTokens:
+        """B*H images (row-major, `present` (B, H) bool) -> B pooled images of m tokens."""
+        b, h = present.shape
+        x = img.embeds.view(b, h * img.embeds.shape[1], -1)  # (B, H*k, D)
+        k = img.embeds.shape[1]
+        age = (h - 1 - torch.arange(h, device=x.device)).clamp(max=self.SLOTS - 1).repeat_interleave(k)
+        scores = torch.einsum("md,bld->bml", self.queries.to(x.dtype), self.key(x)) / x.shape[-1] ** 0.5
+        scores = scores + self.recency[:, age].to(x.dtype)
+        scores = scores.masked_fill(~present.repeat_interleave(k, 1)[:, None, :], float("-inf"))
+        return ImageTokens(torch.softmax(scores, dim=-1) @ x)  # (B, m, D)
+
+
 def history_block(img: ImageTokens, present: torch.Tensor, start_embed: torch.Tensor,
                   end_embed: torch.Tensor) -> Block:
     """Each row's present images as [vision_start] tokens [vision_end] runs, one after another.
@@ -301,6 +331,7 @@ class PromptScorer(nn.Module):
         self.register_buffer("cue_ids", torch.tensor(list(cue_ids), dtype=torch.long))
         self.register_buffer("marker_ids", torch.tensor([start_id, end_id], dtype=torch.long))
         self.prior = None
+        self.history_pool: HistoryPool | None = None  # set by a model that summarises histories
         if prior_buckets > 0:
             table = lm.embed_tokens.weight
             with torch.random.fork_rng():
@@ -309,8 +340,22 @@ class PromptScorer(nn.Module):
                 nn.init.normal_(self.prior.weight, std=float(table.detach().float().std()))
 
     def prompt_parameters(self) -> list[nn.Parameter]:
-        """Trained parameters of the prompt itself: the prior's embedding, when there is one."""
-        return [] if self.prior is None else list(self.prior.parameters())
+        """Trained parameters of the prompt itself: the prior's embedding and the history
+        pool, where the model has them."""
+        return [p for m in (self.prior, self.history_pool) if m is not None for p in m.parameters()]
+
+    def history_images(self, history: float) -> float:
+        """Images in the prefix for a query of `history` images (1: one query image): the
+        history, then its mean summary; one image (the pooled summary) with a history pool."""
+        if history > 1 and self.history_pool is not None:
+            return 1
+        return history + (history > 1 and self.cfg.history_summary)
+
+    def prefix_image_tokens(self, history: float) -> float:
+        """Tokens of the prefix's images, vision markers included."""
+        if history > 1 and self.history_pool is not None:
+            return self.history_pool.queries.shape[0] + 2
+        return self.history_images(history) * (self.tokens_per_image() + 2)
 
     def prior_tokens(self) -> int:
         """Tokens the engagement prior adds to each candidate's suffix (0 or 1)."""
@@ -334,6 +379,8 @@ class PromptScorer(nn.Module):
         start, end = self._markers()
         if history is None:
             prefix = image_block(q, start, end)  # (B, Tq+2)
+        elif self.history_pool is not None:
+            prefix = image_block(self.history_pool(q, history), start, end)  # (B, m+2)
         else:
             if self.cfg.history_summary:  # the mean of the history as one more image, the most recent
                 q = history_summary(q, history)

@@ -131,6 +131,9 @@ class RerankerRunConfig(dg.Config):
     # directory; the gutted model reads only its language-model tensors, the full VLM all of them
     base: str = GuttedConfig.base
     num_tokens: int = GuttedConfig.num_tokens
+    # the gutted model reads a user's history as its H x k soft tokens (0) or as m tokens a
+    # learned pool summarises them into (m > 0); bench/rerank_seeds.py --history-pool compares
+    history_pool: int = GuttedConfig.history_pool
     # The pipeline's budget, identical for both models, sized so `lensless demo` fits on 2 CPU
     # cores (the full VLM dominates); RerankerTrainConfig's 4+4 epochs are for longer runs.
     stage1_epochs: int = 2
@@ -206,7 +209,7 @@ def gutted_reranker(context: dg.AssetExecutionContext, config: RerankerRunConfig
     home = lensless_home.get()
     frame, emb = aligned_catalog(home)
     scorer = build_gutted(GuttedConfig(base=config.base, embed_dim=emb.shape[1], num_tokens=config.num_tokens,
-                                       seed=config.seed))
+                                       history_pool=config.history_pool, seed=config.seed))
     return _train(context, home, "gutted_reranker", scorer, emb, frame, config, HistoryConfig.length)
 
 

@@ -108,3 +108,22 @@ def test_sdpa_flops_count_grouped_query_keys_at_the_query_head_count():
 
     q, kv = (2, 4, 8, 32), (2, 2, 8, 32)  # 4 query heads share 2 key/value heads
     assert _sdpa_flop(q, kv, kv) == sdpa_flop_count(q, q, q) == 2 * 2 * 4 * 8 * 8 * 32 * 2
+
+
+@pytest.mark.parametrize("pool", [0, 3])
+def test_counted_flops_of_a_history_match_the_analytic_formula_with_or_without_a_pool(pool):
+    """A user of H = 6 history images: the gutted model's prefix is 6 images and their mean,
+    or with a history pool of m tokens, one image of m tokens (and the pool's own FLOPs)."""
+    from models.gutted_vlm import GuttedConfig
+
+    gutted = build_gutted(GuttedConfig(history_pool=pool))
+    g = torch.Generator().manual_seed(1)
+    hist, c = torch.randn(2, 6, 128, generator=g), torch.randn(2, 8, 128, generator=g)
+    present = torch.ones(2, 6, dtype=torch.bool)
+    a = analytic_flops("tiny", resolution=RES, gutted=gutted.cfg, question_tokens=len(gutted.question_ids),
+                       cue_tokens=len(gutted.cue_ids), candidates_per_query=8, history=6)
+    counted = flops_per_candidate(gutted, hist, c, history=present)
+    assert counted == pytest.approx(a["gutted_gflops"] * 1e9, rel=0.1)
+    prefix = (3 + 2) if pool else 7 * (4 + 2)
+    assert tokens_per_candidate(gutted, 8, history=6)["per_candidate_cache"] == pytest.approx(
+        (4 + 2) + 1 + 2 + (prefix + len(gutted.question_ids)) / 8)

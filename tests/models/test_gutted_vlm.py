@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import tempfile
 
 import pytest
 import torch
@@ -280,3 +281,45 @@ def test_the_history_summary_is_one_more_image_the_mean_of_the_present_ones():
         model.cfg.history_summary = False
         without = model.score(q, c, history=torch.ones(1, 3, dtype=torch.bool))
     assert not torch.allclose(with_summary, without)
+
+
+def test_a_history_pool_reads_a_history_as_m_learned_tokens():
+    """With `history_pool` = m the prefix is one image of m tokens, whatever the history's
+    length: the untrained pool is the mean of the present images' tokens; padding changes
+    nothing, the KV cache keeps the scores, the pool trains in stage 1 and survives a save."""
+    from models.train_reranker import load_reranker, save_reranker
+
+    model = build_gutted(GuttedConfig(history_pool=3)).eval()
+    assert set(model.history_pool.parameters()) <= set(model.stage1_parameters())
+    g = torch.Generator().manual_seed(5)
+    hist, c = torch.randn(2, 4, 128, generator=g), torch.randn(2, 5, 128, generator=g)
+    present = torch.tensor([[True, True, True, True], [False, False, True, True]])
+    with torch.no_grad():
+        tokens = model.encode(hist.reshape(8, 128))
+        pooled = model.history_pool(tokens, present).embeds  # (2, 3, H)
+        mean = tokens.embeds.view(2, 4, 4, -1)[1, 2:].reshape(-1, tokens.embeds.shape[-1]).mean(0)
+        torch.testing.assert_close(pooled[1], mean.expand(3, -1))
+        both = model.score(hist, c, history=present, use_cache=False)
+        cached = model.score(hist, c, history=present, use_cache=True)
+        alone = model.score(hist[1:, 2:], c[1:], history=present[1:, 2:], use_cache=False)
+    torch.testing.assert_close(both, cached, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
+    assert model.history_images(20) == 1 and model.prefix_image_tokens(20) == 3 + 2
+    assert model.prefix_image_tokens(1) == model.cfg.num_tokens + 2  # related images: unchanged
+
+    with torch.no_grad():  # a trained pool weighs tokens unequally, and the scores follow
+        model.history_pool.key.weight.normal_(generator=g)
+        model.history_pool.recency.normal_(generator=g)
+        trained = model.score(hist, c, history=present)
+        assert not torch.allclose(trained, both)
+        assert not torch.allclose(model.history_pool(tokens, present).embeds[1, 0], mean)
+    with tempfile.TemporaryDirectory() as d:
+        save_reranker(model, d)
+        again = load_reranker(d).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.score(hist, c, history=present), trained)
+
+
+def test_a_negative_history_pool_is_refused():
+    with pytest.raises(ValueError, match="history_pool"):
+        build_gutted(GuttedConfig(history_pool=-1))
