@@ -344,18 +344,14 @@ class PromptScorer(nn.Module):
         pool, where the model has them."""
         return [p for m in (self.prior, self.history_pool) if m is not None for p in m.parameters()]
 
-    def history_images(self, history: float) -> float:
-        """Images in the prefix for a query of `history` images (1: one query image): the
-        history, then its mean summary; one image (the pooled summary) with a history pool."""
-        if history > 1 and self.history_pool is not None:
-            return 1
-        return history + (history > 1 and self.cfg.history_summary)
-
     def prefix_image_tokens(self, history: float) -> float:
-        """Tokens of the prefix's images, vision markers included."""
+        """Tokens of the prefix's images, vision markers included, for a query of `history`
+        images (1: one query image): the history and its mean summary image, or with a
+        history pool one image of the pool's m tokens."""
         if history > 1 and self.history_pool is not None:
             return self.history_pool.queries.shape[0] + 2
-        return self.history_images(history) * (self.tokens_per_image() + 2)
+        images = history + (history > 1 and self.cfg.history_summary)
+        return images * (self.tokens_per_image() + 2)
 
     def prior_tokens(self) -> int:
         """Tokens the engagement prior adds to each candidate's suffix (0 or 1)."""

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO
 
 from upath import UPath
 
@@ -69,22 +70,8 @@ def step_lock(home: Home, holder: str, wait: bool = True) -> Iterator[None]:
         with _object_shared(home, holder, wait):
             yield
         return
-    path = home.local_dir(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            current = f.read().strip() or "another lensless command"
-            if not wait:
-                raise LockBusy(f"{home.root} is being written by {current}") from None
-            _say_waiting(home, holder, current)
-            fcntl.flock(f, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with _flock(home, fcntl.LOCK_SH, holder, wait):
+        yield
 
 
 @contextmanager
@@ -93,25 +80,37 @@ def _exclusive(home: Home, holder: str, command: str) -> Iterator[None]:
         with _object_lock(home, holder, command):
             yield
         return
-    path = home.local_dir(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            current = f.read().strip() or "the steps of a Dagster run"  # shared holders leave no name
-            _say_waiting(home, f"lensless {command}", current)
-            fcntl.flock(f, fcntl.LOCK_EX)
+    with _flock(home, fcntl.LOCK_EX, f"lensless {command}") as f:
         f.seek(0)
         f.truncate()
-        f.write(holder)
+        f.write(holder)  # shared holders leave no name: there may be several
         f.flush()
         try:
             yield
         finally:
             f.seek(0)
             f.truncate()
+
+
+@contextmanager
+def _flock(home: Home, mode: int, who: str, wait: bool = True) -> Iterator[IO[str]]:
+    """`flock` `<home>/.lock` in `mode` (LOCK_SH or LOCK_EX) and yield the open file; when it
+    is held, wait saying by whom (`who` is the waiter), or with `wait` False raise `LockBusy`."""
+    path = home.local_dir(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            current = f.read().strip() or "another lensless command or Dagster run"  # steps leave no name
+            if not wait:
+                raise LockBusy(f"{home.root} is being written by {current}") from None
+            _say_waiting(home, who, current)
+            fcntl.flock(f, mode)
+        try:
+            yield f
+        finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

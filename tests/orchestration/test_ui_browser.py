@@ -47,6 +47,17 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 180) -> Non
     raise TimeoutError(f"dagster dev not healthy on port {port} after {timeout}s")
 
 
+def finished_status(client, run_id: str, timeout: float = 240) -> str | None:
+    """The run's status once it has ended (None when it has not after `timeout` seconds)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = client.get_run_status(run_id).value
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            return status
+        time.sleep(2)
+    return None
+
+
 def chromium(*args: str, timeout: float = 120) -> str:
     with_profile = [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={os.environ['CHROME_PROFILE']}", *args]
     return subprocess.run(with_profile, capture_output=True, text=True, timeout=timeout).stdout
@@ -101,12 +112,7 @@ def test_ui_materialise_and_asset_graph(dagster_dev, tmp_path):
         "ingest_job", tags={"dagster/partition": batch},
         run_config={"ops": {"raw_images": {"config": {"size": 32}}}},
         asset_selection=["raw_images"])
-    deadline, status = time.time() + 240, None
-    while time.time() < deadline:
-        status = client.get_run_status(run_id).value
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        time.sleep(2)
+    status = finished_status(client, run_id)
     assert status == "SUCCESS", f"run {run_id} ended {status}"
 
     # The global lineage collapses groups; each group's page draws its assets by name.
@@ -207,12 +213,7 @@ def test_a_command_line_run_is_reexecuted_from_the_ui(dagster_dev, tmp_path):
     launched = client._execute(REEXECUTE, {"parentRunId": parent.run_id})["launchPipelineReexecution"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
-    deadline, status = time.time() + 240, None
-    while time.time() < deadline:
-        status = client.get_run_status(run_id).value
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        time.sleep(2)
+    status = finished_status(client, run_id)
     assert status == "SUCCESS", f"re-execution {run_id} of {parent.run_id} ended {status}"
     child = DagsterInstance.get().get_run_by_id(run_id)
     assert child.parent_run_id == parent.run_id and child.tags["dagster/partition"] == parent.tags["dagster/partition"]
