@@ -13,8 +13,10 @@ pipeline's own model when the pipeline trained on the CPU (the bench always does
     python bench/rerank_seeds.py --lake .lensless --seeds 0,1,2,3,4   # ~2 min per seed, 2 cores
     python bench/rerank_seeds.py --lake .lensless --model full_vlm --seeds 0,1,2   # ~5 min per seed
 
-`--train-groups`, `--stage1-epochs`, `--stage2-epochs` and `--evals-per-epoch` override the
-budget (default: the pipeline's), to see whether more data or more passes would pay.
+`--train-groups`, `--user-train-groups`, `--stage1-epochs`, `--stage2-epochs`,
+`--evals-per-epoch`, `--lr`, `--lora-lr` and `--lora-targets` override the budget and the
+optimiser (default: the pipeline's), to see whether more data, more passes or more capacity
+would pay; `--no-similarity` trains without the similarity token (ablation).
 `--history-pool M` reads a user's history through a learned pool of M tokens instead of its
 H x k soft tokens (gutted only); each row then also gives the user task's counted FLOPs and
 prompt tokens per candidate, so the two ways of reading a history compare on quality and cost:
@@ -46,10 +48,16 @@ def main(argv=None) -> dict:
                     help="which reranker to retrain: ours on embeddings, the baseline on pixels, or the non-LLM peer")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-groups", type=int, help="related-images training groups (default: the pipeline's)")
+    ap.add_argument("--user-train-groups", type=int, help="for-a-user training groups (default: the pipeline's)")
+    ap.add_argument("--lora-targets", help="comma-separated LM linear names LoRA adapts (default: the pipeline's)")
+    ap.add_argument("--lr", type=float, help="projector learning rate (default: RerankerTrainConfig's)")
+    ap.add_argument("--lora-lr", type=float, help="LoRA learning rate (default: RerankerTrainConfig's)")
     ap.add_argument("--stage1-epochs", type=int, help="projector-only epochs (default: the pipeline's)")
     ap.add_argument("--stage2-epochs", type=int, help="LoRA + projector epochs (default: the pipeline's)")
     ap.add_argument("--evals-per-epoch", type=int, default=1, help="validation evaluations per epoch")
     ap.add_argument("--no-prior", action="store_true", help="train and score without the engagement prior (ablation)")
+    ap.add_argument("--no-similarity", action="store_true",
+                    help="gutted and full VLM: train and score without the similarity token (ablation)")
     ap.add_argument("--history-pool", type=int, default=0,
                     help="gutted: read a history as M learned pooled tokens (0: its H x k soft tokens)")
     args = ap.parse_args(argv)
@@ -78,6 +86,7 @@ def main(argv=None) -> dict:
     frame, ids, emb, q_rows, c_rows, rel = (inp[k] for k in ("frame", "ids", "emb", "query_rows", "cand_rows", "relevant"))
     budget = RerankerRunConfig()
     budget = budget.model_copy(update={k: v for k, v in (("max_train_groups", args.train_groups),
+                                                         ("max_user_train_groups", args.user_train_groups),
                                                          ("stage1_epochs", args.stage1_epochs),
                                                          ("stage2_epochs", args.stage2_epochs)) if v is not None})
     history = budget.full_vlm_history if args.model == "full_vlm" else HistoryConfig.length
@@ -105,10 +114,12 @@ def main(argv=None) -> dict:
     def build(seed: int):
         if args.model == "gutted":
             return build_gutted(GuttedConfig(base=budget.base, embed_dim=emb.shape[1], num_tokens=budget.num_tokens,
-                                             prior_buckets=buckets, history_pool=args.history_pool, seed=seed))
+                                             prior_buckets=buckets, history_pool=args.history_pool,
+                                             similarity_token=not args.no_similarity, seed=seed))
         if args.model == "sequential":
             return build_sequential(SequentialConfig(embed_dim=emb.shape[1], prior_buckets=buckets, seed=seed))
-        return build_full_vlm(FullVLMConfig(base=budget.base, prior_buckets=buckets, seed=seed))
+        return build_full_vlm(FullVLMConfig(base=budget.base, prior_buckets=buckets,
+                                            similarity_token=not args.no_similarity, seed=seed))
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -117,7 +128,9 @@ def main(argv=None) -> dict:
         stages = ((budget.stage1_epochs + budget.stage2_epochs, 0) if args.model == "sequential"
                   else (budget.stage1_epochs, budget.stage2_epochs))
         cfg = RerankerTrainConfig(stage1_epochs=stages[0], stage2_epochs=stages[1], seed=seed, device="cpu",
-                                  evals_per_epoch=args.evals_per_epoch)
+                                  evals_per_epoch=args.evals_per_epoch,
+                                  **({"lora_targets": tuple(args.lora_targets.split(","))} if args.lora_targets else {}),
+                                  **{k: v for k, v in (("lr", args.lr), ("lora_lr", args.lora_lr)) if v is not None})
         metrics = train_reranker(model, features, train, val, cfg, prior=prior, queries=queries)
         ndcg = {"images": list_metrics(ranked_ids(ids, c_rows, score_candidates(model, features, q_rows, c_rows,
                                                                                  prior=prior)), rel)["ndcg_at_10"],
@@ -139,6 +152,7 @@ def main(argv=None) -> dict:
         rows.append(row)
         print(args.model, json.dumps(row), flush=True)
     result = {"lake": str(home.root), "model": args.model, "prior": not args.no_prior,
+              "similarity": not args.no_similarity,
               "history_pool": args.history_pool, "queries": len(q_rows),
               "test_users": users.height, "seeds": len(rows), "train_groups": len(train),
               "stage_epochs": [budget.stage1_epochs, budget.stage2_epochs], "per_seed": rows}

@@ -16,8 +16,9 @@ Analytic (`analytic_flops`, `cost_rows`), forward FLOPs = 2 × multiply-accumula
   2·H·(nq·hd + 2·nkv·hd) [q, k, v] + 2·nq·hd·H [o] + 6·H·I [gated MLP] + 4·nq·hd·(t + 1)
   [scores and values over t + 1 keys]. The yes−no head adds 2·H.
 - Prompt: prefix = T_img + 2 + q tokens (query image between vision markers, question),
-  suffix = T_img + 2 + p + a tokens (candidate image, markers, p = 1 engagement-prior token
-  when the model has one, the answer cue). With the KV cache the prefix runs once per query,
+  suffix = T_img + 2 + p + a tokens (candidate image, markers, p = 0 to 2 per-candidate
+  tokens: the engagement prior's and the similarity token, where the model has them; the
+  answer cue). With the KV cache the prefix runs once per query,
   so a candidate costs suffix + prefix / C; without it, prefix + suffix.
 - Vision tower per image of R px: N = (R / p)^2 patches, T_img = N / m^2 LLM tokens;
   patch embed 2·N·(3·tp·p^2)·Hv; per block 2·N·4·Hv^2 + 4·N·Hv·Iv + 4·N^2·Hv; each of the
@@ -104,7 +105,7 @@ def tokens_per_candidate(scorer, candidates_per_query: int = CANDIDATES, history
         return {"image_tokens": 0, "prompt_tokens": 0, "per_candidate_nocache": 0, "per_candidate_cache": 0}
     text_prefix, text_suffix = scorer.text_tokens()
     prefix = scorer.prefix_image_tokens(history) + text_prefix
-    suffix = t_img + 2 + scorer.prior_tokens() + text_suffix
+    suffix = t_img + 2 + scorer.suffix_tokens() + text_suffix
     return {
         "image_tokens": t_img,
         "prompt_tokens": prefix + suffix,
@@ -206,7 +207,8 @@ def analytic_flops(
     pooled tokens."""
     gutted = gutted or GuttedConfig()
     num_tokens, embed_dim, proj_hidden = gutted.num_tokens, gutted.embed_dim, gutted.proj_hidden
-    prior = int(gutted.prior_buckets > 0)  # both models read the same prior token
+    # both models read the same per-candidate tokens: the prior's and the similarity token
+    extra = int(gutted.prior_buckets > 0) + int(gutted.similarity_token)
     if num_tokens < 1:
         raise ValueError(f"num_tokens (k) must be >= 1, got {num_tokens}")
     dims = config_dims(name)
@@ -219,7 +221,7 @@ def analytic_flops(
 
     def per_candidate(t_img: int, prefix_image_tokens: float) -> float:
         text_prefix, text_suffix = (question_tokens, cue_tokens) if cue_tokens else (0, question_tokens)
-        prefix, suffix = prefix_image_tokens + text_prefix, t_img + 2 + prior + text_suffix
+        prefix, suffix = prefix_image_tokens + text_prefix, t_img + 2 + extra + text_suffix
         pre = _llm_flops(text, 0, prefix)
         post = _llm_flops(text, prefix, suffix) + 2 * text["hidden_size"]
         return post + (pre / c if use_cache else pre)

@@ -51,6 +51,8 @@ class FullVLMConfig:
     use_kv_cache: bool = True  # run the long query prefix once per query, not once per candidate
     cache_min_candidates: int = 2  # the long prefix pays from 2 candidates
     prior_buckets: int = PRIOR_BUCKETS  # engagement-prior token per candidate (0 = none)
+    # a token per candidate from its best and mean cosine to the query's images (False = none)
+    similarity_token: bool = True
     history_summary: bool = True  # a user's history ends with the mean of its images' tokens
     seed: int = 0  # random init of a named base and of the prior
 
@@ -119,6 +121,7 @@ class FullVLMReranker(PromptScorer):
             cfg.prior_buckets,
             cfg.seed,
             encode_text(tokenizer, cfg.cue) if cfg.cue else (),
+            cfg.similarity_token,
         )
         for p in self.vlm.parameters():
             p.requires_grad_(False)
@@ -137,6 +140,11 @@ class FullVLMReranker(PromptScorer):
     def grid(self) -> int:
         """Merged grid side: LLM tokens per image = grid()^2."""
         return self.cfg.resolution // (self.patch * self.merge)
+
+    def similarity_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """What the similarity token's cosines compare: the frozen vision tower's states,
+        averaged over the image's patches (before the trained mergers)."""
+        return self.prepare_features(feats)[:, 0].mean(1)  # (N, Hv)
 
     def tokens_per_image(self) -> int:
         """LLM tokens one image costs (merged patches, without the two vision markers)."""

@@ -51,6 +51,8 @@ class GuttedConfig:
     # The short prefix pays in time only with enough candidates per query; below this, no cache.
     cache_min_candidates: int = 16
     prior_buckets: int = PRIOR_BUCKETS  # engagement-prior token per candidate (0 = none)
+    # a token per candidate from its best and mean cosine to the query's images (False = none)
+    similarity_token: bool = True
     history_summary: bool = True  # a user's history ends with the mean of its images' tokens
     # 0: a user's history enters the prompt as its H x k soft tokens (and their mean);
     # m > 0: a learned pool (rerank_head.HistoryPool) summarises them into m tokens instead
@@ -160,6 +162,7 @@ class GuttedReranker(PromptScorer):
             cfg.prior_buckets,
             cfg.seed,
             encode_text(tokenizer, cfg.cue) if cfg.cue else (),
+            cfg.similarity_token,
         )
         if cfg.history_pool > 0:
             with torch.random.fork_rng():
@@ -185,6 +188,10 @@ class GuttedReranker(PromptScorer):
         """Embeddings (N, d) -> k soft tokens (N, k, H)."""
         self.check_features(feats)
         return ImageTokens(self.projector(feats.to(next(self.projector.parameters()).dtype)))
+
+    def similarity_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """What the similarity token's cosines compare: our embeddings, as they are."""
+        return feats
 
     def tokens_per_image(self) -> int:
         """LLM tokens one image costs (soft tokens, without the two vision markers)."""

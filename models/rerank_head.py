@@ -2,9 +2,9 @@
 
 Both models turn an image into a run of LLM-space tokens (k projected soft tokens for the
 gutted model, the vision tower's merged patch tokens for the full VLM) and feed the same
-Qwen3-VL language model the same prompt:
+Qwen3-VL language model the same prompt, a prefix per query and a suffix per candidate:
 
-    [vision_start] query tokens [vision_end] [vision_start] candidate tokens [vision_end] prior question
+    [vision_start] query tokens [vision_end] question | [vision_start] candidate tokens [vision_end] prior similarity cue
 
 For the "for a user" task the query is a history: each of the user's H past images enters
 the prefix between its own vision markers, oldest first (`history_block`; users with fewer
@@ -17,7 +17,11 @@ The KV cache of that prefix serves all the user's candidates.
 
 `prior` is one learned token per candidate: its engagement count in the train split, in log2
 buckets (`prior_bucket`), so both rerankers read the same behavioural signal beside the
-images (none when the model's `prior_buckets` is 0).
+images (none when the model's `prior_buckets` is 0). `similarity` is one token per candidate
+projected from its best and mean cosine to the query's images (`candidate_similarity`), each
+model comparing its own untrained view of the images (`similarity_features`: our embeddings
+for the gutted model, the frozen vision tower's states for the full VLM): retrieval's own
+signal, which a language model otherwise has to learn to compute across the prompt.
 
 The score is `h_last · (w_yes − w_no)`, the yes−no logit difference computed from the last
 position only, so full-vocabulary logits are never materialised. Sequences are left padded
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
@@ -44,6 +49,7 @@ from transformers.cache_utils import DynamicCache
 DEFAULT_QUESTION = "Is the second image relevant to the first?"
 DEFAULT_CUE = " Answer:"
 PRIOR_BUCKETS = 16  # engagement buckets: 0, 1, 2-3, 4-7, ... up to 2^14 and more
+SIMILARITIES = ("best", "mean")  # what the similarity token reads: a candidate's cosines to the query
 
 
 def prior_bucket(counts, buckets: int = PRIOR_BUCKETS) -> np.ndarray:
@@ -322,7 +328,7 @@ class PromptScorer(nn.Module):
     kind = "base"
 
     def _init_prompt(self, lm, head_rows: torch.Tensor, question_ids, start_id: int, end_id: int,
-                     prior_buckets: int = 0, seed: int = 0, cue_ids=()):
+                     prior_buckets: int = 0, seed: int = 0, cue_ids=(), similarity: bool = False):
         # head_rows: (2, H) output-embedding rows of " yes" and " no"; frozen buffers.
         # cue_ids empty: the layout of checkpoints from before the cue, the whole question
         # after every candidate.
@@ -330,19 +336,26 @@ class PromptScorer(nn.Module):
         self.register_buffer("question_ids", torch.tensor(question_ids, dtype=torch.long))
         self.register_buffer("cue_ids", torch.tensor(list(cue_ids), dtype=torch.long))
         self.register_buffer("marker_ids", torch.tensor([start_id, end_id], dtype=torch.long))
-        self.prior = None
+        self.prior = self.similarity = None
         self.history_pool: HistoryPool | None = None  # set by a model that summarises histories
+        table = lm.embed_tokens.weight
+        std = float(table.detach().float().std())
         if prior_buckets > 0:
-            table = lm.embed_tokens.weight
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
                 self.prior = nn.Embedding(prior_buckets, table.shape[1], dtype=table.dtype)
-                nn.init.normal_(self.prior.weight, std=float(table.detach().float().std()))
+                nn.init.normal_(self.prior.weight, std=std)
+        if similarity:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed + 2)
+                self.similarity = nn.Linear(len(SIMILARITIES), table.shape[1], dtype=table.dtype)
+                nn.init.normal_(self.similarity.weight, std=std)
+                nn.init.normal_(self.similarity.bias, std=std)
 
     def prompt_parameters(self) -> list[nn.Parameter]:
-        """Trained parameters of the prompt itself: the prior's embedding and the history
-        pool, where the model has them."""
-        return [p for m in (self.prior, self.history_pool) if m is not None for p in m.parameters()]
+        """Trained parameters of the prompt itself: the prior's embedding, the similarity
+        token's projection and the history pool, where the model has them."""
+        return [p for m in (self.prior, self.similarity, self.history_pool) if m is not None for p in m.parameters()]
 
     def prefix_image_tokens(self, history: float) -> float:
         """Tokens of the prefix's images, vision markers included, for a query of `history`
@@ -353,9 +366,29 @@ class PromptScorer(nn.Module):
         images = history + (history > 1 and self.cfg.history_summary)
         return images * (self.tokens_per_image() + 2)
 
-    def prior_tokens(self) -> int:
-        """Tokens the engagement prior adds to each candidate's suffix (0 or 1)."""
-        return int(self.prior is not None)
+    def suffix_tokens(self) -> int:
+        """Tokens each candidate's suffix holds beside its image and the cue: the engagement
+        prior's and the similarity token (0 to 2)."""
+        return int(self.prior is not None) + int(self.similarity is not None)
+
+    def similarity_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """(N, D) vectors whose cosines the similarity token reads: the model's own view of
+        each image, before anything trained (a subclass says which)."""
+        raise NotImplementedError
+
+    def candidate_similarity(self, query_feats: torch.Tensor, cand_feats: torch.Tensor, b: int,
+                             history: torch.Tensor | None) -> torch.Tensor:
+        """(B*C, 2) [best, mean] cosine of each candidate to the query's present images (one
+        image: both are its cosine), from `similarity_features`; B*H (or B) queries, B*C
+        candidates, row-major."""
+        q = F.normalize(self.similarity_features(query_feats).float(), dim=-1)
+        q = q.view(b, -1, q.shape[-1])  # (B, H, D)
+        c = F.normalize(self.similarity_features(cand_feats).float(), dim=-1).view(b, -1, q.shape[-1])
+        present = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device) if history is None else history
+        cos = torch.einsum("bcd,bhd->bch", c, q)  # (B, C, H)
+        best = cos.masked_fill(~present[:, None], -2.0).max(-1).values
+        mean = (cos * present[:, None]).sum(-1) / present.sum(1).clamp(min=1)[:, None]
+        return torch.stack([best, mean], dim=-1).flatten(0, 1)  # (B*C, 2)
 
     def text_tokens(self) -> tuple[int, int]:
         """Text tokens of the prompt in the prefix (once per query) and in each candidate's suffix."""
@@ -367,10 +400,12 @@ class PromptScorer(nn.Module):
         return emb[0:1], emb[1:2]
 
     def prompt_blocks(self, q: ImageTokens, c: ImageTokens, prior: torch.Tensor | None = None,
-                      history: torch.Tensor | None = None) -> tuple[Block, Block]:
+                      history: torch.Tensor | None = None,
+                      similarity: torch.Tensor | None = None) -> tuple[Block, Block]:
         """Prefix (one row per query: the query or history, then the question) and suffix (one row
-        per candidate: its image, its prior, the cue) of the prompt;
-        `prior` (B*C,) holds the candidates' engagement buckets (None: bucket 0, unknown).
+        per candidate: its image, its prior, its similarity, the cue) of the prompt;
+        `prior` (B*C,) holds the candidates' engagement buckets (None: bucket 0, unknown) and
+        `similarity` (B*C, 2) their `candidate_similarity` (required when the model reads it).
         With `history` (B, H) bool, `q` holds B*H history images and says which are real."""
         start, end = self._markers()
         if history is None:
@@ -388,6 +423,11 @@ class PromptScorer(nn.Module):
             buckets = torch.zeros(n, dtype=torch.long) if prior is None else prior.reshape(n).long()
             buckets = buckets.clamp(0, self.prior.num_embeddings - 1).to(cand.embeds.device)
             cand = concat(cand, token_block(self.prior(buckets)[:, None, :]))  # (B*C, Tc+3)
+        if self.similarity is not None:
+            if similarity is None:
+                raise ValueError("this model reads a similarity token: pass each candidate's similarity")
+            sim = self.similarity(similarity.to(cand.embeds.device, self.similarity.weight.dtype))
+            cand = concat(cand, token_block(sim[:, None, :]))  # (B*C, Tc+2+prior+1)
         question = self.lm.embed_tokens(self.question_ids)
         if len(self.cue_ids):
             prefix = concat(prefix, text_block(question, prefix.embeds.shape[0]))
@@ -404,12 +444,16 @@ class PromptScorer(nn.Module):
         b, c = cand_feats.shape[:2]
         if history is not None:
             query_feats = query_feats.reshape(-1, *query_feats.shape[2:])  # (B*H, ...)
-            history = history.reshape(b, -1).bool()
-        q = self.encode(query_feats)
-        cand = self.encode(cand_feats.reshape(b * c, *cand_feats.shape[2:]))
+            history = history.reshape(b, -1).bool().to(query_feats.device)
+        cand_feats = cand_feats.reshape(b * c, *cand_feats.shape[2:])
+        prepare = getattr(self, "prepare_features", None)  # frozen work, once for both uses below
+        if prepare is not None:
+            query_feats, cand_feats = prepare(query_feats), prepare(cand_feats)
+        sim = None if self.similarity is None else self.candidate_similarity(query_feats, cand_feats, b, history)
+        q, cand = self.encode(query_feats), self.encode(cand_feats)
         if use_cache is None:
             use_cache = self.uses_cache(c, 1 if history is None else int(history.sum(1).max()))
-        return self.score_tokens(q, cand, c, use_cache, prior, history)
+        return self.score_tokens(q, cand, c, use_cache, prior, history, sim)
 
     def uses_cache(self, n_cand: int, prefix_images: int = 1) -> bool:
         """Whether scoring `n_cand` candidates per query reuses the query prefix (KV cache):
@@ -419,11 +463,12 @@ class PromptScorer(nn.Module):
         return bool(self.cfg.use_kv_cache) and n_cand >= least
 
     def score_tokens(self, q: ImageTokens, c: ImageTokens, n_cand: int, use_cache: bool,
-                     prior: torch.Tensor | None = None, history: torch.Tensor | None = None):
+                     prior: torch.Tensor | None = None, history: torch.Tensor | None = None,
+                     similarity: torch.Tensor | None = None):
         """Scores (B, C) of B queries against B*C candidate images (row-major), with the
         candidates' engagement buckets `prior` (B, C); a query is one image, or with
         `history` (B, H) bool, H images of which the present ones form the prefix."""
-        prefix, suffix = self.prompt_blocks(q, c, prior, history)
+        prefix, suffix = self.prompt_blocks(q, c, prior, history, similarity)
         b = prefix.embeds.shape[0]
         if use_cache:
             cache = DynamicCache(config=self.lm.config)

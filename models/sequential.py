@@ -67,7 +67,8 @@ class SequentialRecommender(nn.Module):
         """No language-model tokens: the peer has no LLM."""
         return 0
 
-    def prior_tokens(self) -> int:
+    def suffix_tokens(self) -> int:
+        """No language-model tokens: the peer has no LLM."""
         return 0
 
     def user(self, hist: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ The loss is listwise softmax cross-entropy with the candidate order shuffled per
 the positive's column carries no signal. Stage 1 trains the projector only; stage 2 injects
 LoRA (peft) into the language model and trains it with the projector. Each stage stops early
 when validation NDCG@10 has not improved for `patience` evaluations; the best state wins.
+With both tasks in the val groups, validation NDCG@10 is the mean of the two tasks' means
+(`task_balanced`), so the selected state serves users as well as related images.
 Training runs on `cfg.device` ("auto": the GPU when torch sees one); the scorer goes back to
 the device it came on afterwards, so callers never branch on hardware.
 
@@ -128,6 +130,14 @@ def evaluate(scorer, features, groups, batch: int = 16, k: int = 10, prior=None,
     return {"ndcg": float(ndcg.mean()), "per_group": ndcg, "scores": scores}
 
 
+def task_balanced(per_group: np.ndarray, is_user: np.ndarray | None) -> float:
+    """Validation NDCG@10 with each task weighing the same: the mean over tasks of the task's
+    mean, so a model is selected for both tasks whatever their share of the val groups."""
+    if is_user is None or is_user.all() or not is_user.any():
+        return float(per_group.mean())
+    return float((per_group[is_user].mean() + per_group[~is_user].mean()) / 2)
+
+
 def _train_step(scorer, feats, g: torch.Tensor, gen, opt, params, clip: float, prior=None, queries=None) -> float:
     """One listwise step on groups g (B, 1 + C); candidate order shuffled per group."""
     cands = g[:, 1:]  # (B, C), positive in column 0
@@ -179,7 +189,13 @@ def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen
     Returns (untrained val NDCG@10, best {ndcg, stage, step, state}, loss curve, val curve, steps)."""
     step, curve_loss, curve_val = 0, [], []
     t0 = last_emit = time.perf_counter()
-    first = evaluate(scorer, feats, val_groups, cfg.eval_batch, prior=prior, queries=queries)["ndcg"]
+    val_kind = None if queries is None else (queries[val_groups[:, 0]] >= 0).sum(1) > 1  # True: a user
+
+    def validate() -> float:
+        per_group = evaluate(scorer, feats, val_groups, cfg.eval_batch, prior=prior, queries=queries)["per_group"]
+        return task_balanced(per_group, val_kind)
+
+    first = validate()
     best = {"ndcg": first, "stage": 0, "step": 0, "state": trained_state(scorer)}
     curve_val.append({"stage": 0, "step": 0, "val_ndcg10": first})
     log.info("untrained val NDCG@10 %.4f", first)
@@ -210,7 +226,7 @@ def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen
                         last_emit = time.perf_counter()
                         emit({"event": "step", **where, "loss": loss, "elapsed": last_emit - t0})
                     continue
-                val = evaluate(scorer, feats, val_groups, cfg.eval_batch, prior=prior, queries=queries)["ndcg"]
+                val = validate()
                 mean_loss = float(np.mean([c["loss"] for c in curve_loss[-n_batches:]]))
                 curve_val.append({"stage": stage, "step": step, "val_ndcg10": val})
                 last_emit = time.perf_counter()
@@ -334,8 +350,9 @@ def load_reranker(directory):
             f"checkpoint {directory} has kind {config.get('kind')!r}; valid: {', '.join(RERANKERS)}"
         )
     cfg_cls, build = RERANKERS[config["kind"]]
-    # fields a checkpoint saved before them lacks: no prior; the question after the candidate
-    legacy = {k: v for k, v in {"prior_buckets": 0, "cue": ""}.items()
+    # fields a checkpoint saved before them lacks: no prior; the question after the candidate;
+    # no similarity token
+    legacy = {k: v for k, v in {"prior_buckets": 0, "cue": "", "similarity_token": False}.items()
               if k in {f.name for f in dataclasses.fields(cfg_cls)}}
     cfg = cfg_cls(**{**legacy, **config["model"]})
     want = extra.get("base")

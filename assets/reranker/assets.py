@@ -196,7 +196,7 @@ RERANKER_ASSET = {"group_name": "reranker", "kinds": {"pytorch", "safetensors"},
                   "pool": TRAIN_POOL, "op_tags": GPU_STEP_TAGS}
 
 
-@dg.asset(code_version="gutted_reranker-v4", **RERANKER_ASSET)
+@dg.asset(code_version="gutted_reranker-v5", **RERANKER_ASSET)
 def gutted_reranker(context: dg.AssetExecutionContext, config: RerankerRunConfig,
                     lensless_home: LenslessHome) -> dg.MaterializeResult:
     """Qwen3-VL without its vision tower, reading our embeddings as k soft tokens, and each
@@ -213,7 +213,7 @@ def gutted_reranker(context: dg.AssetExecutionContext, config: RerankerRunConfig
     return _train(context, home, "gutted_reranker", scorer, emb, frame, config, HistoryConfig.length)
 
 
-@dg.asset(code_version="full_vlm_reranker-v4", **RERANKER_ASSET)
+@dg.asset(code_version="full_vlm_reranker-v5", **RERANKER_ASSET)
 def full_vlm_reranker(context: dg.AssetExecutionContext, config: RerankerRunConfig,
                       lensless_home: LenslessHome) -> dg.MaterializeResult:
     """The baseline: the same Qwen3-VL with its vision tower, reading pixels (224 px, 49 tokens).

@@ -53,10 +53,10 @@ def test_tokens_and_timing(models):
     gutted, full = models
     (q, c), _ = _inputs()
     t = tokens_per_candidate(gutted, candidates_per_query=4)
-    assert gutted.prior_tokens() == 1  # the engagement prior's token, in the suffix
-    assert t["image_tokens"] == 4 and t["prompt_tokens"] == 2 * (4 + 2) + 1 + len(gutted.question_ids) + 2
+    assert gutted.suffix_tokens() == 2  # the engagement prior's and the similarity token
+    assert t["image_tokens"] == 4 and t["prompt_tokens"] == 2 * (4 + 2) + 2 + len(gutted.question_ids) + 2
     # the question is in the prefix, read once per query; each candidate pays only the 2-token cue
-    assert t["per_candidate_cache"] == (4 + 2) + 1 + 2 + (4 + 2 + len(gutted.question_ids)) / 4
+    assert t["per_candidate_cache"] == (4 + 2) + 2 + 2 + (4 + 2 + len(gutted.question_ids)) / 4
     assert tokens_per_candidate(full)["image_tokens"] == (RES // 32) ** 2
     assert ms_per_1k_candidates(gutted, q, c, repeats=1, warmup=0) > 0
 
@@ -126,4 +126,4 @@ def test_counted_flops_of_a_history_match_the_analytic_formula_with_or_without_a
     assert counted == pytest.approx(a["gutted_gflops"] * 1e9, rel=0.1)
     prefix = (3 + 2) if pool else 7 * (4 + 2)
     assert tokens_per_candidate(gutted, 8, history=6)["per_candidate_cache"] == pytest.approx(
-        (4 + 2) + 1 + 2 + (prefix + len(gutted.question_ids)) / 8)
+        (4 + 2) + 2 + 2 + (prefix + len(gutted.question_ids)) / 8)  # image, prior + similarity, cue

@@ -47,8 +47,9 @@ def test_forward_shape_tokens_and_no_nan(model):
 
 def test_score_equals_hf_forward_yes_no_logits(tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "tiny", seed=2)
-    # without the engagement prior, whose token the HF processor path has no place for
-    model = build_full_vlm(FullVLMConfig(base=str(ckpt), resolution=RES, prior_buckets=0))
+    # without the engagement prior and the similarity token, which the HF processor path
+    # has no place for
+    model = build_full_vlm(FullVLMConfig(base=str(ckpt), resolution=RES, prior_buckets=0, similarity_token=False))
     cfg = model.vlm.config
     q, c = _pixels(1), _pixels(1, 2, seed=3)
     with torch.no_grad():
@@ -82,11 +83,23 @@ def test_cache_and_prepared_states_match_pixels(model):
     torch.testing.assert_close(prepared, base, atol=1e-5, rtol=1e-5)
 
 
-def test_stage1_parameters_are_the_mergers_and_the_prior(model):
+def test_stage1_parameters_are_the_mergers_the_prior_and_the_similarity_token(model):
     names = {
         n for n, p in model.named_parameters() if any(p is q for q in model.stage1_parameters())
     }
-    assert "prior.weight" in names and all("merger" in n for n in names - {"prior.weight"})
+    prompt = {"prior.weight", "similarity.weight", "similarity.bias"}
+    assert prompt <= names and all("merger" in n for n in names - prompt)
+
+
+def test_the_similarity_token_compares_the_frozen_towers_views(model):
+    """The full VLM's similarity reads its own untrained view of the images: an image is
+    its own best match, and the same pixels score the same whether given raw or prepared."""
+    q = _pixels(1, seed=8)
+    c = torch.cat([q, _pixels(2, seed=9)])[None]  # candidate 0 is the query itself
+    sim = model.candidate_similarity(model.prepare_features(q), model.prepare_features(c[0]), 1, None)
+    assert sim.shape == (3, 2)
+    torch.testing.assert_close(sim[0], torch.ones(2))
+    assert (sim[1:, 0] < 1 - 1e-4).all() and torch.equal(sim[:, 0], sim[:, 1])  # one image: best = mean
 
 
 def test_named_config_shares_the_gutted_language_model(model):

@@ -104,7 +104,8 @@ def test_hidden_states_and_score_match_full_model(ckpt):
     q, c = _inputs()
     with torch.no_grad():
         scores = model.score(q, c, use_cache=False)
-        prefix, suffix = model.prompt_blocks(model.encode(q), model.encode(c.reshape(6, -1)))
+        sim = model.candidate_similarity(q, c.reshape(6, -1), len(q), None)
+        prefix, suffix = model.prompt_blocks(model.encode(q), model.encode(c.reshape(6, -1)), similarity=sim)
         block = concat(repeat_rows(prefix, 3), suffix)
         mine = run_lm(model.lm, block)
         ref = full.model.language_model(
@@ -131,8 +132,8 @@ def test_kv_cache_only_where_it_pays(monkeypatch):
     model = build_gutted(GuttedConfig(cache_min_candidates=4)).eval()
     seen = []
     original = type(model).score_tokens
-    monkeypatch.setattr(type(model), "score_tokens", lambda self, q, c, n, use_cache, prior=None, history=None: seen.append(use_cache)
-                        or original(self, q, c, n, use_cache))
+    monkeypatch.setattr(type(model), "score_tokens", lambda self, q, c, n, use_cache, *rest: seen.append(use_cache)
+                        or original(self, q, c, n, use_cache, *rest))
     for n_cand in (3, 4):
         model.score(*_inputs(c=n_cand))
     model.score(*_inputs(c=3), use_cache=True)
@@ -239,7 +240,26 @@ def test_the_prior_token_moves_scores_and_the_kv_cache_keeps_them():
         b = model.score(q, c, prior=high, use_cache=False)
         torch.testing.assert_close(b, model.score(q, c, prior=high, use_cache=True), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a, b)
-    assert model.prior_tokens() == 1 and set(model.prompt_parameters()) <= set(model.stage1_parameters())
+    assert model.suffix_tokens() == 2 and set(model.prompt_parameters()) <= set(model.stage1_parameters())
+
+
+def test_the_similarity_token_reads_best_and_mean_cosine_to_the_present_history():
+    """[best, mean] cosine of each candidate to the user's present history images (padding
+    ignored); the token moves the scores, and a model without it has one token less."""
+    model = build_gutted().eval()
+    e = torch.eye(4, 128)  # orthonormal embeddings: cosines are 0 or 1
+    hist = torch.stack([e[[3, 0, 1]], e[[3, 3, 2]]])  # user 0: images 0, 1; user 1: image 2
+    present = torch.tensor([[False, True, True], [False, False, True]])
+    cand = torch.stack([e[[0, 2]], e[[2, 3]]])
+    sim = model.candidate_similarity(hist.flatten(0, 1), cand.flatten(0, 1), 2, present).view(2, 2, 2)
+    torch.testing.assert_close(sim[0], torch.tensor([[1.0, 0.5], [0.0, 0.0]]))  # image 3 is padding
+    torch.testing.assert_close(sim[1], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    with torch.no_grad():
+        scores = model.score(hist, cand, history=present)
+        model.similarity.bias.add_(1.0)
+        assert not torch.allclose(scores, model.score(hist, cand, history=present))
+    plain = build_gutted(GuttedConfig(similarity_token=False))
+    assert plain.similarity is None and plain.suffix_tokens() == 1
 
 
 def test_a_history_prefix_scores_like_its_images_in_one_prompt_and_padding_changes_nothing():

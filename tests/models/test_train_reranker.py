@@ -3,6 +3,8 @@ tensors and rebuild the same scorer."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -65,7 +67,7 @@ def test_progress_events_say_where_training_is_and_what_is_left():
     assert steps[0]["total"] == m["steps"] or m["best_stage"] < 2  # the bound is exact without early stopping
     assert [e["elapsed"] for e in events if "elapsed" in e] == sorted(e["elapsed"] for e in events if "elapsed" in e)
     line = progress_line(next(e for e in events if e["event"] == "eval" and e["step"] > 0))
-    assert line.startswith("stage 1 epoch 1/2 step ") and " val NDCG@10 0." in line and " · 0:" in line
+    assert re.match(r"stage 1 epoch 1/2 step \d+/\d+ loss \d+\.\d{4} val NDCG@10 [01]\.\d{3} · 0:\d\d", line), line
     assert line.endswith(" left") or line.endswith("done")
     assert progress_line(events[-1]).startswith("done in 0:")
 
@@ -119,7 +121,7 @@ def test_checkpoint_holds_only_trained_tensors_and_round_trips(tmp_path):
     save_reranker(model, tmp_path / "ckpt")
     with safe_open(str(tmp_path / "ckpt" / "weights.safetensors"), "pt") as f:
         keys = list(f.keys())
-    assert keys and all(k.startswith(("projector.", "prior.")) or "lora_" in k for k in keys), keys
+    assert keys and all(k.startswith(("projector.", "prior.", "similarity.")) or "lora_" in k for k in keys), keys
     assert any("lora_" in k for k in keys)
     loaded = load_reranker(tmp_path / "ckpt")
     np.testing.assert_allclose(
@@ -235,7 +237,22 @@ def test_a_checkpoint_saved_without_the_prior_loads_without_it(tmp_path):
     del config["config"]["model"]["prior_buckets"]  # as written before the prior existed
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     loaded = load_reranker(tmp_path / "m")
-    assert loaded.prior is None and loaded.prior_tokens() == 0
+    assert loaded.prior is None and loaded.suffix_tokens() == 1  # the similarity token only
+
+
+def test_a_checkpoint_saved_before_the_similarity_token_scores_as_it_was_trained(tmp_path):
+    import json
+
+    model = build_gutted(GuttedConfig(**{**SMALL.__dict__, "similarity_token": False}))
+    save_reranker(model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["config"]["model"]["similarity_token"]  # as written before the token existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    loaded = load_reranker(tmp_path / "m")
+    q, c = torch.randn(2, SMALL.embed_dim), torch.randn(2, 3, SMALL.embed_dim)
+    assert loaded.similarity is None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(q, c), model.eval().score(q, c))
 
 
 def test_a_checkpoint_saved_before_the_cue_keeps_its_question_after_the_candidate(tmp_path):
@@ -301,3 +318,12 @@ def test_the_gutted_model_trains_on_user_histories():
     assert np.isfinite(m["best_val_ndcg10"]) and m["steps"] > 0
     with pytest.raises(ValueError, match=r"out of range \[0, 4\)"):  # column 0 indexes the 4 users
         train_reranker(build_gutted(SMALL), emb, groups + np.array([[4, 0, 0, 0, 0]]), groups, FAST, queries=queries)
+
+
+def test_validation_weighs_both_tasks_alike_whatever_their_share():
+    from models.train_reranker import task_balanced
+
+    per_group = np.array([1.0, 1.0, 1.0, 0.0])  # three related-images groups, one user group
+    is_user = np.array([False, False, False, True])
+    assert task_balanced(per_group, is_user) == 0.5  # not the plain mean, 0.75
+    assert task_balanced(per_group, None) == task_balanced(per_group, np.zeros(4, bool)) == 0.75

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.orchestration.test_pipeline_end_to_end import TINY
+from tests.orchestration.test_pipeline_end_to_end import DEMO_IMAGES, TINY
 from tests.servers import ServerMissing, create_database, postgres_server, s3_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,11 +77,11 @@ def lensless(env: dict, cwd: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def graph_on_s3(servers, tmp_path_factory):
-    """The whole graph on 200 demo images, instance in Postgres, home in the bucket."""
+    """The whole graph on the end-to-end test's demo images, instance in Postgres, home in the bucket."""
     tmp = tmp_path_factory.mktemp("scale")
     env = scale_env(servers, tmp, "machine_a", "graph")
     started = time.perf_counter()
-    done = run(env, tmp / "machine_a" / "cwd", "-c", RUN_GRAPH, "200", json.dumps(TINY))
+    done = run(env, tmp / "machine_a" / "cwd", "-c", RUN_GRAPH, str(DEMO_IMAGES), json.dumps(TINY))
     seconds = time.perf_counter() - started
     print(f"\nwhole graph, Postgres instance + S3 home: {seconds:.0f} s", file=sys.stderr)
     return tmp, json.loads(done.stdout.strip().splitlines()[-1]), seconds
@@ -95,11 +95,11 @@ def test_a_second_machine_sees_the_same_report_index_models_and_lake(servers, gr
     cwd = tmp / "machine_b" / "cwd"
 
     report = json.loads(lensless(env, cwd, "report", "--json"))
-    assert report["run_id"] == first["run_id"] and report["dataset"]["images"] == 200
+    assert report["run_id"] == first["run_id"] and report["dataset"]["images"] == DEMO_IMAGES
 
     rows = json.loads(lensless(env, cwd, "sql", "SELECT count(*) AS n, count(DISTINCT image_id) AS ids "
                                                  "FROM raw_images", "--json"))
-    assert rows == [{"n": 200, "ids": 200}]
+    assert rows == [{"n": DEMO_IMAGES, "ids": DEMO_IMAGES}]
     image_id = json.loads(lensless(env, cwd, "sql", "SELECT image_id FROM raw_images ORDER BY image_id LIMIT 1",
                                    "--json"))[0]["image_id"]
     recs = json.loads(lensless(env, cwd, "recommend", image_id, "-k", "5", "--json").strip().splitlines()[-1])

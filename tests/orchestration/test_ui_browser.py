@@ -142,11 +142,11 @@ def test_report_and_its_asset_page_show_the_verdict_the_plot_and_the_systems(dag
     from assets.store.files import Home
     from orchestration.cli import ensure_demo
     from orchestration.pipeline import run_all
-    from tests.orchestration.test_pipeline_end_to_end import TINY
+    from tests.orchestration.test_pipeline_end_to_end import DEMO_IMAGES, TINY
 
     port = dagster_dev
     home = Home.from_env()  # the fixture's, which the webserver serves
-    report = run_all(home, ensure_demo(200), run_config=TINY)
+    report = run_all(home, ensure_demo(DEMO_IMAGES), run_config=TINY)
     page = latest_dir(home) / "report.html"
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
