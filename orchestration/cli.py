@@ -368,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # training progress reaches the terminal once, through Dagster's log
         logging.getLogger("models").setLevel(logging.WARNING)
     from assets.store.lock import writer_lock
+    from assets.store.models import PointerMoved
     from orchestration.runner import StepFailed
 
     try:
@@ -379,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lensless {args.command}: interrupted; run the same command again to resume "
               "(finished steps are kept)", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, KeyError, StepFailed) as e:  # bad input or state: say which
+    except (ValueError, FileNotFoundError, KeyError, StepFailed, PointerMoved) as e:  # bad input or state: say which
         if args.verbose:
             traceback.print_exc()
         message = str(e).strip('"') or type(e).__name__

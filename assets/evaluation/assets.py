@@ -287,7 +287,8 @@ def reranker_champion(context: dg.AssetExecutionContext, lensless_home: Lensless
                               f"but the champion is now {current}; rematerialise evaluation_report")
     promoted = passed and challenger != current
     if promoted:
-        set_current(home, CHAMPION, challenger, reason=f"promoted by run {context.run_id}", versions_of=CHALLENGER)
+        set_current(home, CHAMPION, challenger, reason=f"promoted by run {context.run_id}", versions_of=CHALLENGER,
+                    expect=current)
     else:
         context.log.info(f"champion stays {current}: " + (why if not passed else "the challenger already serves"))
     state = pointers(home, CHAMPION)

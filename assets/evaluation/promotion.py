@@ -72,5 +72,6 @@ def rollback(home: Home) -> tuple[str, str]:
     previous = [h["version"] for h in state["history"] if h["version"] != state["current"]]
     if not previous:
         raise ValueError(f"no earlier champion to roll back to (history: {[h['version'] for h in state['history']]})")
-    set_current(home, CHAMPION, previous[-1], reason=f"rollback from {state['current']}", versions_of=CHALLENGER)
+    set_current(home, CHAMPION, previous[-1], reason=f"rollback from {state['current']}", versions_of=CHALLENGER,
+                expect=state["current"])
     return state["current"], previous[-1]

@@ -8,9 +8,12 @@ folder, then moves it into place (a local home: one rename) or uploads its files
 returns a local folder to load from: the version itself on a local home, else a copy fetched
 once into `Home.cache` (a version never changes, so the copy never goes stale).
 
-Which version is current is the append-only log `<kind>/pointers/` (`set_current` adds a
-record; the last one wins), which is what champion promotion and rollback use; concurrent
-promotions on two machines both land in the history.
+Which version is current is the append-only log `<kind>/pointers/`, which is what champion
+promotion and rollback use. `set_current` adds a record naming the version it replaces
+(`previous`, what the writer read); a record whose `previous` is not the current version at
+its place in the log lost a race with another writer and does not count (`pointers` lists
+it under `rejected`), and its writer raises `PointerMoved`. So two runs promoting at once on
+any store, local or object, never overwrite each other silently: the first record wins.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,22 +112,47 @@ def version_dir(home: Home, kind: str, version: str) -> Path:
     return download_tree(remote, read_json(remote / MANIFEST), home.cache("models", kind, version))
 
 
+class PointerMoved(RuntimeError):
+    """Another writer moved a pointer between the read a change was based on and its write."""
+
+
+_READ = object()  # set_current's default `expect`: the current version as it reads it
+
+
 def pointers(home: Home, kind: str) -> dict:
-    """{"current": version | None, "history": [{"version", "at", "reason"}, ...]}: the log's
-    records oldest first (after those of a `pointers.json` from before the log)."""
+    """{"current": version | None, "history": [{"version", "at", "reason", ...}, ...],
+    "rejected": [...]}: the log's records oldest first (after those of a `pointers.json`
+    from before the log); a record whose `previous` is not the version current before it
+    lost a race and is only listed under `rejected` (records without `previous` always count)."""
     old = kind_root(home, kind) / "pointers.json"
     history = read_json(old)["history"] if old.exists() else []
-    history += read_records(kind_root(home, kind) / "pointers")
-    return {"current": history[-1]["version"] if history else None, "history": history}
+    rejected = []
+    for record in read_records(kind_root(home, kind) / "pointers"):
+        current = history[-1]["version"] if history else None
+        (rejected if "previous" in record and record["previous"] != current else history).append(record)
+    return {"current": history[-1]["version"] if history else None, "history": history, "rejected": rejected}
 
 
-def set_current(home: Home, kind: str, version: str, reason: str = "", versions_of: str | None = None) -> dict:
-    """Point `<kind>` at `version` (of `versions_of`, default `kind`), appending to its
-    history; returns the new pointers."""
+def set_current(home: Home, kind: str, version: str, reason: str = "", versions_of: str | None = None,
+                expect=_READ) -> dict:
+    """Point `<kind>` at `version` (of `versions_of`, default `kind`), replacing `expect` (the
+    version the caller's decision was based on; default: the current one as read now);
+    returns the new pointers. Raises `PointerMoved`, changing nothing, when the pointer is
+    no longer `expect` or another writer's record lands first."""
     _require(home, versions_of or kind, version)
-    append_record(kind_root(home, kind) / "pointers",
-                  {"version": version, "at": datetime.now(timezone.utc).isoformat(), "reason": reason})
-    return pointers(home, kind)
+    current = pointers(home, kind)["current"]
+    expect = current if expect is _READ else expect
+    if current != expect:
+        raise PointerMoved(f"{kind} is {current}, not {expect} as when this change was decided; "
+                           f"nothing changed: decide again (rerun, or `lensless promote`)")
+    record = {"version": version, "at": datetime.now(timezone.utc).isoformat(), "reason": reason,
+              "previous": expect, "id": uuid.uuid4().hex}
+    append_record(kind_root(home, kind) / "pointers", record)
+    after = pointers(home, kind)
+    if not any(r.get("id") == record["id"] for r in after["history"]):
+        raise PointerMoved(f"another writer moved {kind} to {after['current']} while this one set it to "
+                           f"{version}; nothing changed: decide again (rerun, or `lensless promote`)")
+    return after
 
 
 def current_dir(home: Home, kind: str, versions_of: str | None = None) -> Path:

@@ -7,8 +7,10 @@ import uuid
 
 import pytest
 
-from assets.store.files import Home, write_json
+import assets.store.models as store_models
+from assets.store.files import Home, append_record, write_json
 from assets.store.models import (
+    PointerMoved,
     current_dir,
     kind_root,
     known_versions,
@@ -71,3 +73,35 @@ def test_pointers_from_before_the_log_are_kept(tmp_path):
     assert pointers(home, "enc")["current"] == a
     set_current(home, "enc", b, "new")
     assert [h["version"] for h in pointers(home, "enc")["history"]] == [a, b]
+
+
+def test_two_writers_deciding_on_the_same_pointer_never_overwrite_each_other(any_home, monkeypatch):
+    """A change decided on a pointer that moved since is refused; of two writes that race
+    past that check, the first record in the log wins and the other writer is told."""
+    a, b, c = (save_version(any_home, "enc", _weights(x)) for x in "abc")
+    set_current(any_home, "enc", a, "first")
+    set_current(any_home, "enc", b, "run 1", expect=a)
+    with pytest.raises(PointerMoved, match=f"enc is {b}, not {a}"):
+        set_current(any_home, "enc", c, "run 2, decided on a", expect=a)
+    assert pointers(any_home, "enc")["current"] == b
+
+    real = store_models.append_record
+
+    def racing(folder, record):  # another writer's record lands between our check and our write
+        real(folder, {"version": a, "at": "", "reason": "the other run", "previous": b})
+        return real(folder, record)
+
+    monkeypatch.setattr(store_models, "append_record", racing)
+    with pytest.raises(PointerMoved, match=f"another writer moved enc to {a}"):
+        set_current(any_home, "enc", c, "run 3")
+    state = pointers(any_home, "enc")
+    assert state["current"] == a and [h["reason"] for h in state["history"]] == ["first", "run 1", "the other run"]
+    assert [r["reason"] for r in state["rejected"]] == ["run 3"]
+
+
+def test_records_written_before_the_check_always_count(tmp_path):
+    home = Home.at(tmp_path / "home")
+    a, b = (save_version(home, "enc", _weights(x)) for x in "ab")
+    for version in (a, b):  # as set_current wrote them before records named what they replaced
+        append_record(kind_root(home, "enc") / "pointers", {"version": version, "at": "", "reason": "old"})
+    assert pointers(home, "enc")["current"] == b and pointers(home, "enc")["rejected"] == []
