@@ -26,7 +26,7 @@ from assets.evaluation.systems import (
     production_estimate,
     system_rankings,
 )
-from assets.evaluation.users import user_task
+from assets.evaluation.users import BARS, user_task
 from assets.plots import md_image
 from assets.reranker.aligned import aligned_catalog, engagement_prior, rows_of
 from assets.reranker.assets import (
@@ -122,11 +122,11 @@ def _ranked_table(lists: dict[str, list[str]], queries: list[str], scores: np.nd
 
 @dg.asset(group_name="evaluation", kinds={"duckdb", "html"},
           deps=[reranked_candidates, full_vlm_reranker, sequential_reranker, user_histories, image_encoder],
-          code_version="evaluation_report-v2")
+          code_version="evaluation_report-v3")
 def evaluation_report(context: dg.AssetExecutionContext, lensless_home: LenslessHome) -> dg.MaterializeResult:
     """Quality and cost side by side, for both tasks: related images (random, popularity,
-    retrieval, gutted and full-VLM rerankers) and for a user (`user_task`: the same plus the
-    sequential peer, with the user's history in the prompt).
+    retrieval, the sequential peer, the gutted and full-VLM rerankers) and for a user
+    (`user_task`: the same systems, with the user's history as the query).
 
     NDCG@10 (bootstrap 95% CI), Recall@10/50 and MRR against held-out relevance, a per-label
     breakdown, measured cost per candidate and the analytic production estimate; the
@@ -142,7 +142,8 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
         ("flops_per_candidate", "ms_per_1k_candidates", "tokens_per_candidate")))} for name, m in per_query.items()}
     champion = _champion_comparison(pointers(home, CHAMPION)["current"], per_query["gutted"]["ndcg_at_10"],
                                     extra.get("champion_ndcg"))
-    comparisons = {f"gutted_vs_{bar}": _paired(per_query, "gutted", bar) for bar in ("retrieval", "full_vlm", "popularity")}
+    comparisons = {f"gutted_vs_{bar}": _paired(per_query, "gutted", bar)
+                   for bar in BARS}
     if champion["ndcg_diff_ci"] is not None:
         comparisons["challenger_vs_champion"] = {"diff": champion["ndcg_diff"], "ci": champion["ndcg_diff_ci"]}
     vs_retrieval = comparisons["gutted_vs_retrieval"]

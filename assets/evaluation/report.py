@@ -21,8 +21,8 @@ from upath import UPath
 from assets.evaluation.promotion import promotion_decision
 from assets.store.files import Home, read_json, write_bytes, write_json
 
-SYSTEMS = ("random", "popularity", "retrieval", "gutted", "full_vlm")
-USER_SYSTEMS = ("random", "popularity", "retrieval", "sequential", "gutted", "full_vlm")
+SYSTEMS = ("random", "popularity", "retrieval", "sequential", "gutted", "full_vlm")
+USER_SYSTEMS = SYSTEMS  # both tasks rank with the same systems
 REQUIRED = {
     "run_id": str, "created_at": str, "dataset": dict, "encoder": dict, "index": dict, "systems": dict,
     "cost_ratio": dict, "production_estimate": dict, "comparisons": dict,

@@ -5,6 +5,7 @@ Systems, all judged on the same held-out queries and relevant sets:
 - `popularity`: the K most engaged images of the train split;
 - `retrieval`: the candidates (index neighbours merged with popular images,
   `retrieval.candidates`) by cosine similarity;
+- `sequential`: the same candidates re-ranked by the peer without a language model;
 - `gutted`: the same candidates re-ranked by the challenger gutted reranker;
 - `full_vlm`: the same candidates re-ranked by the full-VLM baseline (pixels).
 Costs are measured here, side by side in one process, on the first queries' K candidates.
@@ -105,8 +106,13 @@ def system_rankings(home: Home, inputs: dict, seed: int = 0, cost_queries: int =
                                    progress=throttled(log, "full VLM, queries scored"))
     rankings["full_vlm"] = ranked_ids(ids, c_rows, full_scores)
 
+    peer = load_reranker(current_dir(home, "sequential_reranker"))
+    rankings["sequential"] = ranked_ids(ids, c_rows, score_candidates(peer, inputs["emb"], q_rows, c_rows,
+                                                                      prior=inputs["prior"]))
+
     gutted = load_reranker(current_dir(home, "gutted_reranker"))
-    costs = measure_costs({"gutted": (gutted, inputs["emb"]), "full_vlm": (full, pixels)},
+    costs = measure_costs({"gutted": (gutted, inputs["emb"]), "full_vlm": (full, pixels),
+                           "sequential": (peer, inputs["emb"])},
                           q_rows[:cost_queries], c_rows[:cost_queries], prior=inputs["prior"])
     state = load_state(home)
     d = inputs["emb"].shape[1]

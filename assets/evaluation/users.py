@@ -35,7 +35,7 @@ from models.scoring import CANDIDATES, score_candidates
 from models.train_reranker import load_reranker
 
 SYSTEMS = ("random", "popularity", "retrieval", "sequential", "gutted", "full_vlm")
-BARS = ("retrieval", "sequential", "full_vlm", "popularity")  # what the gutted model is compared with
+BARS = ("retrieval", "sequential", "full_vlm", "popularity")  # what the gutted model is compared with, in both tasks
 
 
 def test_users(home: Home, frame: pl.DataFrame, max_users: int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:

@@ -69,7 +69,9 @@ def test_report_matches_schema(pipeline):
     assert page.index("<h2>Related images: decision</h2>") < page.index("<h3>Systems</h3>")
     vs = on_disk["comparisons"]["gutted_vs_retrieval"]
     assert vs["diff"] == pytest.approx(ch["retrieval_ndcg_diff"]) and vs["ci"] == ch["retrieval_ndcg_diff_ci"]
-    assert set(on_disk["comparisons"]) >= {"gutted_vs_retrieval", "gutted_vs_full_vlm", "gutted_vs_popularity"}
+    assert set(on_disk["comparisons"]) >= {"gutted_vs_retrieval", "gutted_vs_sequential", "gutted_vs_full_vlm",
+                                           "gutted_vs_popularity"}
+    assert on_disk["systems"]["sequential"]["tokens_per_candidate"] == 0  # the peer has no LLM
     for c in on_disk["comparisons"].values():
         assert c["ci"][0] <= c["diff"] <= c["ci"][1]
     assert "gutted vs full vlm" in page and "passes the promotion gate" in page
@@ -207,7 +209,8 @@ def test_report_metadata_is_readable_in_the_ui(pipeline):
     assert all(len(repr(meta[k].value)) <= 12 for k in meta if k.endswith("_ndcg_at_10"))
     systems = meta["systems"].value
     assert [c.name for c in systems.schema.columns][:2] == ["system", "NDCG@10"]
-    assert [r.data["system"] for r in systems.records] == ["random", "popularity", "retrieval", "gutted", "full_vlm"]
+    assert [r.data["system"] for r in systems.records] == ["random", "popularity", "retrieval", "sequential", "gutted",
+                                                                "full_vlm"]
     assert meta["decision"].value.records[0].data["comparison"] == "gutted vs retrieval"
 
 
