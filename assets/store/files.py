@@ -114,14 +114,18 @@ def _temporary(local: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
 
 
-def atomic_write(path: UPath | str | os.PathLike, write: Callable[[Any], None], fsync: bool = True) -> UPath:
+def atomic_write(path: UPath | str | os.PathLike, write: Callable[[Any], None], fsync: bool = True,
+                 exclusive: bool = False) -> UPath:
     """Call `write(fileobj)` so that readers see either the old file or the complete new one.
 
     `fsync=False` skips the flush to disk, for files that can be made again (rendered demo
-    images): a crash may then lose the new file, but never leaves a partial one."""
+    images): a crash may then lose the new file, but never leaves a partial one.
+    `exclusive=True` creates the file only if it does not exist (a hard link locally, a
+    conditional PUT on an object store) and raises `FileExistsError` otherwise: of several
+    writers of one name, exactly one wins."""
     path = UPath(path)
     if not is_local(path):
-        with path.open("wb") as f:
+        with path.open("xb" if exclusive else "wb") as f:
             write(f)
         return path
     local = Path(path.path)
@@ -133,7 +137,11 @@ def atomic_write(path: UPath | str | os.PathLike, write: Callable[[Any], None], 
                 f.flush()
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; readers (webserver, workers) need r
-        os.replace(tmp, local)
+        if exclusive:
+            os.link(tmp, local)  # fails if the name exists; readers never see a partial file
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, local)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -154,9 +162,9 @@ def remove_temporaries(path: UPath | str | os.PathLike) -> int:
     return len(stale)
 
 
-def write_bytes(data: bytes, path: UPath | str | os.PathLike, fsync: bool = True) -> UPath:
-    """Write bytes atomically."""
-    return atomic_write(path, lambda f: f.write(data), fsync)
+def write_bytes(data: bytes, path: UPath | str | os.PathLike, fsync: bool = True, exclusive: bool = False) -> UPath:
+    """Write bytes atomically (`exclusive`: only if the file does not exist, see `atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(data), fsync, exclusive)
 
 
 def write_parquet(df: pl.DataFrame, path: UPath | str) -> UPath:
@@ -178,9 +186,9 @@ def read_parquet(path: UPath | str) -> pl.DataFrame:
                          "writes it, or restore the file") from e
 
 
-def write_json(obj: Any, path: UPath | str | os.PathLike) -> UPath:
-    """Write JSON atomically."""
-    return write_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), path)
+def write_json(obj: Any, path: UPath | str | os.PathLike, exclusive: bool = False) -> UPath:
+    """Write JSON atomically (`exclusive`: only if the file does not exist, see `atomic_write`)."""
+    return write_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), path, exclusive=exclusive)
 
 
 def read_json(path: UPath | str | os.PathLike) -> Any:

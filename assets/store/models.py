@@ -9,11 +9,12 @@ returns a local folder to load from: the version itself on a local home, else a 
 once into `Home.cache` (a version never changes, so the copy never goes stale).
 
 Which version is current is the append-only log `<kind>/pointers/`, which is what champion
-promotion and rollback use. `set_current` adds a record naming the version it replaces
-(`previous`, what the writer read); a record whose `previous` is not the current version at
-its place in the log lost a race with another writer and does not count (`pointers` lists
-it under `rejected`), and its writer raises `PointerMoved`. So two runs promoting at once on
-any store, local or object, never overwrite each other silently: the first record wins.
+promotion and rollback use. `set_current` writes the log's next record, `seq-<n>.json`, only
+if no one else wrote record n first (an exclusive create: a hard link locally, a conditional
+PUT on an object store), naming the version it replaces (`previous`). A writer that loses
+that race, or whose decision was based on a version that is no longer current, changes
+nothing and raises `PointerMoved`: two runs promoting at once never overwrite each other
+silently. Records from before the numbering (named by time) come first and always count.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +30,6 @@ from upath import UPath
 
 from assets.store.files import (
     Home,
-    append_record,
     download_tree,
     read_json,
     read_records,
@@ -121,16 +120,13 @@ _READ = object()  # set_current's default `expect`: the current version as it re
 
 def pointers(home: Home, kind: str) -> dict:
     """{"current": version | None, "history": [{"version", "at", "reason", ...}, ...],
-    "rejected": [...]}: the log's records oldest first (after those of a `pointers.json`
-    from before the log); a record whose `previous` is not the version current before it
-    lost a race and is only listed under `rejected` (records without `previous` always count)."""
+    "records": n}: the log's records oldest first (after those of a `pointers.json` from
+    before the log); `records` counts the log's own, so the next one is number n."""
     old = kind_root(home, kind) / "pointers.json"
     history = read_json(old)["history"] if old.exists() else []
-    rejected = []
-    for record in read_records(kind_root(home, kind) / "pointers"):
-        current = history[-1]["version"] if history else None
-        (rejected if "previous" in record and record["previous"] != current else history).append(record)
-    return {"current": history[-1]["version"] if history else None, "history": history, "rejected": rejected}
+    records = read_records(kind_root(home, kind) / "pointers")
+    history += records
+    return {"current": history[-1]["version"] if history else None, "history": history, "records": len(records)}
 
 
 def set_current(home: Home, kind: str, version: str, reason: str = "", versions_of: str | None = None,
@@ -138,21 +134,20 @@ def set_current(home: Home, kind: str, version: str, reason: str = "", versions_
     """Point `<kind>` at `version` (of `versions_of`, default `kind`), replacing `expect` (the
     version the caller's decision was based on; default: the current one as read now);
     returns the new pointers. Raises `PointerMoved`, changing nothing, when the pointer is
-    no longer `expect` or another writer's record lands first."""
+    no longer `expect` or another writer's record takes the next number first."""
     _require(home, versions_of or kind, version)
-    current = pointers(home, kind)["current"]
-    expect = current if expect is _READ else expect
-    if current != expect:
-        raise PointerMoved(f"{kind} is {current}, not {expect} as when this change was decided; "
+    state = pointers(home, kind)
+    expect = state["current"] if expect is _READ else expect
+    if state["current"] != expect:
+        raise PointerMoved(f"{kind} is {state['current']}, not {expect} as when this change was decided; "
                            f"nothing changed: decide again (rerun, or `lensless promote`)")
-    record = {"version": version, "at": datetime.now(timezone.utc).isoformat(), "reason": reason,
-              "previous": expect, "id": uuid.uuid4().hex}
-    append_record(kind_root(home, kind) / "pointers", record)
-    after = pointers(home, kind)
-    if not any(r.get("id") == record["id"] for r in after["history"]):
-        raise PointerMoved(f"another writer moved {kind} to {after['current']} while this one set it to "
-                           f"{version}; nothing changed: decide again (rerun, or `lensless promote`)")
-    return after
+    record = {"version": version, "at": datetime.now(timezone.utc).isoformat(), "reason": reason, "previous": expect}
+    try:
+        write_json(record, kind_root(home, kind) / "pointers" / f"seq-{state['records']:010d}.json", exclusive=True)
+    except FileExistsError:
+        raise PointerMoved(f"another writer moved {kind} to {pointers(home, kind)['current']} while this one "
+                           f"set it to {version}; nothing changed: decide again (rerun, or `lensless promote`)") from None
+    return pointers(home, kind)
 
 
 def current_dir(home: Home, kind: str, versions_of: str | None = None) -> Path:

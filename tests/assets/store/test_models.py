@@ -77,7 +77,7 @@ def test_pointers_from_before_the_log_are_kept(tmp_path):
 
 def test_two_writers_deciding_on_the_same_pointer_never_overwrite_each_other(any_home, monkeypatch):
     """A change decided on a pointer that moved since is refused; of two writes that race
-    past that check, the first record in the log wins and the other writer is told."""
+    past that check for the same record number, the first wins and the other writer is told."""
     a, b, c = (save_version(any_home, "enc", _weights(x)) for x in "abc")
     set_current(any_home, "enc", a, "first")
     set_current(any_home, "enc", b, "run 1", expect=a)
@@ -85,23 +85,32 @@ def test_two_writers_deciding_on_the_same_pointer_never_overwrite_each_other(any
         set_current(any_home, "enc", c, "run 2, decided on a", expect=a)
     assert pointers(any_home, "enc")["current"] == b
 
-    real = store_models.append_record
+    real = store_models.write_json
 
-    def racing(folder, record):  # another writer's record lands between our check and our write
-        real(folder, {"version": a, "at": "", "reason": "the other run", "previous": b})
-        return real(folder, record)
+    def racing(record, path, exclusive=False):  # another writer takes the same number first
+        real({"version": a, "at": "", "reason": "the other run", "previous": b}, path, exclusive=True)
+        return real(record, path, exclusive=exclusive)
 
-    monkeypatch.setattr(store_models, "append_record", racing)
+    monkeypatch.setattr(store_models, "write_json", racing)
     with pytest.raises(PointerMoved, match=f"another writer moved enc to {a}"):
         set_current(any_home, "enc", c, "run 3")
     state = pointers(any_home, "enc")
     assert state["current"] == a and [h["reason"] for h in state["history"]] == ["first", "run 1", "the other run"]
-    assert [r["reason"] for r in state["rejected"]] == ["run 3"]
 
 
-def test_records_written_before_the_check_always_count(tmp_path):
+def test_an_exclusive_write_never_replaces_a_file(any_home):
+    path = any_home.path("x.json")
+    write_json({"n": 1}, path, exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_json({"n": 2}, path, exclusive=True)
+    assert json.loads(path.read_text()) == {"n": 1}
+
+
+def test_records_from_before_the_numbering_come_first_and_count(tmp_path):
     home = Home.at(tmp_path / "home")
-    a, b = (save_version(home, "enc", _weights(x)) for x in "ab")
-    for version in (a, b):  # as set_current wrote them before records named what they replaced
+    a, b, c = (save_version(home, "enc", _weights(x)) for x in "abc")
+    for version in (a, b):  # as set_current wrote them before records were numbered
         append_record(kind_root(home, "enc") / "pointers", {"version": version, "at": "", "reason": "old"})
-    assert pointers(home, "enc")["current"] == b and pointers(home, "enc")["rejected"] == []
+    assert pointers(home, "enc")["current"] == b
+    set_current(home, "enc", c, "new", expect=b)
+    assert [h["version"] for h in pointers(home, "enc")["history"]] == [a, b, c]
