@@ -2,7 +2,7 @@
 
     python bench/hostile.py [--only SUBSTRING,...] [--json]
 
-Builds one small trained home (the test suite's TINY graph on 200 demo images, about a
+Builds one small trained home (the test suite's TINY graph on its DEMO_IMAGES, about a
 minute), then runs every case on its own copy of that home, as a user would: the real CLI in
 a fresh process. A case is one bad input (an image that is not one, a bomb, a dead URL, a
 broken engagement file, a writing SQL statement, a mistyped command) or one corruption of
@@ -41,7 +41,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.orchestration.test_pipeline_end_to_end import TINY  # noqa: E402
+from tests.orchestration.test_pipeline_end_to_end import DEMO_IMAGES, TINY  # noqa: E402
 from tests.orchestration.test_scale import RUN_GRAPH  # noqa: E402
 
 
@@ -345,7 +345,7 @@ def classify(case: Case, done: subprocess.CompletedProcess | None, home: Path) -
 def build_home(root: Path) -> Path:
     home = root / "home"
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", RUN_GRAPH, "200", json.dumps(TINY)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", RUN_GRAPH, str(DEMO_IMAGES), json.dumps(TINY)], cwd=ROOT,
                           env=env_for(home), capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"building the home failed:\n{done.stderr[-3000:]}")
