@@ -142,8 +142,7 @@ def evaluation_report(context: dg.AssetExecutionContext, lensless_home: Lensless
         ("flops_per_candidate", "ms_per_1k_candidates", "tokens_per_candidate")))} for name, m in per_query.items()}
     champion = _champion_comparison(pointers(home, CHAMPION)["current"], per_query["gutted"]["ndcg_at_10"],
                                     extra.get("champion_ndcg"))
-    comparisons = {f"gutted_vs_{bar}": _paired(per_query, "gutted", bar)
-                   for bar in BARS}
+    comparisons = {f"gutted_vs_{bar}": _paired(per_query, "gutted", bar) for bar in BARS}
     if champion["ndcg_diff_ci"] is not None:
         comparisons["challenger_vs_champion"] = {"diff": champion["ndcg_diff"], "ci": champion["ndcg_diff_ci"]}
     vs_retrieval = comparisons["gutted_vs_retrieval"]

@@ -21,8 +21,7 @@ from upath import UPath
 from assets.evaluation.promotion import promotion_decision
 from assets.store.files import Home, read_json, write_bytes, write_json
 
-SYSTEMS = ("random", "popularity", "retrieval", "sequential", "gutted", "full_vlm")
-USER_SYSTEMS = SYSTEMS  # both tasks rank with the same systems
+SYSTEMS = ("random", "popularity", "retrieval", "sequential", "gutted", "full_vlm")  # both tasks
 REQUIRED = {
     "run_id": str, "created_at": str, "dataset": dict, "encoder": dict, "index": dict, "systems": dict,
     "cost_ratio": dict, "production_estimate": dict, "comparisons": dict,
@@ -64,7 +63,7 @@ def validate_report(report: dict) -> None:
     if "user_task" in report:
         if not isinstance(report["user_task"].get("history_length"), int):
             raise ValueError("report.user_task.history_length must be an int")
-        sections.append(("report.user_task", report["user_task"], USER_SYSTEMS))
+        sections.append(("report.user_task", report["user_task"], SYSTEMS))
     for where, section, names in sections:
         if set(section["systems"]) != set(names):
             raise ValueError(f"{where}.systems must be exactly {names}, got {sorted(section['systems'])}")
@@ -254,7 +253,7 @@ def _ms(system: dict) -> str:
 def summary_rows(section: dict) -> list[dict]:
     """One row per system for tables (markdown, HTML, the command line)."""
     rows = []
-    for name in [n for n in USER_SYSTEMS if n in section["systems"]]:
+    for name in [n for n in SYSTEMS if n in section["systems"]]:
         s = section["systems"][name]
         lo, hi = s["ndcg_at_10_ci"]
         rows.append({"system": name, "NDCG@10": f"{s['ndcg_at_10']:.3f} [{lo:.3f}, {hi:.3f}]",

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from assets.evaluation.metrics import list_metrics, paired_difference_ci, summarise
+from assets.evaluation.report import SYSTEMS
 from assets.reranker.aligned import aligned_pixels, rows_of
 from assets.reranker.histories import HistoryConfig, history_rows, stored_histories
 from assets.retrieval.candidates import (
@@ -34,7 +35,6 @@ from models.cost import analytic_flops, measure_costs
 from models.scoring import CANDIDATES, score_candidates
 from models.train_reranker import load_reranker
 
-SYSTEMS = ("random", "popularity", "retrieval", "sequential", "gutted", "full_vlm")
 BARS = ("retrieval", "sequential", "full_vlm", "popularity")  # what the gutted model is compared with, in both tasks
 
 

@@ -78,13 +78,13 @@ def test_report_matches_schema(pipeline):
 
 
 def test_the_report_has_the_user_task_beside_related_images(pipeline):
-    from assets.evaluation.report import USER_SYSTEMS, latest_dir
+    from assets.evaluation.report import SYSTEMS, latest_dir
     from models.gutted_vlm import GuttedConfig
 
     home, _ = pipeline
     on_disk = json.loads((latest_dir(home) / "report.json").read_text())
     users = on_disk["user_task"]
-    assert set(users["systems"]) == set(USER_SYSTEMS) and users["history_length"] == 20
+    assert set(users["systems"]) == set(SYSTEMS) and users["history_length"] == 20
     assert users["full_vlm_history"] == 2 and users["users"] >= 1  # TINY caps the full VLM's history at 2
     assert set(users["comparisons"]) == {"gutted_vs_retrieval", "gutted_vs_sequential", "gutted_vs_full_vlm",
                                          "gutted_vs_popularity"}
