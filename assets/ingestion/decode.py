@@ -39,6 +39,14 @@ EXIF_ORIENTATION = 0x0112
 # decode_image runs in threads and neither `warnings.catch_warnings` nor swapping
 # Image.MAX_IMAGE_PIXELS per call is thread-safe.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow hands every freed image's memory back to the system unless told to keep some blocks
+# (PILLOW_BLOCKS_MAX, default 0), so each decode maps and faults in fresh pages, and in
+# threads those page faults queue on the process's one memory-map lock. Keeping a few freed
+# blocks for reuse lets the ingest threads decode side by side (bench/ingest.py). A higher
+# setting from the environment is left as it is.
+PILLOW_BLOCKS_KEPT = 16
+if Image.core.get_blocks_max() < PILLOW_BLOCKS_KEPT:
+    Image.core.set_blocks_max(PILLOW_BLOCKS_KEPT)
 
 
 @dataclass(frozen=True)

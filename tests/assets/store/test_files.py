@@ -1,5 +1,7 @@
 """Crash-safe writes and streamed reads of the lake."""
 
+import os
+
 import numpy as np
 import polars as pl
 import pytest
@@ -94,3 +96,51 @@ def test_a_damaged_parquet_file_is_named(tmp_path):
         read_parquet(path)
     with pytest.raises(FileNotFoundError):  # a missing file stays what it is
         read_parquet(tmp_path / "missing.parquet")
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_npy_writer_blocks_give_the_same_file_with_and_without_direct_io(tmp_path, monkeypatch, direct):
+    """Small blocks, rows that straddle them, and a partial last block: the file np.save writes."""
+    monkeypatch.setattr(NpyWriter, "BLOCK_BYTES", 4096)
+    data = np.random.default_rng(1).integers(0, 255, (50, 10, 10, 3), dtype=np.uint8)  # 300 B rows
+    writer = NpyWriter(tmp_path / "p.npy", (60, 10, 10, 3), direct=direct)
+    for row in data:
+        writer.append(row)
+    path = writer.close()
+    assert writer.direct is (direct and _direct_io_allowed(tmp_path))
+    np.save(tmp_path / "ref.npy", data)
+    saved = np.load(tmp_path / "ref.npy")
+    assert np.array_equal(np.load(path.path), saved)
+    assert oct(os.stat(path.path).st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy", "ref.npy"]
+
+
+def test_npy_writer_falls_back_where_direct_io_is_refused(tmp_path, monkeypatch):
+    """A filesystem that refuses O_DIRECT (fcntl raises EINVAL) gets plain writes, same bytes."""
+    import fcntl as fcntl_module
+
+    real = fcntl_module.fcntl
+
+    def refuse_direct(fd, cmd, arg=0):
+        if cmd == fcntl_module.F_SETFL and arg & getattr(os, "O_DIRECT", 0):
+            raise OSError(22, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(fcntl_module, "fcntl", refuse_direct)
+    writer = NpyWriter(tmp_path / "p.npy", (3, 5000), np.uint8)
+    for value in range(3):
+        writer.append(np.full(5000, value))
+    writer.close()
+    assert writer.direct is False
+    assert np.load(tmp_path / "p.npy")[:, 0].tolist() == [0, 1, 2]
+
+
+def _direct_io_allowed(folder) -> bool:
+    """Whether the filesystem of `folder` opens files with O_DIRECT (tmpfs, for one, refuses)."""
+    try:
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except (OSError, AttributeError):
+        return False
+    finally:
+        (folder / "probe").unlink(missing_ok=True)
+    return True
