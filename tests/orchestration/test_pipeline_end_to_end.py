@@ -4,6 +4,7 @@ configs), then the report schema, promotion, `recommend` for an outside image an
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import numpy as np
@@ -360,6 +361,52 @@ def test_recommend_bad_inputs_are_one_line_errors(pipeline, tmp_path, capsys):
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(results) == frame.height - 1  # capped at the catalog, the query itself left out
     assert image_id not in {r["image_id"] for r in results}
+
+
+def _truncate(path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _index_file(root, name: str):
+    generation = json.loads((root / "indexes" / "current.json").read_text())["generation"]
+    return root / "indexes" / generation / name
+
+
+def _garble_pointer_log(root) -> None:
+    for record in (root / "models" / "reranker_champion" / "pointers").glob("*"):
+        record.write_text("{not json")
+
+
+@pytest.mark.parametrize(("damage", "command", "says"), [
+    (lambda root: _truncate(_index_file(root, "state.json")), ["recommend", "{image}"], "state.json"),
+    (lambda root: _truncate(_index_file(root, "ids.parquet")), ["recommend", "{image}"], "ids.parquet"),
+    (lambda root: _truncate(next((root / "lake" / "raw_images").rglob("*.parquet"))),
+     ["sql", "SELECT count(*) FROM raw_images"], "raw_images"),
+    (lambda root: _truncate(root / "reports" / "latest.json"), ["report"], "latest.json"),
+    (_garble_pointer_log, ["recommend", "{image}"], "pointers"),
+    (lambda root: shutil.rmtree(root / "indexes"), ["recommend", "{image}"], "no FAISS index yet"),
+    (lambda root: shutil.rmtree(root / "reports"), ["report"], "no report yet"),
+    (lambda root: None, ["recommend", "{root}/lake"], "lake"),  # a directory is not an image
+], ids=["index state.json truncated", "index ids.parquet truncated", "raw_images partition truncated, sql",
+        "reports/latest.json truncated", "champion pointer log garbled", "no index", "no reports",
+        "recommend a directory"])
+def test_damaged_state_is_a_one_line_error_naming_it(pipeline, tmp_path, monkeypatch, capsys, damage, command, says):
+    """On a copy of the trained home: the damaged file (or what is missing) is named in one line,
+    with a non-zero exit code and no traceback (bench/hostile.py runs the same cases in a fresh process)."""
+    from assets.store.files import Home
+    from assets.store.lake import read_table
+    from orchestration.cli import main
+
+    home, _ = pipeline
+    root = tmp_path / "home"
+    shutil.copytree(home.root, root)
+    monkeypatch.setenv("LENSLESS_HOME", str(root))
+    monkeypatch.setenv("DAGSTER_HOME", str(root / "dagster"))
+    image = read_table(Home.at(root), "raw_images")["image_id"][0]
+    damage(root)
+    assert main([a.format(image=image, root=root) for a in command]) != 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and says in lines[0], lines
 
 
 def test_sql_views_cover_the_tables(pipeline, capsys):

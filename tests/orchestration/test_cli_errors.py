@@ -1,0 +1,84 @@
+"""Bad input at the command line, on a home with nothing trained: one line naming the problem
+and exit code 2, or a clean success where success is right. The cases of bench/hostile.py that
+need no trained home; those that damage a trained home's state are in
+test_pipeline_end_to_end.py (`test_damaged_state_is_a_one_line_error_naming_it`)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _exit_code(args: list[str]) -> int:
+    """`lensless ARGS` in this process; argparse's own errors exit (with its usage lines first)."""
+    from orchestration.cli import main
+
+    try:
+        return main(args)
+    except SystemExit as e:
+        return e.code
+
+
+def _one_line_error(capsys) -> str:
+    """The line naming the problem that the failed command printed last on stderr (no traceback)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines and "Traceback" not in "\n".join(lines), lines
+    assert lines[-1].startswith("lensless "), lines
+    return lines[-1]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["recommend", "img", "-k", "0"], "k must be >= 1, got 0"),
+    (["recommend", "img", "-k", "-5"], "k must be >= 1, got -5"),
+    (["recommend", "img", "-k", "abc"], "argument -k: invalid int value: 'abc'"),
+    (["recommend"], "give an image (IMAGE_PATH_OR_ID) or a user (--user USER_ID)"),
+    (["recommend", "/tmp"], "no FAISS index yet"),  # checked before the input is read
+    (["ingest", "nosuch://bucket/x"], "Protocol not known: nosuch"),
+    (["ingest", "http://127.0.0.1:9/images/"], "holds no files"),
+    (["ingest", "ftp://127.0.0.1:9/images/"], "Connection refused"),
+    (["sql", "SELEC 1"], "syntax error"),
+    (["submit", "no_such_job", "--no-wait"], "unknown job 'no_such_job'; valid: "),
+    (["report"], "no report yet in"),
+])
+def test_bad_input_is_one_line_naming_it(lensless_home, capsys, args, says):
+    assert _exit_code(args) != 0
+    assert says in _one_line_error(capsys)
+
+
+def test_a_missing_engagement_file_is_named_and_nothing_is_ingested(lensless_home, tmp_path, capsys):
+    from assets.store.lake import read_table
+    from orchestration.cli import main
+
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(src / "x.jpg")
+    missing = tmp_path / "events.csv"
+    assert main(["ingest", str(tmp_path / "src"), "--engagement", str(missing)]) == 2
+    assert str(missing) in _one_line_error(capsys)
+    assert read_table(lensless_home, "raw_images").is_empty()
+
+
+def test_odd_file_names_and_a_folder_of_non_images_are_ingested_or_skipped_with_a_reason(
+        lensless_home, tmp_path, capsys):
+    from assets.store.lake import read_table
+    from orchestration.cli import main
+
+    odd = tmp_path / "odd" / "things"
+    odd.mkdir(parents=True)
+    names = ("sp ace.jpg", "ünï©ødé.jpg", "new\nline.jpg", "-dash.jpg", ".hidden.jpg")
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(odd / name)
+    assert main(["ingest", str(tmp_path / "odd"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["ingested"], summary["skipped"]) == (4, 1)
+    assert sorted(read_table(lensless_home, "raw_images")["uri"]) == sorted(str(odd / n) for n in names[:4])
+    assert read_table(lensless_home, "skipped")["reason"].to_list() == ["hidden_file"]
+
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "README.txt").write_text("not an image")
+    assert main(["ingest", str(text), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["ingested"], summary["skipped"]) == (0, 1)
+    assert "unsupported_extension:.txt" in read_table(lensless_home, "skipped")["reason"].to_list()
