@@ -82,3 +82,21 @@ def test_odd_file_names_and_a_folder_of_non_images_are_ingested_or_skipped_with_
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["ingested"], summary["skipped"]) == (0, 1)
     assert "unsupported_extension:.txt" in read_table(lensless_home, "skipped")["reason"].to_list()
+
+
+def test_a_missing_source_is_refused_and_not_watched(lensless_home, tmp_path, capsys):
+    from assets.ingestion.sources import watched_sources
+
+    missing = tmp_path / "missing"
+    assert _exit_code(["ingest", str(missing)]) == 2
+    assert str(missing) in _one_line_error(capsys)
+    assert not any("missing" in source for source in watched_sources(lensless_home))
+
+
+def test_sql_writes_only_when_asked(lensless_home, tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    statement = f"COPY (SELECT 42 AS x) TO '{out}'"
+    assert _exit_code(["sql", statement]) == 2
+    assert "lensless sql only reads" in _one_line_error(capsys) and not out.exists()
+    assert _exit_code(["sql", "--write", statement]) == 0
+    assert out.read_text().split() == ["x", "42"]
