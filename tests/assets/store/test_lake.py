@@ -58,6 +58,26 @@ def test_registries_keep_order_without_duplicates(home):
         read_registry(home, "pointers")
 
 
+def _add_entries(root: str, registry: str, prefix: str, n: int) -> None:
+    for i in range(n):
+        add_to_registry(Home.at(root), registry, f"{prefix}{i}")
+
+
+@pytest.mark.parametrize("registry", ["watched_sources", "engagement_sources"])
+def test_concurrent_registry_writers_lose_nothing(home, registry):
+    """Two processes adding at once: every entry of both is there (one log record per change)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    writers = [ctx.Process(target=_add_entries, args=(str(home.root), registry, p, 40)) for p in ("a", "b")]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+        assert w.exitcode == 0
+    assert sorted(read_registry(home, registry)) == sorted(f"{p}{i}" for p in "ab" for i in range(40))
+
+
 def test_duckdb_views_cover_the_written_tables(home):
     write_table(home, "raw_images", rows("a", 2), "a")
     write_table(home, "raw_images", rows("b", 3), "b")
