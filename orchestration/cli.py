@@ -238,19 +238,30 @@ def cmd_dev(args) -> int:
             daemon.kill()
 
 
+def _sql_error(e: Exception, home) -> str:
+    """One line for a failed `lensless sql`: DuckDB's first line, then what to do about it."""
+    from assets.store.lake import TABLES, has_table
+
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    lake = home.path("lake").as_posix()
+    if lake in first:  # a lake file DuckDB could not read
+        return f"{first}: rematerialise the asset that writes it, or restore the file"
+    tables = [name for name in TABLES if has_table(home, name)]
+    return f"{first} (tables: {', '.join(tables) or 'none yet: ingest something first'})"
+
+
 def cmd_sql(args) -> int:
     import duckdb
 
     from assets.store.query import check_read_only, connect
 
-    if not args.write:
-        check_read_only(args.query)
-    con = connect(_home(), read_only=not args.write)
+    home = _home()
     try:
-        result = con.sql(args.query)
+        if not args.write:
+            check_read_only(args.query)
+        result = connect(home, read_only=not args.write).sql(args.query)
     except duckdb.Error as e:
-        tables = [r[0] for r in con.execute("SHOW TABLES").fetchall()]
-        raise ValueError(f"{e}\ntables: {', '.join(tables) or '(none: ingest something first)'}") from e
+        raise ValueError(_sql_error(e, home)) from e
     if result is None:
         return 0
     if args.json:
