@@ -3,11 +3,14 @@
     python bench/index.py --n 200000 --d 128 [--json] [--target 0.95] [--repeats 5]
     python bench/index.py --n 1000000 --d 128
     python bench/index.py --lake ~/.lensless          # the real embeddings of a home
+    python bench/index.py --n 1000000 --vectors demo-1m.npy   # bench/demo_embeddings.py's
 
 Steps, all in one process and on the same held-out queries:
   1. data: synthetic ``synthetic_clustered`` unit vectors (n database + n/100 "new" + nq
      queries from one mixture), or with ``--lake HOME`` the image_embeddings of that home
-     (shuffled with the seed, then split the same way; n is what the home holds);
+     (shuffled with the seed, then split the same way; n is what the home holds), or with
+     ``--vectors FILE`` the first n + n/100 + nq rows of an .npy, split the same way
+     (``bench/demo_embeddings.py`` embeds as many demo images as asked with a home's encoder);
   2. select: ``index.select.select_index`` builds and tunes every factory of
      ``candidate_factories(n, d, budget)`` (or ``--factory A --factory B``) and keeps the
      fastest meeting recall@10 >= target; the candidates table is printed;
@@ -48,10 +51,17 @@ from index.threads import configure_threads  # noqa: E402
 from models.timing import interleaved, summarise  # noqa: E402
 
 
-def load_data(n: int, d: int, nq: int, seed: int, lake: str | None):
+def load_data(n: int, d: int, nq: int, seed: int, lake: str | None, vectors: str | None = None):
     """(xb, xnew, xq, source): database, 1% new vectors, held-out queries."""
+    n_new = max(1, n // 100)
+    if vectors is not None:  # e.g. bench/demo_embeddings.py: the first n + n/100 + nq rows
+        x = np.load(vectors, mmap_mode="r")
+        if len(x) < n + n_new + nq:
+            raise SystemExit(f"{vectors} holds {len(x):,} vectors; --n {n:,} needs {n + n_new + nq:,} "
+                             f"(n, 1% to add, {nq} queries)")
+        x = np.ascontiguousarray(x[: n + n_new + nq], dtype=np.float32)
+        return _split(x[np.random.default_rng(seed).permutation(len(x))], nq, f"{vectors} (first {len(x):,})")
     if lake is None:
-        n_new = max(1, n // 100)
         x = synthetic_clustered(n + n_new + nq, d, seed=seed)
         return x[:n], x[n : n + n_new], x[n + n_new :], "synthetic_clustered"
     from assets.store.files import Home
@@ -62,10 +72,14 @@ def load_data(n: int, d: int, nq: int, seed: int, lake: str | None):
         raise SystemExit(f"{lake} holds no image_embeddings: run `lensless demo` (or ingest + run) there first")
     x = np.ascontiguousarray(frame["embedding"].to_numpy(), dtype=np.float32)
     x = x[np.random.default_rng(seed).permutation(len(x))]
-    nq = min(nq, len(x) // 10)
+    return _split(x, min(nq, len(x) // 10), f"image_embeddings of {lake}")
+
+
+def _split(x: np.ndarray, nq: int, source: str):
+    """The last nq rows are the queries; of the rest, the last 1% is what gets added."""
     n = len(x) - nq
-    n_new = max(1, n // 100)
-    return x[: n - n_new], x[n - n_new : n], x[n:], f"image_embeddings of {lake}"
+    n_new = max(1, n // 101)
+    return x[: n - n_new], x[n - n_new : n], x[n:], source
 
 
 def time_searches(xb, index, xq, k: int, repeats: int, n_single: int):
@@ -89,7 +103,7 @@ def time_searches(xb, index, xq, k: int, repeats: int, n_single: int):
 def run(a: argparse.Namespace) -> dict:
     """Run the benchmark and return the metrics dict (see module doc)."""
     nthreads = configure_threads(a.threads)
-    xb, xnew, xq, source = load_data(a.n, a.d, a.nq, a.seed, a.lake)
+    xb, xnew, xq, source = load_data(a.n, a.d, a.nq, a.seed, a.lake, a.vectors)
     n, d = xb.shape
     ids = np.arange(n, dtype=np.int64)
     factories = a.factory or candidate_factories(n, d, a.budget)
@@ -140,7 +154,7 @@ def run(a: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=200_000, help="database vectors (synthetic data)")
+    p.add_argument("--n", type=int, default=200_000, help="database vectors (synthetic data or --vectors)")
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--nq", type=int, default=1000, help="held-out tuning/benchmark queries")
     p.add_argument("--k", type=int, default=10)
@@ -150,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--build-budget", type=float, default=None, help="reject candidates whose build takes longer (s)")
     p.add_argument("--factory", action="append", help="try only these factories (repeatable)")
     p.add_argument("--lake", default=None, help="a lensless home: benchmark on its image_embeddings")
+    p.add_argument("--vectors", default=None, help="an (N, d) float32 .npy (bench/demo_embeddings.py): its first rows")
     p.add_argument("--repeats", type=int, default=5, help="interleaved batch timing repeats")
     p.add_argument("--single", type=int, default=500, help="single-query latency samples")
     p.add_argument("--threads", type=int, default=None, help="faiss threads (default: all usable CPUs)")

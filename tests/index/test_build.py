@@ -28,7 +28,7 @@ from index.metrics import recall_at_k, synthetic_clustered
         (50_000, 128, 15_000_000, ["IVF256,SQ8"]),  # 7 MB
         (200_000, 128, None, ["IVF512,Flat", "IVF512,SQ8", "IVF512,PQ64x4fs,Refine(SQfp16)", "HNSW32,Flat"]),
         (1_000_000, 128, None, ["IVF1024,Flat", "IVF1024,SQ8", "IVF1024,PQ64x4fs,Refine(SQfp16)",
-                                "IVF4096_HNSW32,PQ64x4fs,Refine(SQfp16)"]),
+                                "IVF4096_HNSW32,PQ64x4fs,Refine(SQfp16)", "HNSW32,Flat"]),
         (1_000_000, 128, 150_000_000, ["IVF1024,SQ8"]),  # 136 B/vector
         (1_000_000, 128, 50_000_000, ["OPQ32,IVF4096,PQ32"]),  # 50 B/vector budget
         (20_000_000, 128, None, ["OPQ64,IVF16384,PQ64"]),
@@ -53,7 +53,8 @@ def test_needs_rebuild():
     assert needs_rebuild("Flat", 30_000, 128)
     assert not needs_rebuild("Flat", 10_000, 128)
     assert not needs_rebuild("HNSW32,Flat", 150_000, 128)
-    assert needs_rebuild("HNSW32,Flat", 600_000, 128)  # the graph left the search space
+    assert not needs_rebuild("HNSW32,Flat", 1_500_000, 128)
+    assert needs_rebuild("HNSW32,Flat", 2_500_000, 128)  # the graph left the search space
     assert not needs_rebuild("IVF512,Flat", 250_000, 128)
     assert not needs_rebuild("IVF512,PQ64x4fs,Refine(SQfp16)", 1_000_000, 128)  # wants 1024: within 2x
     assert needs_rebuild("IVF512,SQ8", 4_000_000, 128)  # wants 2048
