@@ -114,14 +114,19 @@ def list_source(source: str, label_depth: int = 1) -> Listing:
     if label_depth < 0:
         raise ValueError(f"--label-depth must be >= 0 (0: no labels), got {label_depth}")
     root = resolve_source(source)
-    fs, root_path = fsspec.core.url_to_fs(root)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    local = protocol in ("file", "local")
+    try:
+        fs, root_path = fsspec.core.url_to_fs(root)  # some filesystems (ftp) connect here
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        local = protocol in ("file", "local")
+        found = {} if local else fs.find(root_path, detail=True)
+    except OSError as e:  # a host that refuses or does not answer, a denied bucket
+        raise ValueError(f"source {source!r} could not be listed ({type(e).__name__}: {e}): check the URL, "
+                         "that the host answers and the credentials") from e
     rows = []  # (uri, path relative to the root, size, mtime, reason it is skipped or None)
     if local:
         rows = _walk_local(root_path)
     else:
-        for path, info in sorted(fs.find(root_path, detail=True).items()):
+        for path, info in sorted(found.items()):
             if info.get("type") == "directory":
                 continue
             mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
