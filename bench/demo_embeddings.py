@@ -28,8 +28,9 @@ import numpy as np  # noqa: E402
 from assets.demo.catalog import DemoCatalogConfig  # noqa: E402
 from assets.demo.render import render_image  # noqa: E402
 from assets.ingestion.decode import DecodePolicy, decode_image  # noqa: E402
-from assets.store.files import Home, NpyWriter  # noqa: E402
+from assets.store.files import Home  # noqa: E402
 from assets.store.models import current_dir  # noqa: E402
+from assets.store.npy import NpyWriter  # noqa: E402
 from models.embed import iter_embeddings  # noqa: E402
 from models.encoder import ImageEncoder  # noqa: E402
 

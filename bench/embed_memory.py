@@ -4,7 +4,7 @@
 
 For each size, one subprocess writes N canonical 224 px uint8 images to an .npy; a fresh
 subprocess then embeds it exactly as the `image_embeddings` asset does
-(`assets.store.files.iter_npy_rows` blocks into `models.embed.iter_embeddings`) and reports its
+(`assets.store.npy.iter_npy_rows` blocks into `models.embed.iter_embeddings`) and reports its
 peak RSS (ru_maxrss), so peaks do not mix.
 Streaming means peak RSS grows with the batch size, not with N: the ratio of the two
 peaks should stay near 1 while N grows 4x. Last line: one JSON object.
@@ -36,7 +36,7 @@ def write(n: int, path: str) -> None:
 
 def child(n: int, batch_size: int, path: str) -> None:
     sys.path.insert(0, str(ROOT))
-    from assets.store.files import iter_npy_rows
+    from assets.store.npy import iter_npy_rows
     from models.embed import iter_embeddings
     from models.encoder import ImageEncoder, encoder_config
 

@@ -38,7 +38,7 @@ from assets.demo.catalog import DemoCatalogConfig, write_demo_catalog  # noqa: E
 from assets.ingestion.batch import ingest_batch  # noqa: E402
 from assets.ingestion.decode import DecodePolicy  # noqa: E402
 from assets.ingestion.sources import list_source  # noqa: E402
-from assets.store.files import NpyWriter  # noqa: E402
+from assets.store.npy import NpyWriter  # noqa: E402
 from index.threads import usable_cpus  # noqa: E402
 from models.timing import interleaved, summarise  # noqa: E402
 

@@ -11,9 +11,9 @@ from assets.embeddings.quality import evaluate_encoder, train_pairs_rows, traini
 from assets.ingestion.assets import engagement_events, image_batches, raw_images
 from assets.plots import line_plot, md_image, md_table
 from assets.settings import settings_metadata
-from assets.store.files import iter_npy_rows
 from assets.store.lake import catalog, load_pixels, pixels_path, read_table, write_table
 from assets.store.models import current_dir, save_version, set_current
+from assets.store.npy import iter_npy_rows
 from assets.store.resource import LenslessHome
 from models.device import resolve_device
 from models.embed import iter_embeddings

@@ -10,7 +10,7 @@ from assets.ingestion.decode import DecodePolicy
 from assets.ingestion.engagement import load_engagement_file, registered_sources, resolve_events
 from assets.ingestion.sources import read_batch
 from assets.plots import contact_sheet, md_image, md_table
-from assets.store.files import read_npy, remove_temporaries
+from assets.store.files import remove_temporaries
 from assets.store.lake import (
     EVENT_SCHEMA,
     content_version,
@@ -19,6 +19,7 @@ from assets.store.lake import (
     table_path,
     write_table,
 )
+from assets.store.npy import read_npy
 from assets.store.resource import LenslessHome
 
 image_batches = dg.DynamicPartitionsDefinition(name="image_batches")

@@ -29,8 +29,8 @@ import numpy as np
 import polars as pl
 
 from assets.ingestion.decode import DecodePolicy, Quarantined, decode_image
-from assets.store.files import NpyWriter
 from assets.store.lake import DUPLICATE_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA, SKIPPED_SCHEMA
+from assets.store.npy import NpyWriter
 from index.threads import usable_cpus
 
 

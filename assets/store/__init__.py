@@ -1,2 +1,2 @@
 """The one storage layer: the home and its atomic writes (files), every table (lake), model
-versions (models), DuckDB views (query) and the Dagster resource that names the home."""
+versions (models), pixel and embedding arrays (npy), DuckDB views (query) and the Dagster resource that names the home."""

@@ -22,11 +22,11 @@ from assets.store.files import (
     Home,
     append_record,
     read_json,
-    read_npy,
     read_parquet,
     read_records,
     write_parquet,
 )
+from assets.store.npy import read_npy
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image
 
 from assets.ingestion.sources import unfinished_batches
-from assets.store.files import Home, read_npy
+from assets.store.files import Home
 from assets.store.lake import pixels_path, read_registry, read_table
+from assets.store.npy import read_npy
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from assets.ingestion.assets import engagement_events, quarantine_rate, raw_images, unique_image_ids
 from assets.ingestion.sources import list_source, new_entries, register_batch
-from assets.store.files import read_npy
 from assets.store.lake import pixels_path, read_table
+from assets.store.npy import read_npy
 from assets.store.resource import LenslessHome
 from tests.assets.image_files import make_mixed_folder
 

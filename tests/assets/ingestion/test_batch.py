@@ -6,7 +6,7 @@ import pytest
 from assets.ingestion.batch import ingest_batch
 from assets.ingestion.decode import DecodePolicy
 from assets.ingestion.sources import list_source
-from assets.store.files import read_npy
+from assets.store.npy import read_npy
 from tests.assets.image_files import make_mixed_folder
 
 
