@@ -26,14 +26,9 @@ from torch import nn
 from transformers import Qwen3VLForConditionalGeneration
 
 from models.gutted_vlm import base_identity, random_language_model
+from models.prompt_blocks import ImageTokens
 from models.qwen3vl_configs import config_names, qwen3vl_config
-from models.rerank_head import (
-    DEFAULT_CUE,
-    DEFAULT_QUESTION,
-    PRIOR_BUCKETS,
-    ImageTokens,
-    PromptScorer,
-)
+from models.rerank_head import DEFAULT_CUE, DEFAULT_QUESTION, PRIOR_BUCKETS, PromptScorer
 from models.tokenizer import build_tiny_tokenizer, encode_text, load_tokenizer, single_token_id
 
 IMAGE_MEAN = 0.5  # Qwen3-VL processor normalisation

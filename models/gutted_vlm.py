@@ -22,15 +22,9 @@ from torch import nn
 from transformers import Qwen3VLConfig, Qwen3VLTextModel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
 
+from models.prompt_blocks import HistoryPool, ImageTokens
 from models.qwen3vl_configs import config_names, qwen3vl_config
-from models.rerank_head import (
-    DEFAULT_CUE,
-    DEFAULT_QUESTION,
-    PRIOR_BUCKETS,
-    HistoryPool,
-    ImageTokens,
-    PromptScorer,
-)
+from models.rerank_head import DEFAULT_CUE, DEFAULT_QUESTION, PRIOR_BUCKETS, PromptScorer
 from models.tokenizer import build_tiny_tokenizer, encode_text, load_tokenizer, single_token_id
 
 LM_PREFIX = "model.language_model."

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.rerank_head import PRIOR_BUCKETS
+from models.rerank_head import PRIOR_BUCKETS, best_and_mean_cosine
 
 
 @dataclass
@@ -94,14 +94,12 @@ class SequentialRecommender(nn.Module):
         b, c, _ = cand_feats.shape
         u = self.user(query_feats, present)[:, None].expand(b, c, -1)  # (B, C, h)
         v = self.item(cand_feats)  # (B, C, h)
-        cos = torch.einsum("bcd,bhd->bch", cand_feats, query_feats).masked_fill(~present[:, None], -2.0)
         parts = [u * v, u, v]
         if self.prior is not None:
             buckets = torch.zeros(b, c, dtype=torch.long) if prior is None else prior.long()
             parts.append(self.prior(buckets.clamp(0, self.prior.num_embeddings - 1).to(v.device)))
-        parts.append(cos.max(dim=-1).values[..., None])  # (B, C, 1): the best cosine to the history
-        mean = (cos.clamp(min=-1) * present[:, None]).sum(-1) / present.sum(1).clamp(min=1)[:, None]
-        parts.append(mean[..., None])  # (B, C, 1): the mean cosine, i.e. to the history's centroid
+        # (B, C, 2): the best cosine to the history, and the mean, i.e. to the history's centroid
+        parts.append(best_and_mean_cosine(cand_feats, query_feats, present))
         return self.head(torch.cat(parts, dim=-1)).squeeze(-1)
 
 

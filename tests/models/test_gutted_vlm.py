@@ -12,8 +12,8 @@ import torch
 import models.gutted_vlm as gv
 from models.full_vlm import write_tiny_checkpoint
 from models.gutted_vlm import GuttedConfig, build_gutted
+from models.prompt_blocks import concat, pack_left, repeat_rows, run_lm, text_positions
 from models.qwen3vl_configs import qwen3vl_config
-from models.rerank_head import concat, pack_left, repeat_rows, run_lm, text_positions
 from models.tokenizer import build_tiny_tokenizer
 
 
@@ -144,13 +144,13 @@ def test_kv_cache_only_where_it_pays(monkeypatch):
 def test_an_ignored_kv_cache_is_an_error_not_wrong_scores(monkeypatch):
     """transformers renamed the text model's cache argument (past_key_values -> cache); a
     wrong name is swallowed by **kwargs, and scoring must fail rather than drop the prefix."""
-    import models.rerank_head as rerank_head
+    import models.prompt_blocks as prompt_blocks
 
     model = build_gutted()
     q, c = _inputs(b=2, c=3)
-    name = rerank_head._cache_kwarg(type(model.lm))
+    name = prompt_blocks._cache_kwarg(type(model.lm))
     assert name in inspect.signature(type(model.lm).forward).parameters
-    monkeypatch.setattr(rerank_head, "_cache_kwarg", lambda _t: "not_a_cache_argument")
+    monkeypatch.setattr(prompt_blocks, "_cache_kwarg", lambda _t: "not_a_cache_argument")
     with torch.no_grad(), pytest.raises(RuntimeError, match="did not fill the KV cache"):
         model.score(q, c, use_cache=True)
 
@@ -286,7 +286,7 @@ def test_a_history_prefix_scores_like_its_images_in_one_prompt_and_padding_chang
 
 
 def test_the_history_summary_is_one_more_image_the_mean_of_the_present_ones():
-    from models.rerank_head import ImageTokens, history_summary
+    from models.prompt_blocks import ImageTokens, history_summary
 
     tokens = torch.arange(2 * 3 * 2 * 1, dtype=torch.float32).view(6, 2, 1)  # 2 users x 3 images x 2 tokens
     present = torch.tensor([[True, True, True], [False, True, True]])
