@@ -3,11 +3,19 @@
 faiss's ``ParameterSpace`` lists the knobs of an index (nprobe, efSearch,
 quantizer_efSearch, ...) on a power-of-two grid; we refine each grid with 1.5x midpoints
 (24 between 16 and 32) and drop ``ht`` (polysemous pruning, which needs polysemous
-training). ``faiss.contrib.evaluation.OperatingPointsWithRanges`` keeps the Pareto set and
-skips experiments that cannot join it (a setting with every knob >= a known one cannot be
-faster; one with every knob <= cannot be more accurate). Settings run cheapest first, and
-any setting with every knob >= one that already met the target is skipped too (slower, so
-never picked): the table is then complete only up to the chosen point. Recall is the intersection
+training). ``faiss.contrib.evaluation.OperatingPointsWithRanges`` keeps the measured points.
+Recall and time both grow with every knob, so the settings that just meet the target form a
+staircase, and the fastest is on it:
+
+  * one or two knobs (efSearch; nprobe; k_factor_rf with either): walk the staircase, from the
+    first knob at its lowest and the second at its highest; a setting that meets the target
+    steps the second knob down, one that misses steps the first up. That measures at most
+    len(first) + len(second) settings and finds the lowest second knob for every first one;
+  * three knobs and more (IVF with an HNSW quantizer under a refine: thousands of settings):
+    ``max_experiments`` sampled settings, cheapest first, skipping those faiss says cannot join
+    the Pareto set and those with every knob >= one that already met the target.
+
+The table is then complete only around the chosen point. Recall is the intersection
 measure against exact kNN, tie-aware when the database vectors are given (see metrics).
 The chosen setting is the fastest measured one with recall >= target (the few that can be
 fastest are timed again, interleaved, so one burst of machine load cannot pick a slow one); if none
@@ -85,16 +93,25 @@ def tune_index(
     op = OperatingPointsWithRanges()
     for name, values in ranges:
         op.add_range(name, values)
-    # cheapest settings first (sorted experiment numbers), so that once a setting meets the
-    # target every setting with all knobs >= it is skipped: it is slower and cannot be picked
-    for cno in _experiments(op, max_experiments):
-        key = op.cno_to_key(cno)
-        reached = [k2 for k2, perf, _ in op.operating_points if perf >= target_recall]
-        if any(np.all(key >= k2) for k2 in reached) or not op.should_run_experiment(key):
-            continue
+
+    def run(key) -> float:
         _set(ps, index, op.get_parameters(key))
         _, I, t = _timed(index, xq, k, repeats=1)
-        op.add_operating_point(key, measure(I), t)
+        recall = measure(I)
+        op.add_operating_point(key, recall, t)
+        return recall
+
+    if len(ranges) <= 2:
+        _walk_staircase([len(values) for _, values in ranges], run, target_recall)
+    else:
+        # cheapest settings first (sorted experiment numbers), so that once a setting meets the
+        # target every setting with all knobs >= it is skipped: it is slower and cannot be picked
+        for cno in _experiments(op, max_experiments):
+            key = op.cno_to_key(cno)
+            reached = [k2 for k2, perf, _ in op.operating_points if perf >= target_recall]
+            if any(np.all(key >= k2) for k2 in reached) or not op.should_run_experiment(key):
+                continue
+            run(key)
 
     measured = sorted(op.operating_points + op.suboptimal_points, key=lambda p: (p[1], -p[2]))
     ok = [p for p in measured if p[1] >= target_recall]
@@ -104,6 +121,22 @@ def tune_index(
     _, I, t = _timed(index, xq, k, repeats=3)
     table = [{"params": _fmt(op.get_parameters(kk)), "recall": r, "qps": nq / tt} for kk, r, tt in measured]
     return TuneResult(_fmt(params), measure(I), nq / t, gt["exact_qps"], bool(ok), k, table)
+
+
+def _walk_staircase(sizes: list[int], run, target: float) -> None:
+    """Measure (``run(key) -> recall``) the lowest-cost settings meeting ``target`` on a grid of
+    one or two monotone knobs with ``sizes`` values each (see the module doc)."""
+    if len(sizes) == 1:
+        for i in range(sizes[0]):
+            if run(np.array([i])) >= target:
+                return
+        return
+    i, j = 0, sizes[1] - 1
+    while i < sizes[0] and j >= 0:
+        if run(np.array([i, j])) >= target:
+            j -= 1
+        else:
+            i += 1
 
 
 def _fastest(ps, index, xq, k, op, ok: list, finalists: int):

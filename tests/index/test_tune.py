@@ -9,7 +9,7 @@ from faiss.contrib.evaluation import OperatingPointsWithRanges
 
 from index.build import build_index
 from index.metrics import recall_at_k
-from index.tune import _fastest, apply_params, tune_index
+from index.tune import _fastest, _ranges, _walk_staircase, apply_params, tune_index
 
 
 @pytest.mark.parametrize("factory", ["IVF64,Flat", "HNSW32"])
@@ -62,3 +62,44 @@ def test_unreachable_target_reports_best_effort(data):
     assert not res.met_target
     assert res.recall_at_10 == pytest.approx(max(r["recall"] for r in res.table), abs=0.02)
     assert np.isfinite(res.qps)
+
+
+
+def test_the_staircase_walk_finds_every_cheapest_setting_in_few_steps():
+    """Recall grows with both knobs; the walk measures at most len(a) + len(b) settings and,
+    for every first-knob value, the lowest second-knob value that meets the target."""
+    sizes, target = (12, 15), 0.5
+    recall = lambda i, j: min(1.0, 0.02 * (i + 1) * (j + 1))  # noqa: E731
+    measured = {}
+
+    def run(key):
+        measured[tuple(key)] = recall(*key)
+        return measured[tuple(key)]
+
+    _walk_staircase(list(sizes), run, target)
+    assert len(measured) <= sum(sizes)
+    cheapest = {(i, min(j for j in range(sizes[1]) if recall(i, j) >= target))
+                for i in range(sizes[0]) if recall(i, sizes[1] - 1) >= target}
+    minimal = {(i, j) for i, j in cheapest if not any(j2 <= j and i2 < i for i2, j2 in cheapest)}
+    assert minimal and minimal <= {key for key, r in measured.items() if r >= target}
+
+
+def test_a_refined_index_is_tuned_on_its_two_knobs(data):
+    """k_factor_rf x nprobe (12 x 10 settings): the chosen setting meets the target and the
+    walk measured the next cheaper one on each knob, which missed."""
+    index = build_index(data["xb"], data["ids"], "IVF64,PQ8x4fs,RFlat")
+    res = tune_index(index, data["xb"], data["xq"], target_recall=0.95, ids=data["ids"])
+    assert res.met_target and res.recall_at_10 >= 0.95, res
+    ps = faiss.ParameterSpace()
+    ps.initialize(faiss.downcast_index(index.index))
+    grids = dict(_ranges(ps))
+    assert list(grids) == ["k_factor_rf", "nprobe"]
+    assert len(res.table) <= sum(len(v) for v in grids.values())
+    kf, nprobe = (float(item.split("=")[1]) for item in res.params.split(","))
+    recall = {tuple(float(x.split("=")[1]) for x in r["params"].split(",")): r["recall"] for r in res.table}
+    lower_nprobe = [v for v in grids["nprobe"] if v < nprobe]
+    if lower_nprobe:
+        assert recall[(kf, lower_nprobe[-1])] < 0.95
+    lower_kf = [v for v in grids["k_factor_rf"] if v < kf]
+    if lower_kf:
+        assert any(r < 0.95 for (k2, n2), r in recall.items() if k2 == lower_kf[-1] and n2 >= nprobe)
