@@ -17,6 +17,10 @@ recall target. The space follows the FAISS wiki "Guidelines to choose an index":
                                                    the same recall and speed at 200k)
                          IVF{4k}_HNSW32,PQ{d/2}x4fs,Refine(SQfp16)  HNSW coarse quantizer
                                                    (n >= 500,000)
+                         PCA{d/4},HNSW32_SQ8,RFlat graph over 8-bit codes of the top d/4
+                                                   principal components, then k_factor_rf * k
+                                                   hits re-ranked on the full vectors
+                                                   (d >= 64, n < 2M; see "Reduced graphs")
                          HNSW32,Flat               graph, no training, exact distances
                                                    (n < 2M: its build grows fastest with n,
                                                    72 s at 1M x 128 on 2 cores)
@@ -35,6 +39,16 @@ budget) uses the wiki's 4 sqrt(n), and every IVF with k >= 32768 the HNSW quanti
 Ids are ours: plain IVF indexes store them in the inverted lists; Flat, HNSW and refined
 indexes get an IndexIDMap2. Every family grows in place (``add_vectors``): HNSW links the
 new nodes into its graph, IVF appends to its lists, a refine stage appends to its store.
+
+Reduced graphs: a graph search is bound by the ~500 random vector reads per query (200k x 128,
+recall@10 0.95), not by arithmetic. Learned embeddings keep most of their variance in a few
+directions (a trained demo encoder: 99% in 32 of 128), so a graph over d/4 principal
+components in 8-bit codes reads 16x fewer bytes per hop, and the exact re-rank of the
+k_factor_rf * k hits restores exact scores and order. On embeddings whose variance is spread
+out the reduced ranking misses neighbours and the tuner rejects the candidate for recall.
+PCA centres the data, which changes inner products but not L2 distances, so this family is
+built with the L2 metric; on unit vectors L2 ranks exactly as inner product does, and
+``index.search.search`` turns the distances back into inner products.
 
 Retrain decisions:
   * ``needs_rebuild`` - N left the factory's family's range (the family is no longer a
@@ -70,7 +84,7 @@ TRAIN_PER_LIST = 64  # training sample size per list (faiss subsamples above 256
 MIN_TRAIN = 65_536  # PQ/OPQ codebooks want ~10k+ points whatever k is
 DRIFT_THRESHOLD = 1.5
 PQ_M_CHOICES = (64, 48, 32, 24, 16, 12, 8, 4)
-FAMILIES = ("flat", "hnsw", "ivf_flat", "ivf_sq", "ivf_pq_refine", "ivf_pq")
+FAMILIES = ("flat", "hnsw", "hnsw_pca", "ivf_flat", "ivf_sq", "ivf_pq_refine", "ivf_pq")
 
 
 def candidate_factories(n: int, d: int, memory_budget_bytes: int | None = None) -> list[str]:
@@ -87,6 +101,8 @@ def candidate_factories(n: int, d: int, memory_budget_bytes: int | None = None) 
             space.append(f"{ivf},PQ{d // 2}x4fs,Refine(SQfp16)")
         if n >= IVF_HNSW_MIN_N and d % 2 == 0 and "HNSW" not in ivf:
             space.append(f"{_ivf(_nlist(n, per_sqrt=4), hnsw=True)},PQ{d // 2}x4fs,Refine(SQfp16)")
+        if n < HNSW_MAX_N and d >= 64 and d % 4 == 0:
+            space.append(f"PCA{d // 4},HNSW{HNSW_M}_SQ8,RFlat")
         if n < HNSW_MAX_N:
             space.append(f"HNSW{HNSW_M},Flat")
     space = [f for f in space if estimate_bytes(f, n, d) <= budget]
@@ -108,13 +124,14 @@ def estimate_bytes(factory: str, n: int, d: int) -> int:
     """Rough RAM of an index: codes + ids + graph links + coarse centroids (+ OPQ matrix)."""
     fam = family(factory)
     k = _factory_nlist(factory)
-    fixed = 4 * d * k + (4 * d * d if factory.startswith("OPQ") else 0)
+    fixed = 4 * d * k + (4 * d * d if factory.startswith(("OPQ", "PCA")) else 0)
     idmap = 8 + 40  # IDMap2 keeps ids and a reverse hash map
     if fam == "flat":
         per = 4 * d + idmap
     elif fam == "hnsw":
-        m = int(re.search(r"HNSW(\d+)", factory).group(1))
-        per = 4 * d + idmap + int(2 * m * 4 * 1.1)  # level-0 links are 2M int32, upper levels ~10%
+        per = 4 * d + idmap + _hnsw_link_bytes(factory)
+    elif fam == "hnsw_pca":  # 8-bit codes of the reduced vectors + links + RFlat's full vectors
+        per = _pca_dim(factory) + _hnsw_link_bytes(factory) + 4 * d + idmap
     elif fam == "ivf_flat":
         per = 4 * d + 8
     elif fam == "ivf_sq":
@@ -136,6 +153,8 @@ def family(factory: str) -> str:
         return "ivf_sq" if "SQ" in codes else "ivf_flat"
     if body.startswith("HNSW"):
         return "hnsw"
+    if body.startswith("PCA") and "HNSW" in body:
+        return "hnsw_pca"
     if body == "Flat":
         return "flat"
     raise ValueError(f"unknown factory family for {factory!r}; valid families: {FAMILIES}")
@@ -191,12 +210,14 @@ def build_index(
 
 
 def make_empty(factory: str, d: int) -> faiss.Index:
-    """Empty inner-product index for ``factory``; Flat, HNSW and refined ones get an IndexIDMap2."""
-    family(factory)  # validates
-    if family(factory) in ("flat", "hnsw", "ivf_pq_refine") and not factory.startswith("IDMap"):
+    """Empty index for ``factory``: inner product, but L2 for the PCA family (see "Reduced
+    graphs"); Flat, HNSW and refined ones get an IndexIDMap2."""
+    fam = family(factory)  # validates
+    if fam in ("flat", "hnsw", "hnsw_pca", "ivf_pq_refine") and not factory.startswith("IDMap"):
         factory = "IDMap2," + factory
+    metric = faiss.METRIC_L2 if fam == "hnsw_pca" else faiss.METRIC_INNER_PRODUCT
     try:
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(d, factory, metric)
     except RuntimeError as e:
         raise ValueError(f"faiss cannot build factory {factory!r} with d={d}: {e}") from e
     ivf = faiss.try_extract_index_ivf(index)
@@ -303,6 +324,16 @@ def _nlist(n: int, per_sqrt: int = 1) -> int:
 def _factory_nlist(factory: str) -> int:
     m = re.search(r"IVF(\d+)", factory)
     return int(m.group(1)) if m else 0
+
+
+def _hnsw_link_bytes(factory: str) -> int:
+    """Graph links per vector: level 0 holds 2M int32, the upper levels ~10% more."""
+    m = int(re.search(r"HNSW(\d+)", factory).group(1))
+    return int(2 * m * 4 * 1.1)
+
+
+def _pca_dim(factory: str) -> int:
+    return int(re.match(r"PCA(\d+)", factory.removeprefix("IDMap2,")).group(1))
 
 
 def _refine_bytes(factory: str, d: int) -> int:

@@ -27,6 +27,9 @@ def search(
     I = np.empty((nq, k), dtype=np.int64)
     for s in range(0, nq, batch_size):
         D[s : s + batch_size], I[s : s + batch_size] = index.search(xq[s : s + batch_size], k)
+    if index.metric_type == faiss.METRIC_L2:
+        D = 1 - D / 2
+    D[I < 0] = -np.inf
     return D, I
 
 

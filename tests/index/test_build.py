@@ -14,7 +14,8 @@ from index.build import (
     needs_rebuild,
     quantizer_drift,
 )
-from index.metrics import recall_at_k, synthetic_clustered
+from index.metrics import exact_knn, recall_at_k, rescore, synthetic_clustered
+from index.search import search
 
 
 @pytest.mark.parametrize(
@@ -22,13 +23,17 @@ from index.metrics import recall_at_k, synthetic_clustered
     [
         (1_000, 128, None, ["Flat"]),
         (19_999, 128, None, ["Flat"]),
-        (50_000, 128, None, ["IVF256,Flat", "IVF256,SQ8", "IVF256,PQ64x4fs,Refine(SQfp16)", "HNSW32,Flat"]),
-        # 30 MB: the flat codes (26 MB) and the refined fast-scan (17 MB) fit, the graph does not
+        (50_000, 128, None, ["IVF256,Flat", "IVF256,SQ8", "IVF256,PQ64x4fs,Refine(SQfp16)",
+                             "PCA32,HNSW32_SQ8,RFlat", "HNSW32,Flat"]),
+        # 30 MB: the flat codes (26 MB) and the refined fast-scan (17 MB) fit, the graphs do not
         (50_000, 128, 30_000_000, ["IVF256,Flat", "IVF256,SQ8", "IVF256,PQ64x4fs,Refine(SQfp16)"]),
         (50_000, 128, 15_000_000, ["IVF256,SQ8"]),  # 7 MB
-        (200_000, 128, None, ["IVF512,Flat", "IVF512,SQ8", "IVF512,PQ64x4fs,Refine(SQfp16)", "HNSW32,Flat"]),
+        (200_000, 128, None, ["IVF512,Flat", "IVF512,SQ8", "IVF512,PQ64x4fs,Refine(SQfp16)",
+                              "PCA32,HNSW32_SQ8,RFlat", "HNSW32,Flat"]),
+        (200_000, 32, None, ["IVF512,Flat", "IVF512,SQ8", "IVF512,PQ16x4fs,Refine(SQfp16)", "HNSW32,Flat"]),
         (1_000_000, 128, None, ["IVF1024,Flat", "IVF1024,SQ8", "IVF1024,PQ64x4fs,Refine(SQfp16)",
-                                "IVF4096_HNSW32,PQ64x4fs,Refine(SQfp16)", "HNSW32,Flat"]),
+                                "IVF4096_HNSW32,PQ64x4fs,Refine(SQfp16)", "PCA32,HNSW32_SQ8,RFlat",
+                                "HNSW32,Flat"]),
         (1_000_000, 128, 150_000_000, ["IVF1024,SQ8"]),  # 136 B/vector
         (1_000_000, 128, 50_000_000, ["OPQ32,IVF4096,PQ32"]),  # 50 B/vector budget
         (20_000_000, 128, None, ["OPQ64,IVF16384,PQ64"]),
@@ -55,6 +60,8 @@ def test_needs_rebuild():
     assert not needs_rebuild("HNSW32,Flat", 150_000, 128)
     assert not needs_rebuild("HNSW32,Flat", 1_500_000, 128)
     assert needs_rebuild("HNSW32,Flat", 2_500_000, 128)  # the graph left the search space
+    assert not needs_rebuild("PCA32,HNSW32_SQ8,RFlat", 1_500_000, 128)
+    assert needs_rebuild("PCA32,HNSW32_SQ8,RFlat", 2_500_000, 128)
     assert not needs_rebuild("IVF512,Flat", 250_000, 128)
     assert not needs_rebuild("IVF512,PQ64x4fs,Refine(SQfp16)", 1_000_000, 128)  # wants 1024: within 2x
     assert needs_rebuild("IVF512,SQ8", 4_000_000, 128)  # wants 2048
@@ -102,6 +109,27 @@ def test_hnsw_incremental_keeps_recall(data):
     add_vectors(index, xb[3000:], ids[3000:])
     faiss.ParameterSpace().set_index_parameter(index, "efSearch", 64)
     assert recall_at_k(index.search(data["xq"], 10)[1], data["gt_I"], 10) >= 0.9
+
+
+def test_reduced_graph_returns_exact_inner_products_and_grows_in_place():
+    """The PCA graph is an L2 index; search() still gives the exact inner products, best first."""
+    rng = np.random.default_rng(0)  # unit vectors whose variance lies in 12 of 64 directions
+    x = rng.normal(size=(6200, 12)) @ rng.normal(size=(12, 64)) + 0.05 * rng.normal(size=(6200, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype("float32")
+    xb, xq, ids = x[:6000], x[6000:], np.arange(6000, dtype=np.int64) + 10_000
+    factory = candidate_factories(50_000, 64)[3]
+    assert factory == "PCA16,HNSW32_SQ8,RFlat" and family(factory) == "hnsw_pca"
+    index = build_index(xb[:3000], ids[:3000], factory)
+    add_vectors(index, xb[3000:], ids[3000:])
+    assert index.metric_type == faiss.METRIC_L2 and index.ntotal == 6000
+    faiss.ParameterSpace().set_index_parameters(index, "efSearch=64,k_factor_rf=4")
+    D, I = search(index, xq, 10)
+    gt_D, gt_I = exact_knn(xb, xq, 10)
+    assert recall_at_k(I - 10_000, gt_I, 10) >= 0.95
+    np.testing.assert_allclose(D, rescore(xq, xb, I - 10_000), atol=1e-5)
+    assert (np.diff(D, axis=1) <= 1e-6).all(), "best first, as for inner-product indexes"
+    D, I = search(index, xq[:2], 7000)  # more than it holds: the rest is missing
+    assert (I[:, 6000:] == -1).all() and np.isneginf(D[:, 6000:]).all()
 
 
 def test_add_vectors_checks_inputs(data):
