@@ -238,15 +238,17 @@ def cmd_dev(args) -> int:
             daemon.kill()
 
 
-def _sql_error(e: Exception, home) -> str:
+def _sql_error(e: Exception, home, damaged: dict[str, str]) -> str:
     """One line for a failed `lensless sql`: DuckDB's first line, then what to do about it."""
     from assets.store.lake import TABLES, has_table
 
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    lake = home.path("lake").as_posix()
-    if lake in first:  # a lake file DuckDB could not read
+    hit = [name for name in damaged if f'"{name}"' in first or f" {name} " in f" {first} "]
+    if hit:  # the query needs a table left out because one of its files is unreadable
+        first = damaged[hit[0]]
+    if home.path("lake").as_posix() in first:  # a lake file DuckDB could not read
         return f"{first}: rematerialise the asset that writes it, or restore the file"
-    tables = [name for name in TABLES if has_table(home, name)]
+    tables = [name for name in TABLES if has_table(home, name) and name not in damaged]
     return f"{first} (tables: {', '.join(tables) or 'none yet: ingest something first'})"
 
 
@@ -256,12 +258,15 @@ def cmd_sql(args) -> int:
     from assets.store.query import check_read_only, connect
 
     home = _home()
+    damaged: dict[str, str] = {}
     try:
         if not args.write:
             check_read_only(args.query)
-        result = connect(home, read_only=not args.write).sql(args.query)
+        result = connect(home, read_only=not args.write, damaged=damaged).sql(args.query)
     except duckdb.Error as e:
-        raise ValueError(_sql_error(e, home)) from e
+        raise ValueError(_sql_error(e, home, damaged)) from e
+    for name, error in damaged.items():  # the query did not need them
+        print(f"warning: table {name} left out: {error}", file=sys.stderr)
     if result is None:
         return 0
     if args.json:

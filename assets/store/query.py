@@ -30,9 +30,14 @@ def check_read_only(query: str) -> None:
                              "(pass --write to allow them)")
 
 
-def connect(home: Home, memory_limit: str | None = None, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(home: Home, memory_limit: str | None = None, read_only: bool = False,
+            damaged: dict[str, str] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per written lake table (`read_only`: confined
-    to reading the lake, see the module doc)."""
+    to reading the lake, see the module doc).
+
+    A view reads its files' schemas when it is created, so one unreadable file fails it. By
+    default that error propagates; given a `damaged` dict, the table is left out and its
+    error's first line recorded there under its name, so the other tables stay queryable."""
     con = duckdb.connect()
     if memory_limit:
         con.sql(f"SET memory_limit='{memory_limit}'")
@@ -45,7 +50,12 @@ def connect(home: Home, memory_limit: str | None = None, read_only: bool = False
             continue
         path = home.path("lake", name) if table.partitioned else table_path(home, name)
         glob = f"{path.as_posix()}/*.parquet" if table.partitioned else path.as_posix()
-        con.sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name=true)")
+        try:
+            con.sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name=true)")
+        except duckdb.Error as e:
+            if damaged is None:
+                raise
+            damaged[name] = (str(e).strip().splitlines() or [type(e).__name__])[0]
     if read_only:
         con.execute("SET allowed_directories = $dirs", {"dirs": [f"{home.path('lake').as_posix()}/"]})
         con.execute("SET enable_external_access = false")

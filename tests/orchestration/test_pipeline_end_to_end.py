@@ -422,6 +422,26 @@ def test_sql_views_cover_the_tables(pipeline, capsys):
     assert "lensless sql only reads" in capsys.readouterr().err and not into_lake.exists()
 
 
+def test_a_damaged_table_leaves_the_others_queryable(pipeline, tmp_path, monkeypatch, capsys):
+    """One unreadable raw_images file: queries on other tables run, with one warning naming
+    it; a query on raw_images is the one-line error naming the file."""
+    from orchestration.cli import main
+
+    home, _ = pipeline
+    root = tmp_path / "home"
+    shutil.copytree(home.root, root, ignore=shutil.ignore_patterns("dagster"))
+    monkeypatch.setenv("LENSLESS_HOME", str(root))
+    damaged = next((root / "lake" / "raw_images").rglob("*.parquet"))
+    _truncate(damaged)
+    assert main(["sql", "SELECT count(*) AS n FROM reranked_candidates", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip())[0]["n"] == 16 * 20
+    assert err.strip().startswith("warning: table raw_images left out") and damaged.name in err
+    assert main(["sql", "SELECT count(*) FROM raw_images JOIN candidates ON true"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and damaged.name in lines[0] and "restore the file" in lines[0], lines
+
+
 def test_promote_and_rollback(pipeline, capsys):
     """Moves by hand work, and Dagster records them on reranker_champion with the reason."""
     import dagster as dg
