@@ -35,7 +35,7 @@ def pipeline(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LENSLESS_HOME", str(home.root))
         mp.setenv("DAGSTER_HOME", str(home.local_dir("dagster")))
-        from orchestration.cli import ensure_demo
+        from orchestration.commands import ensure_demo
         from orchestration.pipeline import run_all
 
         report = run_all(home, ensure_demo(DEMO_IMAGES), run_config=TINY)
@@ -146,7 +146,7 @@ def test_a_second_run_on_unchanged_inputs_skips_what_is_up_to_date(pipeline, cap
     import dagster as dg
 
     from assets.reranker.pairs import PairConfig
-    from orchestration.cli import ensure_demo
+    from orchestration.commands import ensure_demo
     from orchestration.definitions import defs
     from orchestration.instance import get_instance
     from orchestration.pipeline import run_all

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_GRAPH = """
 import json, sys
 from assets.store.files import Home
-from orchestration.cli import ensure_demo
+from orchestration.commands import ensure_demo
 from orchestration.pipeline import run_all
 if __name__ == "__main__":
     report = run_all(Home.from_env(), ensure_demo(int(sys.argv[1])), run_config=json.loads(sys.argv[2]))
