@@ -56,6 +56,7 @@ def cmd_ingest(args) -> int:
 
 def _print_report(report: dict) -> None:
     from assets.evaluation.report import (
+        champion_moved_line,
         decision_rows,
         promotion_line,
         provenance_line,
@@ -63,6 +64,7 @@ def _print_report(report: dict) -> None:
         summary_rows,
     )
     from assets.plots import md_table
+    from assets.serving.recommend import serving_version
 
     print("Related images\n")
     print(md_table(summary_rows(report)))
@@ -78,6 +80,9 @@ def _print_report(report: dict) -> None:
         print(md_table(decision_rows(users)))
     print(provenance_line(report))
     print(report["_promotion"] if "_promotion" in report else promotion_line(report))
+    moved = champion_moved_line(report, serving_version(current_home()))
+    if moved:
+        print(moved)
     print(f"report: {reports_dir(current_home()) / report['run_id'] / 'report.html'}")
 
 

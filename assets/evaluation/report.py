@@ -218,6 +218,18 @@ def promotion_line(report: dict) -> str:
     return f"challenger {report['challenger']['version']}: {'passes' if passed else 'stopped by'} the promotion gate ({why})"
 
 
+def champion_moved_line(report: dict, champion: str | None) -> str | None:
+    """A note when the serving `champion` is neither the one this report compared the
+    challenger with nor the challenger (it was promoted or rolled back by hand since);
+    None when the report still describes what serves."""
+    compared, challenger = report["challenger"]["champion"], report["challenger"]["version"]
+    if champion is None or champion in (compared, challenger):
+        return None
+    return (f"note: the champion is now {champion}, moved by hand after this report (which compared the "
+            f"challenger with {compared or 'no champion'}); `lensless submit evaluation_job` (with a daemon) or "
+            "materialising evaluation_report in the UI refreshes it")
+
+
 def forest_plot(section: dict, title: str = "does the gutted model rank better?") -> bytes:
     """Paired NDCG@10 differences with their 95% intervals and a zero line."""
     import matplotlib

@@ -5,6 +5,7 @@ import io
 from PIL import Image
 
 from assets.evaluation.report import (
+    champion_moved_line,
     pareto_front,
     production_rows,
     provenance_line,
@@ -60,3 +61,14 @@ def test_provenance_line_says_when_the_commit_is_unknown():
                              "host": {"cpus": 1, "torch_threads": 1, "device": "cpu", "load_average_1min": 0.0,
                                       "versions": {}}, "assets": {}}}
     assert provenance_line(report).startswith("commit unknown; ")
+
+
+def test_a_champion_moved_by_hand_after_the_report_is_noted():
+    report = {"challenger": {"version": "new", "champion": "old"}}
+    assert champion_moved_line(report, "old") is None  # the gate kept the champion
+    assert champion_moved_line(report, "new") is None  # the gate promoted the challenger
+    assert champion_moved_line(report, None) is None
+    line = champion_moved_line(report, "older")  # `lensless rollback` / `promote older` since
+    assert "now older" in line and "with old" in line and "evaluation_job" in line
+    first = {"challenger": {"version": "v1", "champion": None}}
+    assert "with no champion" in champion_moved_line(first, "v0")
