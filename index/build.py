@@ -56,7 +56,10 @@ Retrain decisions:
   * ``quantizer_drift`` - mean squared distance of new vectors to their nearest coarse
     centroid over that of the vectors already in the index; retrain the quantizer when it
     exceeds DRIFT_THRESHOLD (1.5: new data sits 50% farther from the centroids than the data
-    they were trained on, so lists get unbalanced and recall at a fixed nprobe drops).
+    they were trained on, so lists get unbalanced and recall at a fixed nprobe drops). For
+    the reduced graph the "quantizer" is its PCA: the squared distance of a vector to its
+    projection on the kept components (new data whose variance moved outside them is ranked
+    worse by the graph).
 """
 
 from __future__ import annotations
@@ -263,11 +266,23 @@ def quantizer_drift(
     sample: int = 20_000,
     seed: int = 0,
 ) -> float:
-    """Mean squared distance of xb_new to its nearest coarse centroid over that of a reference.
+    """Mean squared distance of xb_new to its nearest coarse centroid (the reduced graph: to
+    its PCA projection) over that of a reference.
 
     Reference: ``xb_ref`` if given (e.g. the training sample), else a seeded sample of the
-    vectors stored in the index (decoded from the inverted lists). Non-IVF indexes have no
-    quantizer to drift: returns 1.0. Compare with DRIFT_THRESHOLD."""
+    vectors stored in the index (decoded from the inverted lists, or read from the refine
+    stage). Flat and full-vector HNSW indexes have no quantizer to drift: returns 1.0.
+    Compare with DRIFT_THRESHOLD."""
+    pca = _pca(index)
+    if pca is not None:
+        new = _check_xb_ids(xb_new, None)[0]
+        if xb_ref is not None:
+            ref = _check_xb_ids(xb_ref, None)[0]
+        else:
+            store = faiss.downcast_index(_unwrap(index)).refine_index
+            rows = np.random.default_rng(seed).choice(store.ntotal, size=min(sample, store.ntotal), replace=False)
+            ref = store.reconstruct_batch(np.sort(rows).astype(np.int64))
+        return _pca_residual(pca, new) / max(_pca_residual(pca, ref), 1e-12)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
         return 1.0
@@ -280,6 +295,29 @@ def quantizer_drift(
             "a fast-scan index cannot decode its stored vectors: pass xb_ref (a sample of them)")
         ref = _stored_sample(ivf, sample, seed)
     return _quantization_error(ivf, new) / max(_quantization_error(ivf, ref), 1e-12)
+
+
+def _unwrap(index: faiss.Index) -> faiss.Index:
+    index = faiss.downcast_index(index)
+    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def _pca(index: faiss.Index) -> faiss.PCAMatrix | None:
+    """The PCA of a reduced graph (IndexRefine over PCA + HNSW), else None."""
+    refine = _unwrap(index)
+    if not isinstance(refine, faiss.IndexRefine):
+        return None
+    base = faiss.downcast_index(refine.base_index)
+    if not isinstance(base, faiss.IndexPreTransform):
+        return None
+    first = faiss.downcast_VectorTransform(base.chain.at(0))
+    return first if isinstance(first, faiss.PCAMatrix) else None
+
+
+def _pca_residual(pca: faiss.PCAMatrix, x: np.ndarray) -> float:
+    return float(((x - pca.reverse_transform(pca.apply_py(x))) ** 2).sum(axis=1).mean())
 
 
 def _to_ivf_space(index: faiss.Index, x: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 `update_index` decides between an incremental add and a full rebuild:
 - full rebuild when there is no index yet, the encoder changed (every vector changed),
   `index.build.needs_rebuild` says N outgrew the factory, or `quantizer_drift` of the new
-  vectors exceeds `index.build.DRIFT_THRESHOLD` (IVF only);
+  vectors exceeds `index.build.DRIFT_THRESHOLD` (IVF lists, or the reduced graph's PCA);
 - otherwise only the partitions not yet in the index are added (old ones are not re-added).
 A rebuild measures every factory of `index.build.candidate_factories` (`index.select`) and
 keeps the fastest that meets the recall target within the memory and build-time budgets; the

@@ -130,6 +130,13 @@ def test_reduced_graph_returns_exact_inner_products_and_grows_in_place():
     assert (np.diff(D, axis=1) <= 1e-6).all(), "best first, as for inner-product indexes"
     D, I = search(index, xq[:2], 7000)  # more than it holds: the rest is missing
     assert (I[:, 6000:] == -1).all() and np.isneginf(D[:, 6000:]).all()
+    # drift: new vectors from the same 12 directions keep their variance in the PCA; vectors
+    # from 12 other directions do not
+    same = quantizer_drift(index, xq)
+    other = rng.normal(size=(500, 12)) @ rng.normal(size=(12, 64))
+    other = (other / np.linalg.norm(other, axis=1, keepdims=True)).astype("float32")
+    assert 0.5 < same < 1.5 and quantizer_drift(index, other) > DRIFT_THRESHOLD, (same, quantizer_drift(index, other))
+    assert quantizer_drift(index, xq, xb_ref=xb[:1000]) == pytest.approx(same, rel=0.25)
 
 
 def test_add_vectors_checks_inputs(data):
