@@ -50,7 +50,9 @@ def recall_at_k(
     gt_D: np.ndarray | None = None,
     tol: float = 1e-5,
 ) -> float:
-    """Intersection measure |top-k result ∩ exact top-k| / (nq * k), in [0, 1].
+    """Intersection measure |top-k result ∩ exact top-k| / |exact top-k|, in [0, 1]: nq * k
+    in the denominator, less the exact table's missing (-1) entries when the database holds
+    fewer than k vectors.
 
     Modes: ids only (``D``/``gt_D`` None): plain intersection, the same number as
     ``faiss.contrib.evaluation.knn_intersection_measure``. With ``D`` and ``gt_D``: a result
@@ -58,14 +60,15 @@ def recall_at_k(
     _check_tables(I, gt_I, k)
     tie_aware = _tie_mode(D, gt_D, I, gt_I, k)
     hits = 0
+    valid = (gt_I[:, :k] >= 0).sum(axis=1)
     for i in range(len(I)):
         res = I[i, :k]
         ok = np.isin(res, gt_I[i, :k]) & (res >= 0)
         if tie_aware:
             ok |= (D[i, :k] >= gt_D[i, k - 1] - tol) & (res >= 0)
         # an id counts once even if the index returned it twice
-        hits += min(len(np.unique(res[ok])), k)
-    return hits / (len(I) * k)
+        hits += min(len(np.unique(res[ok])), int(valid[i]))
+    return hits / max(int(valid.sum()), 1)
 
 
 def one_recall_at_k(

@@ -16,6 +16,14 @@ def test_recall_hand_made():
     assert recall_at_k(res, gt, 3) == pytest.approx(knn_intersection_measure(res, gt))
 
 
+def test_recall_counts_only_the_neighbours_that_exist():
+    """A database of 2 vectors has 2 neighbours to find, not k=3: finding both is recall 1."""
+    gt = np.array([[0, 1, -1], [1, 0, -1]])
+    assert recall_at_k(np.array([[0, 1, -1], [1, -1, -1]]), gt, 3) == pytest.approx(3 / 4)
+    D = np.array([[0.9, 0.5, -np.inf], [0.8, 0.1, -np.inf]], dtype="float32")
+    assert recall_at_k(np.array([[0, 1, -1], [1, 0, -1]]), gt, 3, D, D) == 1.0
+
+
 def test_recall_ties_accept_equal_kth_score():
     # ids 3 and 4 both score 0.8 = the exact 3rd score: either is a correct 3rd neighbour
     gt_I, gt_D = np.array([[1, 2, 3]]), np.array([[0.9, 0.85, 0.8]])

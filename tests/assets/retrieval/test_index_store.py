@@ -151,3 +151,20 @@ def test_an_index_on_an_object_store_is_written_and_read_as_bytes():
         "faiss.index", "ids.parquet", "state.json"}
     _, found = index.search(parts["b2"]["embedding"].to_numpy()[:3], 1)
     assert [ids[r] for r in found[:, 0]] == ["b0", "b1", "b2"]
+
+
+def test_the_stored_recall_holds_for_queries_the_index_has_never_seen(home):
+    """Tuned on vectors kept out of the build, the stored recall is what a new image gets;
+    queries made from stored vectors would overstate a graph's (efSearch too low)."""
+    from index.metrics import exact_knn, recall_at_k
+    from index.search import search
+
+    parts = {f"b{c}": partition(f"c{c}-", 6000, E[c], c) for c in range(4)}  # 24k: past Flat
+    state = update_index(home, parts, "enc1", IndexConfig(), log=quiet)
+    assert state["factory"] != "Flat" and state["met_target"], state["factory"]
+    index, _, _ = load_index(home, mmap=False)
+    fresh = np.concatenate([partition("q", 250, E[c], 100 + c)["embedding"].to_numpy() for c in range(4)])
+    xb = np.concatenate([p["embedding"].to_numpy() for p in parts.values()])
+    _, gt = exact_knn(xb, fresh, 10)
+    recall = recall_at_k(search(index, fresh, 10)[1], gt, 10)
+    assert recall >= state["recall_at_10"] - 0.03 and recall >= 0.92, (state["factory"], state["params"], recall)
