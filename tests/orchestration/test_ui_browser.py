@@ -140,7 +140,7 @@ def test_report_and_its_asset_page_show_the_verdict_the_plot_and_the_systems(dag
 
     from assets.evaluation.report import latest_dir
     from assets.store.files import Home
-    from orchestration.cli import ensure_demo
+    from orchestration.commands import ensure_demo
     from orchestration.pipeline import run_all
     from tests.orchestration.test_pipeline_end_to_end import DEMO_IMAGES, TINY
 
