@@ -279,7 +279,7 @@ def quantizer_drift(
         if xb_ref is not None:
             ref = _check_xb_ids(xb_ref, None)[0]
         else:
-            store = faiss.downcast_index(_unwrap(index)).refine_index
+            store = faiss.downcast_index(unwrap_idmap(index)).refine_index
             rows = np.random.default_rng(seed).choice(store.ntotal, size=min(sample, store.ntotal), replace=False)
             ref = store.reconstruct_batch(np.sort(rows).astype(np.int64))
         return _pca_residual(pca, new) / max(_pca_residual(pca, ref), 1e-12)
@@ -297,7 +297,8 @@ def quantizer_drift(
     return _quantization_error(ivf, new) / max(_quantization_error(ivf, ref), 1e-12)
 
 
-def _unwrap(index: faiss.Index) -> faiss.Index:
+def unwrap_idmap(index: faiss.Index) -> faiss.Index:
+    """The index under an IndexIDMap / IndexIDMap2 (itself when there is none), downcast."""
     index = faiss.downcast_index(index)
     while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         index = faiss.downcast_index(index.index)
@@ -306,7 +307,7 @@ def _unwrap(index: faiss.Index) -> faiss.Index:
 
 def _pca(index: faiss.Index) -> faiss.PCAMatrix | None:
     """The PCA of a reduced graph (IndexRefine over PCA + HNSW), else None."""
-    refine = _unwrap(index)
+    refine = unwrap_idmap(index)
     if not isinstance(refine, faiss.IndexRefine):
         return None
     base = faiss.downcast_index(refine.base_index)

@@ -43,6 +43,7 @@ from faiss.contrib.evaluation import OperatingPointsWithRanges
 
 from models.timing import interleaved
 
+from .build import unwrap_idmap
 from .gpu import parameter_space
 from .metrics import recall_at_k, rescore
 from .search import search
@@ -84,7 +85,7 @@ def tune_index(
     measure = _recall_fn(xb_or_exact, xq, k, ids, gt)
 
     ps = parameter_space(index)
-    ps.initialize(_unwrap_idmap(index))
+    ps.initialize(unwrap_idmap(index))
     ranges = _ranges(ps)
     if not ranges:  # Flat: exact, nothing to tune
         D, I, t = _timed(index, xq, k, repeats=3)
@@ -125,15 +126,12 @@ def tune_index(
 
 def _walk_staircase(sizes: list[int], run, target: float) -> None:
     """Measure (``run(key) -> recall``) the lowest-cost settings meeting ``target`` on a grid of
-    one or two monotone knobs with ``sizes`` values each (see the module doc)."""
-    if len(sizes) == 1:
-        for i in range(sizes[0]):
-            if run(np.array([i])) >= target:
-                return
-        return
-    i, j = 0, sizes[1] - 1
-    while i < sizes[0] and j >= 0:
-        if run(np.array([i, j])) >= target:
+    one or two monotone knobs with ``sizes`` values each (see the module doc). One knob is
+    the walk with a second knob of one value: up until the target is met."""
+    first, second = (sizes + [1])[:2]
+    i, j = 0, second - 1
+    while i < first and j >= 0:
+        if run(np.array([i, j][: len(sizes)])) >= target:
             j -= 1
         else:
             i += 1
@@ -165,7 +163,7 @@ def apply_params(index: faiss.Index, params: str) -> faiss.Index:
     if not params:
         return index
     ps = parameter_space(index)
-    ps.initialize(_unwrap_idmap(index))
+    ps.initialize(unwrap_idmap(index))
     valid = [name for name, _ in _ranges(ps, skip=())]
     for item in params.split(","):
         name, sep, value = item.partition("=")
@@ -228,13 +226,6 @@ def _experiments(op, max_experiments: int) -> list[int]:
     if total <= max(2, max_experiments):
         return list(range(total))
     return sorted(op.sample_experiments(max_experiments))
-
-
-def _unwrap_idmap(index):
-    index = faiss.downcast_index(index)
-    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        index = faiss.downcast_index(index.index)
-    return index
 
 
 def _ranges(ps, skip=SKIP_PARAMS) -> list[tuple[str, list[float]]]:

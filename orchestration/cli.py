@@ -37,7 +37,6 @@ from orchestration.commands import (
     current_home,
 )
 
-log = logging.getLogger("lensless")
 WRITERS = {"ingest", "demo", "run", "promote", "rollback", "engagement"}  # commands that write the home
 
 

@@ -219,7 +219,8 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         keys = sorted(partitions)
         image_ids = pl.concat([partitions[k].select("image_id") for k in keys])["image_id"]
         xb_all = _stack([partitions[k] for k in keys])
-        held = _held_out(len(xb_all), min(config.tuning_queries, len(xb_all) // 10), config.seed)
+        n = len(xb_all)  # a tenth of the catalog at most, and at least one vector when there are two
+        held = _rows(n, max(1, min(config.tuning_queries, n // 10)) if n > 1 else 0, config.seed)
         kept = np.setdiff1d(np.arange(len(xb_all), dtype=np.int64), held)
         factories = candidate_factories(len(xb_all), d, config.memory_budget_bytes)
         log(f"full build over {len(kept)} vectors ({reason}), then the {len(held)} tuning queries; "
@@ -238,7 +239,7 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         factory = state["factory"]
         log(f"incremental add of {len(xb_new)} vectors from {len(new_keys)} new partitions to {factory}")
         if len(xb_new) >= MIN_TUNING_QUERIES:  # tuned on new vectors before they are added
-            xq = xb_new[_held_out(len(xb_new), config.tuning_queries, config.seed)]
+            xq = xb_new[_rows(len(xb_new), config.tuning_queries, config.seed)]
             tuned = tune_index(index, xb_old, xq, k=10, target_recall=config.target_recall)
         else:
             apply_params(index, state["params"])
@@ -282,14 +283,12 @@ def _in_row_order(partitions: dict[str, pl.DataFrame], image_ids: pl.Series, d: 
 
 def _sample(xb: np.ndarray, config: IndexConfig, size: int = 20_000) -> np.ndarray:
     """A seeded sample of rows of xb (the drift test's reference: vectors already indexed)."""
-    rows = np.random.default_rng(config.seed).choice(len(xb), size=min(size, len(xb)), replace=False)
-    return xb[np.sort(rows)]
+    return xb[_rows(len(xb), size, config.seed)]
 
 
-def _held_out(n: int, size: int, seed: int) -> np.ndarray:
-    """Sorted seeded sample of `size` of range(n) (at least one row when n > 1): the tuning queries."""
-    size = min(max(size, 1 if n > 1 else 0), n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)).astype(np.int64)
+def _rows(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted seeded sample of min(size, n) of range(n), as int64 row ids."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False)).astype(np.int64)
 
 
 def _stack(frames: list[pl.DataFrame]) -> np.ndarray:
