@@ -11,9 +11,10 @@ staircase, and the fastest is on it:
     first knob at its lowest and the second at its highest; a setting that meets the target
     steps the second knob down, one that misses steps the first up. That measures at most
     len(first) + len(second) settings and finds the lowest second knob for every first one;
-  * three knobs and more (IVF with an HNSW quantizer under a refine: thousands of settings):
-    ``max_experiments`` sampled settings, cheapest first, skipping those faiss says cannot join
-    the Pareto set and those with every knob >= one that already met the target.
+  * three knobs (IVF with an HNSW quantizer under a refine): that walk over the last two for
+    each value of the first whose most accurate setting meets the target. Settings with every
+    knob >= one that met the target, or >= one already slower than such a setting, are not
+    measured, so each walk measures only the part of its staircase that can still win.
 
 The table is then complete only around the chosen point. Recall is the intersection
 measure against exact kNN, tie-aware when the database vectors are given (see metrics).
@@ -69,7 +70,6 @@ def tune_index(
     k: int = 10,
     target_recall: float = 0.95,
     ids: np.ndarray | None = None,
-    max_experiments: int = 64,
     gt: dict | None = None,
     finalists: int = 4,
 ) -> TuneResult:
@@ -95,26 +95,19 @@ def tune_index(
     for name, values in ranges:
         op.add_range(name, values)
 
-    def run(key) -> float:
+    def run(key) -> tuple[float, float]:
         _set(ps, index, op.get_parameters(key))
         _, I, t = _timed(index, xq, k, repeats=1)
         recall = measure(I)
         op.add_operating_point(key, recall, t)
-        return recall
+        return recall, t
 
-    if len(ranges) <= 2:
-        _walk_staircase([len(values) for _, values in ranges], run, target_recall)
-    else:
-        # cheapest settings first (sorted experiment numbers), so that once a setting meets the
-        # target every setting with all knobs >= it is skipped: it is slower and cannot be picked
-        for cno in _experiments(op, max_experiments):
-            key = op.cno_to_key(cno)
-            reached = [k2 for k2, perf, _ in op.operating_points if perf >= target_recall]
-            if any(np.all(key >= k2) for k2 in reached) or not op.should_run_experiment(key):
-                continue
-            run(key)
+    _walk_staircase([len(values) for _, values in ranges], run, target_recall)
 
-    measured = sorted(op.operating_points + op.suboptimal_points, key=lambda p: (p[1], -p[2]))
+    best_time = {}  # one row per setting, at its best time (the walk times some twice)
+    for point in op.operating_points + op.suboptimal_points:
+        best_time[tuple(point[0])] = min(best_time.get(tuple(point[0]), point), point, key=lambda p: p[2])
+    measured = sorted(best_time.values(), key=lambda p: (p[1], -p[2]))
     ok = [p for p in measured if p[1] >= target_recall]
     key = _fastest(ps, index, xq, k, op, ok, finalists) if ok else measured[-1][0]
     params = op.get_parameters(key)
@@ -125,16 +118,57 @@ def tune_index(
 
 
 def _walk_staircase(sizes: list[int], run, target: float) -> None:
-    """Measure (``run(key) -> recall``) the lowest-cost settings meeting ``target`` on a grid of
-    one or two monotone knobs with ``sizes`` values each (see the module doc). One knob is
-    the walk with a second knob of one value: up until the target is met."""
-    first, second = (sizes + [1])[:2]
-    i, j = 0, second - 1
-    while i < first and j >= 0:
-        if run(np.array([i, j][: len(sizes)])) >= target:
-            j -= 1
-        else:
-            i += 1
+    """Measure (``run(key) -> (recall, seconds)``) the lowest-cost settings meeting ``target``
+    on a grid of monotone knobs with ``sizes`` values each (see the module doc). One knob is
+    the walk with a second knob of one value: up until the target is met.
+
+    Recall and time grow with every knob, so a setting is not measured when it has every knob
+    >= one that met the target (it meets it too) or >= one slower than a setting that met it
+    (it cannot be picked). Either way the walk steps to cheaper settings. A setting slows
+    others down only once a second timing confirms it, so one burst of load prunes nothing."""
+    seconds: dict[tuple, list[float]] = {}
+    met: list[np.ndarray] = []
+
+    def measure(key: np.ndarray) -> float:
+        recall, t = run(key)
+        seconds.setdefault(tuple(key), []).append(t)
+        return recall
+
+    def too_slow(key: np.ndarray) -> bool:
+        fastest = min((min(seconds[tuple(m)]) for m in met), default=math.inf)
+        for other, times in seconds.items():
+            if min(times) > fastest and np.all(key >= other):
+                if len(times) == 1:
+                    measure(np.array(other))
+                if min(times) > fastest:
+                    return True
+        return False
+
+    def meets(key: np.ndarray) -> bool:
+        if any(np.all(key >= m) for m in met) or too_slow(key):
+            return True
+        if measure(key) < target:
+            return False
+        met.append(key)
+        return True
+
+    def walk(prefix: list[int], sizes: list[int]) -> None:
+        if len(sizes) > 2:
+            for value in range(sizes[0]):
+                corner = np.array(prefix + [value] + [s - 1 for s in sizes[1:]])
+                if not meets(corner):  # no setting with this value meets the target
+                    continue
+                walk(prefix + [value], sizes[1:])
+            return
+        first, second = (sizes + [1])[:2]
+        i, j = 0, second - 1
+        while i < first and j >= 0:
+            if meets(np.array(prefix + [i, j][: len(sizes)])):
+                j -= 1
+            else:
+                i += 1
+
+    walk([], list(sizes))
 
 
 def _fastest(ps, index, xq, k, op, ok: list, finalists: int):
@@ -219,13 +253,6 @@ def _timed(index, xq, k, repeats):
         D, I = search(index, xq, k)
         best = min(best, time.perf_counter() - t0)
     return D, I, max(best, 1e-9)
-
-
-def _experiments(op, max_experiments: int) -> list[int]:
-    total = op.num_experiments()
-    if total <= max(2, max_experiments):
-        return list(range(total))
-    return sorted(op.sample_experiments(max_experiments))
 
 
 def _ranges(ps, skip=SKIP_PARAMS) -> list[tuple[str, list[float]]]:

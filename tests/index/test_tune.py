@@ -74,7 +74,7 @@ def test_the_staircase_walk_finds_every_cheapest_setting_in_few_steps():
 
     def run(key):
         measured[tuple(key)] = recall(*key)
-        return measured[tuple(key)]
+        return measured[tuple(key)], 1.0
 
     _walk_staircase(list(sizes), run, target)
     assert len(measured) <= sum(sizes)
@@ -82,6 +82,40 @@ def test_the_staircase_walk_finds_every_cheapest_setting_in_few_steps():
                 for i in range(sizes[0]) if recall(i, sizes[1] - 1) >= target}
     minimal = {(i, j) for i, j in cheapest if not any(j2 <= j and i2 < i for i2, j2 in cheapest)}
     assert minimal and minimal <= {key for key, r in measured.items() if r >= target}
+
+
+def _three_knobs(burst=None):
+    """A 12 x 14 x 15 grid shaped like k_factor_rf x nprobe x quantizer_efSearch: the first
+    knob caps recall (too few re-ranked candidates miss neighbours), the others raise it;
+    time grows with every knob. `burst`: a setting whose first timing is 100x too slow."""
+    def recall(a, b, c):
+        return min(0.5 + 0.05 * a, 0.3 + 0.05 * b + 0.04 * c)
+
+    def seconds(a, b, c):
+        return 1.0 + 0.3 * a + 2.0 * b + 1.0 * c
+
+    grid = [(a, b, c) for a in range(12) for b in range(14) for c in range(15)]
+    best = min((key for key in grid if recall(*key) >= 0.95), key=lambda key: seconds(*key))
+    measured = []
+
+    def run(key):
+        key = tuple(int(v) for v in key)
+        t = seconds(*key) * (100 if key == burst and key not in measured else 1)
+        measured.append(key)
+        return recall(*key), t
+
+    return run, best, measured, len(grid)
+
+
+@pytest.mark.parametrize("burst", [None, (9, 0, 14), (9, 1, 14)])
+def test_the_walk_over_three_knobs_measures_the_fastest_setting_and_a_fraction_of_the_grid(burst):
+    """The fastest setting that meets the target is measured, in under a tenth of the grid.
+    A burst of load on (9, 0, 14) or (9, 1, 14), cheaper settings that miss the target, would
+    make them prune the fastest one, (9, 2, 14), if they were not timed again first."""
+    run, best, measured, grid = _three_knobs(burst)
+    _walk_staircase([12, 14, 15], run, 0.95)
+    assert best == (9, 2, 14) and best in measured
+    assert len(measured) < grid / 10, (len(measured), grid)
 
 
 def test_a_refined_index_is_tuned_on_its_two_knobs(data):
