@@ -18,6 +18,8 @@ Steps, all in one process and on the same held-out queries:
      (exact, chosen, exact, chosen, ...; models/timing.py): medians, spread, and the ratio
      of the medians (``speedup_vs_exact``); each timed call of the chosen index runs the
      queries as many times as fit in one exact search, so both get the same time window;
+     ``--also PARAMS`` (repeatable) times other search settings of the chosen index in the
+     same rounds, e.g. to check the tuner's choice against a hand-picked one;
   4. single-query latency p50 / p99 over ``--single`` queries, one query per call, exact
      and chosen interleaved query by query;
   5. a 1% add to the chosen index (add_s) against a full rebuild of the same factory over
@@ -49,6 +51,7 @@ from index.metrics import exact_knn, recall_at_k, synthetic_clustered  # noqa: E
 from index.search import search  # noqa: E402
 from index.select import select_index  # noqa: E402
 from index.threads import configure_threads  # noqa: E402
+from index.tune import apply_params  # noqa: E402
 from models.timing import interleaved, summarise  # noqa: E402
 
 
@@ -83,20 +86,27 @@ def _split(x: np.ndarray, nq: int, source: str):
     return x[: n - n_new], x[n - n_new : n], x[n:], source
 
 
-def time_searches(xb, index, xq, k: int, repeats: int, n_single: int):
+def time_searches(xb, index, xq, k: int, repeats: int, n_single: int, settings: dict[str, str]):
     """Exact and `index` side by side: seconds per query of interleaved batch searches
-    ({name: summarise(...)}) and single-query latencies ({name: [s, ...]}), query by query."""
+    ({name: summarise(...)}), one entry per search setting (``settings``: {name: parameter
+    string}, "chosen" among them), and single-query latencies of the chosen setting
+    ({name: [s, ...]}), query by query. Leaves the chosen setting applied."""
     exact = faiss.IndexFlatIP(xb.shape[1])
     exact.add(xb)
-    loops = _loops_to_match(lambda: search(exact, xq, k), lambda: search(index, xq, k))
-
-    def chosen():
-        for _ in range(loops):
+    calls, loops = {"exact": lambda: search(exact, xq, k)}, {}
+    for name, params in settings.items():
+        def one(params=params):
+            if len(settings) > 1:  # the settings take turns on one index
+                apply_params(index, params)
             search(index, xq, k)
 
-    batch = interleaved({"exact": lambda: search(exact, xq, k), "chosen": chosen}, repeats=repeats)
-    per_query = {"exact": summarise(batch["exact"], scale=1 / len(xq)),
-                 "chosen": summarise(batch["chosen"], scale=1 / (loops * len(xq)))}
+        loops[name] = n = _loops_to_match(calls["exact"], one)
+        calls[name] = lambda one=one, n=n: [one() for _ in range(n)]
+    batch = interleaved(calls, repeats=repeats)
+    apply_params(index, settings["chosen"])
+    per_query = {"exact": summarise(batch["exact"], scale=1 / len(xq))}
+    for name in settings:
+        per_query[name] = summarise(batch[name], scale=1 / (loops[name] * len(xq)))
     single = {"exact": [], "chosen": []}
     for i in range(min(n_single, len(xq))):
         q = xq[i : i + 1]
@@ -136,7 +146,16 @@ def run(a: argparse.Namespace) -> dict:
                        memory_budget_bytes=a.budget, build_budget_s=a.build_budget, seed=a.seed, log=log)
     select_s = time.perf_counter() - t
     index = sel.index
-    qps, single = time_searches(xb, index, xq, a.k, a.repeats, a.single)
+    settings = {"chosen": sel.tuned.params} | {params: params for params in a.also or []}
+    qps, single = time_searches(xb, index, xq, a.k, a.repeats, a.single, settings)
+    also = []
+    if a.also:
+        _, gt = exact_knn(xb, xq, a.k)
+        for params in a.also:
+            recall = recall_at_k(search(apply_params(index, params), xq, a.k)[1], gt, a.k)
+            also.append({"params": params, "recall_at_10": round(recall, 4), "qps": round(1 / qps[params]["median"], 1),
+                         "speedup_vs_exact": round(qps["exact"]["median"] / qps[params]["median"], 2)})
+        apply_params(index, sel.tuned.params)
 
     t = time.perf_counter()
     add_vectors(index, xnew, np.arange(n, n + len(xnew), dtype=np.int64))
@@ -170,6 +189,7 @@ def run(a: argparse.Namespace) -> dict:
         "add_s": round(add_s, 3), "n_add": len(xnew), "rebuild_s": round(rebuild_s, 2),
         "incremental_ratio": round(add_s / rebuild_s, 4),
         "bytes_per_vector": chosen.bytes_per_vector, "threads": nthreads, "seed": a.seed,
+        "also": also,
         "candidates": [asdict(c) for c in sel.candidates],
     }
 
@@ -189,14 +209,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vectors", default=None, help="an (N, d) float32 .npy (bench/demo_embeddings.py): its first rows")
     p.add_argument("--repeats", type=int, default=5, help="interleaved batch timing repeats")
     p.add_argument("--single", type=int, default=500, help="single-query latency samples")
+    p.add_argument("--also", action="append", metavar="PARAMS",
+                   help="another search setting of the chosen index (e.g. nprobe=16), timed beside the tuned one (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="faiss threads (default: all usable CPUs)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     a = p.parse_args(argv)
     out = run(a)
     if not a.json:
         for key, value in out.items():
-            if key != "candidates":
+            if key not in ("candidates", "also"):
                 print(f"{key:>18}  {value}")
+        for row in out["also"]:
+            print(f"{'also':>18}  {row['params']}: recall@{a.k} {row['recall_at_10']}, {row['qps']:,} QPS, "
+                  f"{row['speedup_vs_exact']}x exact")
         cols = ("factory", "status", "params", "recall_at_10", "qps", "bytes_per_vector", "build_s", "tune_s")
         print("\n" + "  ".join(f"{c:>14}" for c in cols))
         for row in out["candidates"]:
