@@ -86,6 +86,7 @@ MIN_TRAIN_PER_LIST = 39  # below this faiss warns and k-means is unreliable
 TRAIN_PER_LIST = 64  # training sample size per list (faiss subsamples above 256)
 MIN_TRAIN = 65_536  # PQ/OPQ codebooks want ~10k+ points whatever k is
 DRIFT_THRESHOLD = 1.5
+DRIFT_SAMPLE = 20_000  # vectors on each side of a drift measurement, at most
 PQ_M_CHOICES = (64, 48, 32, 24, 16, 12, 8, 4)
 FAMILIES = ("flat", "hnsw", "hnsw_pca", "ivf_flat", "ivf_sq", "ivf_pq_refine", "ivf_pq")
 
@@ -263,7 +264,7 @@ def quantizer_drift(
     index: faiss.Index,
     xb_new: np.ndarray,
     xb_ref: np.ndarray | None = None,
-    sample: int = 20_000,
+    sample: int = DRIFT_SAMPLE,
     seed: int = 0,
 ) -> float:
     """Mean squared distance of xb_new to its nearest coarse centroid (the reduced graph: to
@@ -280,8 +281,7 @@ def quantizer_drift(
             ref = _check_xb_ids(xb_ref, None)[0]
         else:
             store = faiss.downcast_index(unwrap_idmap(index)).refine_index
-            rows = np.random.default_rng(seed).choice(store.ntotal, size=min(sample, store.ntotal), replace=False)
-            ref = store.reconstruct_batch(np.sort(rows).astype(np.int64))
+            ref = store.reconstruct_batch(sample_rows(store.ntotal, sample, seed))
         return _pca_residual(pca, new) / max(_pca_residual(pca, ref), 1e-12)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
@@ -295,6 +295,11 @@ def quantizer_drift(
             "a fast-scan index cannot decode its stored vectors: pass xb_ref (a sample of them)")
         ref = _stored_sample(ivf, sample, seed)
     return _quantization_error(ivf, new) / max(_quantization_error(ivf, ref), 1e-12)
+
+
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted seeded sample of min(size, n) of range(n), as int64 row ids."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False)).astype(np.int64)
 
 
 def unwrap_idmap(index: faiss.Index) -> faiss.Index:
@@ -334,7 +339,7 @@ def _stored_sample(ivf: faiss.IndexIVF, size: int, seed: int) -> np.ndarray:
     sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
     total = int(sizes.sum())
     assert total > 0, "index is empty: pass xb_ref to measure drift against the training sample"
-    pos = np.random.default_rng(seed).choice(total, size=min(size, total), replace=False)
+    pos = sample_rows(total, size, seed)
     starts = np.cumsum(sizes) - sizes
     lists = np.searchsorted(np.cumsum(sizes), pos, side="right")
     out = np.empty((len(pos), ivf.d), dtype=np.float32)

@@ -43,11 +43,13 @@ from upath import UPath
 
 from assets.store.files import Home, read_json, read_parquet, write_bytes, write_json, write_parquet
 from index.build import (
+    DRIFT_SAMPLE,
     DRIFT_THRESHOLD,
     add_vectors,
     candidate_factories,
     needs_rebuild,
     quantizer_drift,
+    sample_rows,
 )
 from index.io import index_from_bytes, index_to_bytes, read_index, write_index_atomic
 from index.select import select_index
@@ -220,8 +222,8 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         image_ids = pl.concat([partitions[k].select("image_id") for k in keys])["image_id"]
         xb_all = _stack([partitions[k] for k in keys])
         n = len(xb_all)  # a tenth of the catalog at most, and at least one vector when there are two
-        held = _rows(n, max(1, min(config.tuning_queries, n // 10)) if n > 1 else 0, config.seed)
-        kept = np.setdiff1d(np.arange(len(xb_all), dtype=np.int64), held)
+        held = sample_rows(n, max(1, min(config.tuning_queries, n // 10)) if n > 1 else 0, config.seed)
+        kept = np.setdiff1d(np.arange(n, dtype=np.int64), held)
         factories = candidate_factories(len(xb_all), d, config.memory_budget_bytes)
         log(f"full build over {len(kept)} vectors ({reason}), then the {len(held)} tuning queries; "
             f"candidates: {', '.join(factories)}")
@@ -239,7 +241,7 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         factory = state["factory"]
         log(f"incremental add of {len(xb_new)} vectors from {len(new_keys)} new partitions to {factory}")
         if len(xb_new) >= MIN_TUNING_QUERIES:  # tuned on new vectors before they are added
-            xq = xb_new[_rows(len(xb_new), config.tuning_queries, config.seed)]
+            xq = xb_new[sample_rows(len(xb_new), config.tuning_queries, config.seed)]
             tuned = tune_index(index, xb_old, xq, k=10, target_recall=config.target_recall)
         else:
             apply_params(index, state["params"])
@@ -281,14 +283,9 @@ def _in_row_order(partitions: dict[str, pl.DataFrame], image_ids: pl.Series, d: 
     return xb
 
 
-def _sample(xb: np.ndarray, config: IndexConfig, size: int = 20_000) -> np.ndarray:
+def _sample(xb: np.ndarray, config: IndexConfig) -> np.ndarray:
     """A seeded sample of rows of xb (the drift test's reference: vectors already indexed)."""
-    return xb[_rows(len(xb), size, config.seed)]
-
-
-def _rows(n: int, size: int, seed: int) -> np.ndarray:
-    """Sorted seeded sample of min(size, n) of range(n), as int64 row ids."""
-    return np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False)).astype(np.int64)
+    return xb[sample_rows(len(xb), DRIFT_SAMPLE, config.seed)]
 
 
 def _stack(frames: list[pl.DataFrame]) -> np.ndarray:
