@@ -15,6 +15,12 @@ What ``configure_threads`` does:
   * registers, once, an ``os.register_at_fork`` hook that sets both to ``child_threads``
     (default 1) in every forked child, so a fork cannot hang.
 
+numpy's BLAS is a third pool, outside ``configure_threads``: the numpy wheel's OpenBLAS runs
+its own pthreads, which keep spinning for a while (tens of ms) after each call. A faiss
+search started in that window shares the cores with them and can take twice as long. Code
+that alternates numpy matmuls with faiss searches in a loop should batch each kind, or run
+the matmul on one BLAS thread (``threadpoolctl.threadpool_limits(1, user_api="blas")``).
+
 Recommendations: prefer the "spawn" or "forkserver" start method for worker pools that use
 faiss or torch (a fresh interpreter has no OpenMP state; Dagster's multiprocess executor defaults
 to spawn for its step processes). When fork is unavoidable (DataLoader workers, fork-based
