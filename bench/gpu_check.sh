@@ -9,18 +9,26 @@ OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 failed=0
-step() { echo "=== $1"; shift; timeout "$@"; rc=$?; echo "=== rc=$rc"; [ $rc -eq 0 ] || failed=1; }
+# step NAME LOG SECONDS CMD...: runs CMD under a timeout, shows and logs its output, records a failure
+# (in this shell: a step piped into tee would run in a subshell and lose `failed`)
+step() {
+  local name=$1 log=$2; shift 2
+  echo "=== $name" | tee "$log"
+  timeout "$@" 2>&1 | tee -a "$log"; local rc=${PIPESTATUS[0]}
+  echo "=== rc=$rc" | tee -a "$log"
+  [ "$rc" -eq 0 ] || failed=1
+}
 {
   nvidia-smi -L
   $PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'transformers', transformers.__version__, 'peft', peft.__version__)"
   $PY -c "import faiss; print('faiss', faiss.__version__, 'gpus', faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 0)" 2>&1 | tail -1
   echo "libcublas.so.12 on the machine: $(ldconfig -p | grep -c 'libcublas.so.12'), $(find / -name 'libcublas.so.12*' -not -path '/proc/*' 2>/dev/null | head -3 | tr '\n' ' ')"
 } 2>&1 | tee "$OUT/env.txt"
-step "models tests on the GPU" 240 $PY -m pytest -q -p no:cacheprovider tests/models/test_cuda.py \
+step "models tests on the GPU" "$OUT/pytest.txt" 240 $PY -m pytest -q -p no:cacheprovider tests/models/test_cuda.py \
   tests/models/test_gutted_vlm.py tests/models/test_full_vlm.py tests/models/test_train_reranker.py \
-  tests/models/test_cost.py tests/models/test_encoder.py 2>&1 | tee "$OUT/pytest.txt"
-step "rerank bench, cuda" 200 $PY bench/rerank.py --device cuda --cost-queries 64 --repeats 5 2>&1 | tee "$OUT/rerank_cuda.txt"
-step "rerank cost at Qwen3-VL-2B size, 448 px, bf16" 200 $PY bench/rerank.py --device cuda --cost-only \
-  --base Qwen3-VL-2B --resolution 448 --dtype bfloat16 --cost-queries 8 2>&1 | tee "$OUT/rerank_2b.txt"
-step "encoder training, cpu vs cuda" 150 $PY bench/encoder_device.py 2>&1 | tee "$OUT/encoder_device.txt"
+  tests/models/test_cost.py tests/models/test_encoder.py
+step "rerank bench, cuda" "$OUT/rerank_cuda.txt" 200 $PY bench/rerank.py --device cuda --cost-queries 64 --repeats 5
+step "rerank cost at Qwen3-VL-2B size, 448 px, bf16" "$OUT/rerank_2b.txt" 200 $PY bench/rerank.py --device cuda \
+  --cost-only --base Qwen3-VL-2B --resolution 448 --dtype bfloat16 --cost-queries 8
+step "encoder training, cpu vs cuda" "$OUT/encoder_device.txt" 150 $PY bench/encoder_device.py
 exit $failed

@@ -224,7 +224,8 @@ def ground_truth(xb_or_exact, xq, k, ids=None) -> dict:
     flat = faiss.IndexFlatIP(a.shape[1])
     flat.add(np.ascontiguousarray(a, dtype=np.float32))
     D, I, t = _timed(flat, xq, k, repeats=2)
-    I = I if ids is None else np.asarray(ids, dtype=np.int64)[I]
+    if ids is not None:  # -1 (fewer than k vectors) stays -1
+        I = np.where(I >= 0, np.asarray(ids, dtype=np.int64)[I], -1)
     return {"I": I, "D": D, "exact_qps": len(xq) / t}
 
 

@@ -9,7 +9,7 @@ from faiss.contrib.evaluation import OperatingPointsWithRanges
 
 from index.build import build_index
 from index.metrics import recall_at_k
-from index.tune import _fastest, _ranges, _walk_staircase, apply_params, tune_index
+from index.tune import _fastest, _ranges, _walk_staircase, apply_params, ground_truth, tune_index
 
 
 @pytest.mark.parametrize("factory", ["IVF64,Flat", "HNSW32"])
@@ -54,6 +54,20 @@ def test_flat_is_trivial(data):
     index = build_index(data["xb"], data["ids"], "Flat")
     res = tune_index(index, data["xb"], data["xq"], ids=data["ids"])
     assert res.params == "" and res.recall_at_10 == pytest.approx(1.0) and res.table == []
+
+
+@pytest.mark.parametrize("n", [1, 5, 10])
+def test_an_exact_index_over_fewer_vectors_than_k_has_full_recall(n):
+    """The exact table's missing neighbours (-1) stay missing under caller ids, so an exact
+    search over n <= k vectors scores 1.0, not n / k."""
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((n, 16)).astype("float32")
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    ids = np.arange(100, 100 + n, dtype=np.int64)
+    gt = ground_truth(xb, xb[:3], 10, ids)
+    assert (gt["I"][:, n:] == -1).all() and set(gt["I"][0, :n].tolist()) == set(ids.tolist())
+    res = tune_index(build_index(xb, ids, "Flat"), xb, xb[:3], ids=ids)
+    assert res.recall_at_10 == pytest.approx(1.0) and res.met_target
 
 
 def test_unreachable_target_reports_best_effort(data):

@@ -1,5 +1,6 @@
 """Splits, co-engagement and popularity over the lake's engagement log (assets.ingestion.coengagement)."""
 
+import hashlib
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -22,7 +23,13 @@ def test_coengagement_splits_by_user_and_time(home):
     test = {(a, b) for a, b in zip(out["test"]["a"], out["test"]["b"], strict=True)}
     assert train == {("x", "y"), ("y", "x")}  # z happens after the cut-off
     assert test == set()  # after the cut-off each test user has only z: no pair
-    assert out["train"]["n"].max() <= 200 * 0.7 + 20  # train users only, not val or test users
+    # every user engaged x and y before the cut-off: a pair's count is its split's user count,
+    # users bucketed by md5(user_id) % 1000 (test < 200 <= val < 300 <= train)
+    bucket = [int(hashlib.md5(f"u{u}".encode()).hexdigest()[:8], 16) % 1000 for u in range(200)]
+    n_val, n_train = sum(200 <= b < 300 for b in bucket), sum(b >= 300 for b in bucket)
+    assert 0 < n_val < n_train < 200
+    assert out["train"]["n"].to_list() == [n_train, n_train]  # train users only, not val or test users
+    assert out["val"]["n"].to_list() == [n_val, n_val]
 
 
 def test_no_engagement_log_means_no_pairs_and_no_popularity(home):
