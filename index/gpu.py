@@ -38,8 +38,10 @@ def gpu_supported(index: faiss.Index) -> bool:
 
 
 def is_gpu_index(index: faiss.Index) -> bool:
-    """True for an index that lives on a GPU."""
-    return hasattr(faiss, "GpuIndex") and isinstance(faiss.downcast_index(index), faiss.GpuIndex)
+    """True for an index that lives on a GPU, also under an IDMap or a pre-transform: faiss's
+    cloner moves only the core of ``IDMap2,Flat`` or ``OPQ..,IVF..,PQ..`` to the GPU and keeps
+    the wrapper on the CPU."""
+    return hasattr(faiss, "GpuIndex") and isinstance(_core(index), faiss.GpuIndex)
 
 
 def index_to_gpu(index: faiss.Index, device: int = 0) -> faiss.Index:
@@ -65,7 +67,8 @@ def index_to_gpu(index: faiss.Index, device: int = 0) -> faiss.Index:
 
 
 def index_to_cpu(index: faiss.Index) -> faiss.Index:
-    """Copy a GPU index back to the CPU (needed to write it); CPU indexes are returned as is."""
+    """Copy a GPU index (or a CPU wrapper around one) back to the CPU, as writing it needs; CPU
+    indexes are returned as is."""
     return faiss.index_gpu_to_cpu(index) if is_gpu_index(index) else index
 
 

@@ -31,11 +31,12 @@ def test_hnsw_stays_on_cpu(data):
 
 
 @needs_gpu
-@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat", "IVF64,PQ8"])
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat", "IVF64,PQ8", "OPQ8,IVF64,PQ8"])
 def test_gpu_build_and_search_match_cpu(data, factory):
     cpu = build_index(data["xb"], data["ids"], factory, use_gpu=False, xt=data["xb"][:4000])
     gpu = build_index(data["xb"], data["ids"], factory, use_gpu=True, xt=data["xb"][:4000])
     assert not is_gpu_index(gpu), "build_index must return a CPU index"
+    assert len(faiss.serialize_index(gpu)) > 0  # faiss cannot write an index with a GPU part
     on_gpu = index_to_gpu(cpu)
     assert is_gpu_index(on_gpu)
     faiss.GpuParameterSpace().set_index_parameters(on_gpu, "nprobe=8" if "IVF" in factory else "")
