@@ -52,7 +52,9 @@ built with the L2 metric; on unit vectors L2 ranks exactly as inner product does
 
 Retrain decisions:
   * ``needs_rebuild`` - N left the factory's family's range (the family is no longer a
-    candidate), k < half the wanted k (N grew ~4x), or the factory no longer fits the budget.
+    candidate), k < half the list count its kind of IVF wants at N before rounding (sqrt(N),
+    or 4 sqrt(N) with an HNSW quantizer or OPQ: the lists hold over 4x the vectors they were
+    sized for), or the factory no longer fits the budget.
   * ``quantizer_drift`` - mean squared distance of new vectors to their nearest coarse
     centroid over that of the vectors already in the index; retrain the quantizer when it
     exceeds DRIFT_THRESHOLD (1.5: new data sits 50% farther from the centroids than the data
@@ -85,6 +87,8 @@ HNSW_QUANTIZER_MIN_K = 32_768
 MIN_TRAIN_PER_LIST = 39  # below this faiss warns and k-means is unreliable
 TRAIN_PER_LIST = 64  # training sample size per list (faiss subsamples above 256)
 MIN_TRAIN = 65_536  # PQ/OPQ codebooks want ~10k+ points whatever k is
+MAX_NLIST = 65_536
+COMPRESSED_PER_SQRT = 4  # lists per sqrt(n) for IVF with an HNSW quantizer, and for OPQ+PQ
 DRIFT_THRESHOLD = 1.5
 DRIFT_SAMPLE = 20_000  # vectors on each side of a drift measurement, at most
 PQ_M_CHOICES = (64, 48, 32, 24, 16, 12, 8, 4)
@@ -104,7 +108,7 @@ def candidate_factories(n: int, d: int, memory_budget_bytes: int | None = None) 
         if d % 2 == 0:
             space.append(f"{ivf},PQ{d // 2}x4fs,Refine(SQfp16)")
         if n >= IVF_HNSW_MIN_N and d % 2 == 0 and "HNSW" not in ivf:
-            space.append(f"{_ivf(_nlist(n, per_sqrt=4), hnsw=True)},PQ{d // 2}x4fs,Refine(SQfp16)")
+            space.append(f"{_ivf(_nlist(n, COMPRESSED_PER_SQRT), hnsw=True)},PQ{d // 2}x4fs,Refine(SQfp16)")
         if n < HNSW_MAX_N and d >= 64 and d % 4 == 0:
             space.append(f"PCA{d // 4},HNSW{HNSW_M}_SQ8,RFlat")
         if n < HNSW_MAX_N:
@@ -112,7 +116,7 @@ def candidate_factories(n: int, d: int, memory_budget_bytes: int | None = None) 
     space = [f for f in space if estimate_bytes(f, n, d) <= budget]
     if space:
         return space
-    ivf = _ivf(_nlist(n, per_sqrt=4))  # compressed codes scan cheaply: the wiki's 4 sqrt(n) lists
+    ivf = _ivf(_nlist(n, COMPRESSED_PER_SQRT))  # compressed codes scan cheaply: the wiki's 4 sqrt(n) lists
     ms = [m for m in PQ_M_CHOICES if d % m == 0 and m <= d // 2]
     ms = [m for m in ms if estimate_bytes(f"OPQ{m},{ivf},PQ{m}", n, d) <= budget]
     if not ms:
@@ -179,7 +183,8 @@ def needs_rebuild(
     ):
         return True
     if family(factory).startswith("ivf"):
-        return _factory_nlist(factory) < _nlist(n_total) / 2
+        per_sqrt = COMPRESSED_PER_SQRT if "_HNSW" in factory or factory.startswith("OPQ") else 1
+        return min(per_sqrt * math.sqrt(n_total), MAX_NLIST) > 2 * _factory_nlist(factory)
     return False
 
 
@@ -361,7 +366,7 @@ def _ivf(k: int, hnsw: bool = False) -> str:
 
 def _nlist(n: int, per_sqrt: int = 1) -> int:
     k = 2 ** round(math.log2(per_sqrt * math.sqrt(n)))
-    k = min(k, 65_536, 2 ** int(math.log2(max(16, n // MIN_TRAIN_PER_LIST))))
+    k = min(k, MAX_NLIST, 2 ** int(math.log2(max(16, n // MIN_TRAIN_PER_LIST))))
     return max(16, k)
 
 

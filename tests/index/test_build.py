@@ -63,8 +63,16 @@ def test_needs_rebuild():
     assert not needs_rebuild("PCA32,HNSW32_SQ8,RFlat", 1_500_000, 128)
     assert needs_rebuild("PCA32,HNSW32_SQ8,RFlat", 2_500_000, 128)
     assert not needs_rebuild("IVF512,Flat", 250_000, 128)
-    assert not needs_rebuild("IVF512,PQ64x4fs,Refine(SQfp16)", 1_000_000, 128)  # wants 1024: within 2x
-    assert needs_rebuild("IVF512,SQ8", 4_000_000, 128)  # wants 2048
+    # 512 lists are sized for 512^2 = 262k vectors: rebuilt once the lists hold over 4x that
+    assert not needs_rebuild("IVF512,PQ64x4fs,Refine(SQfp16)", 1_000_000, 128)
+    assert needs_rebuild("IVF512,PQ64x4fs,Refine(SQfp16)", 1_100_000, 128)
+    assert needs_rebuild("IVF512,SQ8", 4_000_000, 128)
+    # an HNSW quantizer's 4096 lists and OPQ's 16384 are sized for (k / 4)^2 vectors
+    hnsw_ivf = "IVF4096_HNSW32,PQ64x4fs,Refine(SQfp16)"
+    assert not needs_rebuild(hnsw_ivf, 4_000_000, 128) and needs_rebuild(hnsw_ivf, 4_500_000, 128)
+    assert not needs_rebuild("OPQ64,IVF16384_HNSW32,PQ64", 60_000_000, 128)
+    assert needs_rebuild("OPQ64,IVF16384_HNSW32,PQ64", 70_000_000, 128)
+    assert not needs_rebuild("OPQ64,IVF65536_HNSW32,PQ64", 10**10, 128)  # at the most lists: no rebuild loop
     assert needs_rebuild("IVF512,Flat", 1_000_000, 128, memory_budget_bytes=100_000_000)
 
 
