@@ -1,9 +1,11 @@
 """Keep the FAISS index in step with the embedding partitions. No Dagster here.
 
 `update_index` decides between an incremental add and a full rebuild:
-- full rebuild when there is no index yet, the encoder changed (every vector changed),
-  `index.build.needs_rebuild` says N outgrew the factory, or `quantizer_drift` of the new
-  vectors exceeds `index.build.DRIFT_THRESHOLD` (IVF lists, or the reduced graph's PCA);
+- full rebuild when there is no index yet, the encoder changed (every vector changed), a
+  partition the index holds disappeared or now holds other images (a re-ingested batch: the
+  state keeps a fingerprint of each partition's image ids), `index.build.needs_rebuild`
+  says N outgrew the factory, or `quantizer_drift` of the new vectors exceeds
+  `index.build.DRIFT_THRESHOLD` (IVF lists, or the reduced graph's PCA);
 - otherwise only the partitions not yet in the index are added (old ones are not re-added).
 A rebuild measures every factory of `index.build.candidate_factories` (`index.select`) and
 keeps the fastest that meets the recall target within the memory and build-time budgets; the
@@ -189,6 +191,7 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         folder, state = None, None
     d = next(iter(partitions.values()))["embedding"].dtype.size
     n_total = sum(f.height for f in partitions.values())
+    fingerprints = {k: _fingerprint(f["image_id"]) for k, f in partitions.items()}
     new_keys = sorted(partitions) if state is None else sorted(set(partitions) - set(state["partitions"]))
     reason = None
     if state is None:
@@ -197,6 +200,10 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         reason = f"encoder changed {state['encoder_version']} → {encoder_version}"
     elif set(state["partitions"]) - set(partitions):
         reason = "partitions disappeared"
+    elif "fingerprints" not in state:
+        reason = "the index's state predates partition fingerprints"
+    elif changed := [k for k in state["partitions"] if state["fingerprints"].get(k) != fingerprints[k]]:
+        reason = f"partitions changed: {', '.join(changed)}"
     elif needs_rebuild(state["factory"], n_total, d, config.memory_budget_bytes):
         reason = f"N={n_total} outgrew {state['factory']}"
 
@@ -263,7 +270,8 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
 
     report = {
         "factory": factory, "params": tuned.params, "n": int(index.ntotal), "d": int(d),
-        "encoder_version": encoder_version, "partitions": sorted(partitions), "mode": mode,
+        "encoder_version": encoder_version, "partitions": sorted(partitions),
+        "fingerprints": dict(sorted(fingerprints.items())), "mode": mode,
         "reason": reason or f"added {len(new_keys)} partitions", "drift": drift,
         "recall_at_10": float(tuned.recall_at_10), "target_recall": config.target_recall,
         "met_target": bool(tuned.met_target), "qps": float(tuned.qps),
@@ -274,10 +282,17 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
     return _write_generation(home, index, image_ids, report)
 
 
+def _fingerprint(image_ids: pl.Series) -> str:
+    """sha256 of a partition's image ids, in any order: it changes when the batch is re-ingested
+    with other images (the vectors of one image change only with the encoder)."""
+    return hashlib.sha256("\n".join(sorted(image_ids.to_list())).encode()).hexdigest()
+
+
 def _in_row_order(partitions: dict[str, pl.DataFrame], image_ids: pl.Series, d: int) -> np.ndarray:
     """Every partition's vectors as one (N, d) array whose row r is the vector of image_ids[r]."""
     order = {k: i for i, k in enumerate(image_ids.to_list())}
     frames = pl.concat([partitions[k] for k in sorted(partitions)])
+    assert frames.height == len(order), f"{frames.height} vectors for {len(order)} indexed and new image ids"
     xb = np.empty((len(order), d), np.float32)
     xb[np.array([order[i] for i in frames["image_id"]])] = frames["embedding"].to_numpy()
     return xb
