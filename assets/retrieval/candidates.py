@@ -162,10 +162,22 @@ def catalog_candidates(home: Home, frame: pl.DataFrame, emb: np.ndarray, queries
                        share: float | None = None, task: str = "images") -> Candidates:
     """The merged candidates of `queries` over the aligned catalog, at the share chosen for
     `task` (or `share`)."""
-    index, _, _ = load_index(home, mmap=True)
+    index, ids, _ = load_index(home, mmap=True)
     share = chosen_share(home, task) if share is None else share
     near = index_neighbours(index, queries.anchors, 2 * k, queries.exclude)  # room for overlap with `popular`
+    near = in_frame_rows(near, ids, frame)
     return merge_sources(emb, queries.anchors, near, popular_rows(home, frame), k, share, queries.exclude)
+
+
+def in_frame_rows(near: list[list[int]], ids: np.ndarray, frame: pl.DataFrame) -> list[list[int]]:
+    """Rows of index generation `ids` as rows of `frame` (read from a generation before). They
+    are the same rows unless `faiss_index` switched generations in between: then each row goes
+    through its image id, and images `frame` does not hold are left out."""
+    frame_ids = frame["image_id"].to_numpy()
+    if len(ids) == len(frame_ids) and (ids == frame_ids).all():
+        return near
+    pos = {image_id: row for row, image_id in enumerate(frame_ids.tolist())}
+    return [[pos[ids[r]] for r in rows if ids[r] in pos] for rows in near]
 
 
 def source_recall(home: Home, frame: pl.DataFrame, emb: np.ndarray, queries: Queries, merged: np.ndarray,

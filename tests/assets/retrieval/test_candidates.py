@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
+import polars as pl
 
 from assets.retrieval.candidates import (
     CandidateConfig,
     Queries,
     choose_share,
+    in_frame_rows,
     index_neighbours,
     merge_sources,
     recall_at,
@@ -67,3 +69,12 @@ def test_the_share_with_the_best_validation_recall_wins_and_ties_go_to_the_index
     in_neighbours = [set(n[:3]) for n in near]  # relevance sits in the neighbours
     assert choose_share(emb, q.anchors, near, popular, q.exclude, in_neighbours, cfg)["share"] == 0.0
     assert recall_at([[1, 2], [3]], [{1, 5}, set()]) == 0.5  # queries without relevance left out
+
+
+def test_rows_of_a_newer_index_generation_are_mapped_to_the_catalog_read_before_it():
+    frame = pl.DataFrame({"image_id": ["a", "b", "c"]})
+    near = [[2, 0], [1]]
+    assert in_frame_rows(near, np.array(["a", "b", "c"], dtype=object), frame) is near  # one generation
+    # faiss_index switched generations in between: a rebuild reordered the rows and added "d"
+    newer = np.array(["c", "d", "a", "b"], dtype=object)
+    assert in_frame_rows([[0, 1, 2], [3, 1]], newer, frame) == [[2, 0], [1]]
