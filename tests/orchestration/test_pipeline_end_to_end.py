@@ -188,12 +188,17 @@ def test_user_histories_never_train_on_the_future(pipeline):
     events = con.sql("SELECT user_id, image_id, after_cutoff FROM user_events").pl()
     after = events.filter(pl.col("after_cutoff")).group_by("user_id").agg(pl.col("image_id"))
     later = dict(zip(after["user_id"], after["image_id"].to_list(), strict=True))
+    before = events.filter(~pl.col("after_cutoff")).group_by("user_id").agg(pl.col("image_id"))
+    earlier = dict(zip(before["user_id"], before["image_id"].to_list(), strict=True))
+    assert {"train", "test"} <= set(users["split"])
     for row in users.iter_rows(named=True):
         assert not set(row["targets"]) & set(row["history"])
         assert len(row["history"]) <= 20 and len(row["targets"]) == len(row["gains"])
         assert set(row["gains"]) <= {1, 2}
         if row["split"] == "test":
             assert set(row["targets"]) <= set(later[row["user_id"]])
+        else:
+            assert set(row["targets"]) | set(row["history"]) <= set(earlier[row["user_id"]])
     pairs = read_table(home, "user_pairs")
     assert set(pairs["split"]) <= {"train", "val"} and set(pairs["query"]) <= set(users["user_id"])
 
@@ -449,6 +454,12 @@ def test_promote_and_rollback(pipeline, capsys):
     from assets.store.models import pointers
     from orchestration.cli import main
     from orchestration.instance import get_instance
+    from orchestration.runner import materialize_assets
+
+    def last_decision():
+        observed = get_instance().fetch_observations(dg.AssetKey("reranker_champion"), limit=1).records[0]
+        meta = observed.asset_observation.metadata
+        return meta["champion"].value, meta["decision"].value
 
     home, _ = pipeline
     assert main(["rollback"]) == 2  # only one champion so far
@@ -456,9 +467,17 @@ def test_promote_and_rollback(pipeline, capsys):
     assert main(["promote", first]) == 0
     assert main(["promote", "nope"]) == 2
     assert pointers(home, "reranker_champion")["current"] == first
-    observed = get_instance().fetch_observations(dg.AssetKey("reranker_champion"), limit=1).records[0]
-    meta = observed.asset_observation.metadata
-    assert meta["champion"].value == first and "lensless promote" in meta["decision"].value
+    champion, decision = last_decision()
+    assert champion == first and "lensless promote" in decision
+    # a second challenger (another seed): promoted by hand (the default is the latest), then rolled back
+    cfg = {**TINY["ops"]["gutted_reranker"]["config"], "seed": 11}
+    materialize_assets(["gutted_reranker"], "reranker_retrain_job", run_config={"ops": {"gutted_reranker": {"config": cfg}}})
+    second = pointers(home, "gutted_reranker")["current"]
+    assert second != first
+    assert main(["promote"]) == 0 and pointers(home, "reranker_champion")["current"] == second
+    assert last_decision() == (second, f"promoted {second} by hand (lensless promote)")
+    assert main(["rollback"]) == 0 and pointers(home, "reranker_champion")["current"] == first
+    assert last_decision() == (first, f"rolled back from {second} to {first} by hand (lensless rollback)")
 
 
 def test_promotion_decision_accepts_and_rejects():

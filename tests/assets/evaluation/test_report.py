@@ -22,14 +22,23 @@ def test_pareto_front_keeps_what_nothing_beats_on_both_cost_and_quality():
     assert pareto_front({"cheap_best": (1.0, 0.9), "dear_worse": (5.0, 0.1)}) == ["cheap_best"]
 
 
-def test_quality_cost_plot_draws_every_system():
+def test_quality_cost_plot_draws_every_system(monkeypatch):
+    import assets.evaluation.report as report
+
     def system(ndcg, ms):
         return {"ndcg_at_10": ndcg, "ndcg_at_10_ci": [ndcg - 0.01, ndcg + 0.01], "ms_per_1k_candidates": ms}
 
+    figures, png = [], report._png
+    monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or png(fig))
     section = {"systems": {"random": system(0.01, None), "retrieval": system(0.06, 2.3),
                            "gutted": system(0.08, 280.0), "full_vlm": system(0.075, 3100.0)}}
     image = Image.open(io.BytesIO(quality_cost_plot(section)))
     assert image.size == (640, 400)
+    (ax,) = figures[0].axes
+    assert {t.get_text().strip() for t in ax.texts} == {"random", "retrieval", "gutted", "full vlm"}
+    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
+    assert list(front.get_xdata()) == [2.3, 280.0] and list(front.get_ydata()) == [0.06, 0.08]
+    assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"] == [0.01]  # random
 
 
 def test_provenance_and_production_rows_read_like_a_table():

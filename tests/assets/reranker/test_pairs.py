@@ -63,8 +63,11 @@ def test_dense_engagement_tops_negatives_up_from_the_catalog():
 def test_label_relevance_excludes_same_label_negatives():
     labels = ["a", "a", "a", "b", "b", "a", "b", "a", "b", "b"]
     groups, _ = mine_groups({0: rel(5, 7)}, NEIGHBOURS, CFG, labels)
+    assert groups.shape == (2, 4)  # one group per positive (5 and 7), each with its negatives
     for row in groups:
         assert all(labels[j] != "a" for j in row[2:])
+    unlabelled, _ = mine_groups({0: rel(5, 7)}, NEIGHBOURS, CFG)
+    assert any(labels[j] == "a" for row in unlabelled for j in row[2:])  # the labels are what kept them out
 
 
 def test_mining_is_deterministic():

@@ -49,8 +49,8 @@ def test_versions_pointers_and_loading(any_home, tmp_path):
     assert (folder / "weights.bin").read_text() == "b" and json.loads((folder / "sub" / "config.json").read_text()) == {"p": "b"}
     if not any_home.local:
         assert folder.is_relative_to(tmp_path / "cache")  # fetched into the local cache, once
-        (folder / "weights.bin").write_text("b")  # a second load reads the cached copy
-        assert current_dir(any_home, "enc") == folder
+        (folder / "weights.bin").write_text("cached")  # a second load reads the cached copy
+        assert current_dir(any_home, "enc") == folder and (folder / "weights.bin").read_text() == "cached"
     with pytest.raises(FileNotFoundError, match="known: "):
         set_current(any_home, "enc", "000000000000")
 
