@@ -2,12 +2,14 @@
 #   make demo   install, then run the whole pipeline on the demo catalog and print the report path
 #   make test   install, then run the tests
 # Everything installs into $(VENV). A CPU build of torch is put in place first when no torch
-# is installed (a plain `pip install torch` on Linux pulls a multi-GB CUDA build).
+# is installed (a plain `pip install torch` on Linux pulls a multi-GB CUDA build): from
+# TORCH_INDEX, PyTorch's CPU wheel index, when it answers; otherwise from pip's configured
+# index (a machine without access to it, e.g. one with a local CPU wheel). TORCH_INDEX= skips it.
 
 VENV        ?= .venv
 PYTHON      ?= python3
 TORCH_SPEC  ?= torch==2.13.0
-TORCH_INDEX ?=
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.lensless-installed
 
@@ -16,7 +18,10 @@ STAMP       := $(VENV)/.lensless-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(PY) -c "import torch" 2>/dev/null || \
+	  if [ -n "$(TORCH_INDEX)" ] && $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/', timeout=10)" 2>/dev/null; \
+	  then $(PY) -m pip install -q --index-url $(TORCH_INDEX) "$(TORCH_SPEC)"; \
+	  else $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
 	$(PY) -m pip install -q -e ".[dev,scale]"
 	touch $(STAMP)
 
