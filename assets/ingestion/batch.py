@@ -103,8 +103,8 @@ def ingest_batch(
         try:
             try:
                 data = read(uri)
-            except OSError as e:
-                raise Quarantined("undecodable", f"{READ_FAILED}: {e}") from e
+            except Exception as e:  # OSError, and what fsspec's HTTP or GCS backends raise instead
+                raise Quarantined("undecodable", f"{READ_FAILED}: {type(e).__name__}: {e}") from e
             sha = hashlib.sha256(data).hexdigest() if data else None
             if sha in known:
                 return sha, None, None

@@ -69,15 +69,19 @@ def load_engagement_file(path: str) -> pl.DataFrame:
     if missing or not ({"image_id", "image_uri"} & set(frame.columns)):
         raise ValueError(f"engagement file {path!r} lacks columns {missing or ['image_id or image_uri']}; "
                          f"has {frame.columns}")
+    if not (frame.schema["ts"] == pl.Utf8 or frame.schema["ts"].is_temporal()):
+        raise ValueError(f"engagement file {path!r} has ts of type {frame.schema['ts']}; valid: date-times, or "
+                         "ISO 8601 text (epoch numbers are ambiguous: convert them, e.g. pl.from_epoch(ts, 's'))")
     return frame
 
 
 def resolve_events(frame: pl.DataFrame, manifest: pl.DataFrame, duplicates: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     """Map events to ingested image ids. Returns (events in EVENT_SCHEMA, {reason: dropped count})."""
+    # a file touched or edited since its batch is listed again: its latest batch says what it is
     uri_to_id = pl.concat([
-        manifest.select("uri", "image_id"),
-        duplicates.select("uri", pl.col("duplicate_of").alias("image_id")),
-    ])
+        manifest.select("uri", "image_id", "batch"),
+        duplicates.select("uri", pl.col("duplicate_of").alias("image_id"), "batch"),
+    ]).sort("batch").unique("uri", keep="last", maintain_order=True).drop("batch")
     if "image_id" in frame.columns and "image_uri" not in frame.columns:
         events = frame.with_columns(pl.col("image_id").cast(pl.Utf8))
     else:

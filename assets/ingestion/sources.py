@@ -139,7 +139,7 @@ def list_source(source: str, label_depth: int = 1) -> Listing:
     for uri, rel, size, mtime, problem in rows:
         parts = rel.replace(os.sep, "/").split("/")
         ext = os.path.splitext(parts[-1])[1].lower()
-        hidden = parts[-1].startswith(".")
+        hidden = any(part.startswith(".") for part in parts)  # a hidden file, or one in a hidden folder
         reason = problem or (None if (ext in SUPPORTED_EXTENSIONS and not hidden) else (
             "hidden_file" if hidden else f"unsupported_extension:{ext or '(none)'}"))
         records.append({"uri": uri, "label": _label(parts, label_depth), "size": size,
@@ -179,6 +179,11 @@ def _walk_local(root: str) -> list[tuple]:
             skipped(os.path.join(dirpath, name), "linked_folder_not_followed")
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
+            try:
+                full.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8 in its name (or its folder's)
+                skipped(os.fsencode(full).decode("utf-8", "backslashreplace"), "undecodable_name")
+                continue
             if os.path.islink(full) and not os.path.realpath(full).startswith(real_root + os.sep):
                 skipped(full, "link_outside_source")
                 continue

@@ -2,6 +2,7 @@
 a temporary home."""
 
 import json
+import os
 import shutil
 
 import dagster as dg
@@ -229,6 +230,21 @@ def test_bad_entries_in_a_source_are_skipped_with_their_reason_not_fatal(home, t
     assert reasons["escape.png"] == "link_outside_source" and reasons["linked"] == "linked_folder_not_followed"
     if os.geteuid() != 0:
         assert reasons["locked"].startswith("unreadable_folder:")
+
+
+def test_hidden_folders_and_names_that_are_not_utf8_are_skipped_with_their_reason(tmp_path):
+    src = tmp_path / "src"
+    for folder in ("ok", ".thumbnails/normal", "ok2"):
+        (src / folder).mkdir(parents=True, exist_ok=True)
+    for path in ("ok/a.png", ".thumbnails/normal/a.png", "ok2/b.png"):
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(src / path)
+    latin1 = os.path.join(os.fsencode(src / "ok"), b"caf\xe9.png")  # a name unzip may leave
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(latin1, format="PNG")
+    listing = list_source(str(src))
+    assert sorted(os.path.relpath(u, src) for u in listing.files["uri"]) == ["ok/a.png", "ok2/b.png"]
+    reasons = dict(zip(listing.skipped["uri"], listing.skipped["skipped_reason"], strict=True))
+    assert reasons == {str(src / ".thumbnails/normal/a.png"): "hidden_file",
+                       str(src / "ok") + "/caf\\xe9.png": "undecodable_name"}
 
 
 def test_an_empty_source_is_refused_and_not_watched(lensless_home, tmp_path, capsys):

@@ -62,6 +62,16 @@ def test_resize_policies():
     assert padded[0].min() == 255 and padded[16].max() == 0
 
 
+def test_center_crop_resamples_only_the_centre_square():
+    """A 300,000 x 32 strip is within the pixel limit; resizing it whole before cropping took
+    2.3 GB. The centre square alone is what the crop keeps."""
+    rng = np.random.default_rng(0)
+    strip = Image.fromarray(rng.integers(0, 255, (32, 300_000, 3), dtype=np.uint8))
+    out = resize_canonical(strip, 64, "center_crop")
+    square = strip.crop((149_984, 0, 150_016, 32)).resize((64, 64), Image.Resampling.BICUBIC)
+    assert out.shape == (64, 64, 3) and np.abs(out.astype(int) - np.asarray(square, int)).mean() < 8
+
+
 def test_bad_policy_names_valid_options():
     with pytest.raises(ValueError, match="valid: center_crop, pad"):
         DecodePolicy(resize="stretch")

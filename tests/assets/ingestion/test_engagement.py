@@ -43,6 +43,25 @@ def test_a_bad_file_is_never_registered(home, tmp_path, content, message):
     assert registered_sources(home) == []
 
 
+def test_epoch_numbers_as_ts_are_refused_not_read_as_1970(home, tmp_path):
+    path = tmp_path / "events.parquet"
+    pl.DataFrame({"user_id": ["u"], "image_id": ["id0"], "event": ["click"], "ts": [1735689600]}).write_parquet(path)
+    with pytest.raises(ValueError, match="ts of type Int64; valid: date-times, or ISO 8601 text"):
+        register_source(home, str(path))
+    assert registered_sources(home) == []
+
+
+def test_a_file_listed_again_after_a_touch_maps_its_events_once_to_its_latest_image():
+    manifest = pl.concat([MANIFEST, MANIFEST.head(1).with_columns(  # /img/0.png edited: a new image in batch c
+        pl.lit("id9").alias("image_id"), pl.lit(9).cast(pl.Int64).alias("row"), pl.lit("c").alias("batch"))])
+    touched = pl.DataFrame([{"uri": "/img/1.png", "sha256": "s1", "duplicate_of": "id1", "batch": "c"}],
+                           schema=DUPLICATE_SCHEMA)  # /img/1.png touched: the same bytes again
+    frame = pl.DataFrame({"user_id": ["u", "u"], "image_uri": ["/img/0.png", "/img/1.png"],
+                          "event": ["click", "click"], "ts": ["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]})
+    events, _ = resolve_events(frame, manifest, touched)
+    assert events["image_id"].to_list() == ["id9", "id1"]
+
+
 def test_a_vanished_registered_file_is_a_warning(home, resources, tmp_path):
     src = tmp_path / "images"
     src.mkdir()
