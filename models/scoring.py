@@ -35,8 +35,13 @@ def feature_tensor(features) -> torch.Tensor:
 
 def query_inputs(features, rows, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(query features, history mask or None) of query `rows`: (B,) one image each, or (B, H)
-    histories padded with -1 (the mask marks the real images)."""
+    histories padded with -1 (the mask marks the real images). A history of one image is that
+    image: (B, H) rows holding one real image each take the one-image layout, so a query has
+    the same prompt however its rows are stored (training stores image queries as one-image
+    histories; evaluation and serving pass them as (B,))."""
     rows = np.asarray(rows)
+    if rows.ndim == 2 and len(rows) and ((rows >= 0).sum(1) == 1).all():
+        rows = rows.max(axis=1)  # the one real row of each (padding is -1)
     feats = feature_tensor(features[np.maximum(rows, 0)])
     history = None if rows.ndim == 1 else torch.as_tensor(rows >= 0)
     if device is not None:
@@ -71,19 +76,28 @@ def score_candidates(scorer, features, query_rows, cand_rows, batch: int = 8,
     device = device_of(scorer)
     was_training = scorer.training
     scorer.eval()
-    out = []
+    # one-image queries and longer histories are batched apart, as in training: a batch of
+    # one-image queries takes the one-image layout (query_inputs)
+    multi = np.zeros(n, bool) if query_rows.ndim == 1 else (query_rows >= 0).sum(1) > 1
+    batches = [kind[i: i + batch] for kind in (np.flatnonzero(~multi), np.flatnonzero(multi))
+               for i in range(0, len(kind), batch)]
+    out, done = [], 0
     try:
-        for i in range(0, n, batch):
-            q, history = query_inputs(features, query_rows[i: i + batch], device) if query_features is None else (
-                feature_tensor(query_features[i: i + batch]).to(device), None)
-            c = feature_tensor(features[cand_rows[i: i + batch]]).to(device)
-            p = None if prior is None else prior_tensor(prior, cand_rows[i: i + batch])
+        for rows in batches:
+            q, history = query_inputs(features, query_rows[rows], device) if query_features is None else (
+                feature_tensor(query_features[rows]).to(device), None)
+            c = feature_tensor(features[cand_rows[rows]]).to(device)
+            p = None if prior is None else prior_tensor(prior, cand_rows[rows])
             out.append(scorer.score(q, c, prior=p, history=history).float().cpu().numpy())
+            done += len(rows)
             if progress is not None:
-                progress(min(i + batch, n), n)
+                progress(done, n)
     finally:
         scorer.train(was_training)
-    scores = np.concatenate(out) if out else None
+    scores = None
+    if out:
+        scores = np.empty((n, out[0].shape[1]), np.float32)
+        scores[np.concatenate(batches)] = np.concatenate(out)
     if scores is not None and not np.isfinite(scores).all():
         bad = int((~np.isfinite(scores)).sum())
         raise ValueError(f"the reranker gave {bad} of {scores.size} scores that are not finite: its weights "

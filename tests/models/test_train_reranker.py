@@ -11,6 +11,7 @@ import torch
 
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, build_gutted
+from models.scoring import score_candidates
 from models.train_reranker import (
     RerankerTrainConfig,
     evaluate,
@@ -329,3 +330,23 @@ def test_validation_weighs_both_tasks_alike_whatever_their_share():
     is_user = np.array([False, False, False, True])
     assert task_balanced(per_group, is_user) == 0.5  # not the plain mean, 0.75
     assert task_balanced(per_group, None) == task_balanced(per_group, np.zeros(4, bool)) == 0.75
+
+
+@pytest.mark.parametrize("pool", [0, 2])
+def test_a_query_image_has_one_prompt_however_its_rows_are_stored(pool):
+    """Training stores a related-image query as a one-image history ([-1, ..., -1, q]);
+    evaluation and serving pass it as one row. Both are the one-image prompt (no history
+    summary, no pool), also when one-image queries and histories are scored together."""
+    torch.manual_seed(0)
+    model = build_gutted(GuttedConfig(embed_dim=16, history_pool=pool)).eval()
+    feats = torch.nn.functional.normalize(torch.randn(30, 16), dim=-1)
+    cands = np.arange(1, 31).reshape(3, 10) % 30
+    flat = score_candidates(model, feats, np.array([0, 21, 7]), cands)
+    stored = np.full((3, 20), -1)
+    stored[:, -1] = [0, 21, 7]
+    np.testing.assert_allclose(score_candidates(model, feats, stored, cands), flat, atol=1e-5)
+    mixed = stored.copy()
+    mixed[1, -3:] = [4, 5, 21]  # the second query is a user's three-image history
+    scores = score_candidates(model, feats, mixed, cands, batch=8)
+    np.testing.assert_allclose(scores[[0, 2]], flat[[0, 2]], atol=1e-5)
+    assert np.abs(scores[1] - flat[1]).max() > 1e-3  # a history is not its latest image
