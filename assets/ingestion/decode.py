@@ -30,6 +30,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Formats we accept (by extension; the decoder then checks the content itself).
 SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# the Pillow decoders those formats need (JPEG's also opens a camera's multi-picture MPO); no
+# other decoder runs on ingested bytes (a ".jpg" holding PostScript would otherwise go to Ghostscript)
+DECODERS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 QUARANTINE_REASONS = ("empty", "truncated", "not_an_image", "undecodable", "too_many_pixels", "too_small")
 RESIZE_POLICIES = ("center_crop", "pad")
 EXIF_ORIENTATION = 0x0112
@@ -134,9 +137,9 @@ def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> tuple[np
     if len(data) == 0:
         raise Quarantined("empty", "file has 0 bytes")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=DECODERS)
     except UnidentifiedImageError as e:
-        raise Quarantined("not_an_image", "no known image format recognised") from e
+        raise Quarantined("not_an_image", f"not one of the accepted formats ({', '.join(DECODERS)})") from e
     except Image.DecompressionBombError as e:  # above 2x Image.MAX_IMAGE_PIXELS: Pillow's own guard
         raise Quarantined("too_many_pixels", str(e)) from e
     except Exception as e:  # header present but unreadable

@@ -79,6 +79,9 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
         "bad/bomb.png": (png_bomb(), "too_many_pixels"),
         "bad/one_pixel.png": (encode(Image.new("RGB", (1, 1), (255, 0, 0)), "PNG"), "too_small"),
         "bad/corrupt_data.png": (bytes(corrupt), "undecodable"),
+        # decodable formats outside the accepted ones: PostScript would run Ghostscript
+        "bad/postscript.jpg": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n", "not_an_image"),
+        "bad/portable_pixmap.png": (encode(_photo(seed=22, w=96, h=64), "PPM"), "not_an_image"),
     }
 
 

@@ -174,7 +174,7 @@ def test_cli_ingest_json(lensless_home, tmp_path, capsys):
     assert main(["ingest", str(tmp_path / "src"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["ingested"] == 13 and summary["duplicates"] == 1 and summary["skipped"] == 2
-    assert summary["quarantined"] == {"empty": 1, "not_an_image": 2, "too_many_pixels": 1, "too_small": 1,
+    assert summary["quarantined"] == {"empty": 1, "not_an_image": 4, "too_many_pixels": 1, "too_small": 1,
                                       "truncated": 1, "undecodable": 1}
     assert main(["ingest", str(tmp_path / "src"), "--json"]) == 0  # nothing new the second time
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["batch"] is None
