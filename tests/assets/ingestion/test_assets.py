@@ -56,7 +56,7 @@ def test_mixed_folder_nothing_lost(home, tmp_path):
     meta = result.asset_materializations_for_node("raw_images")[0].metadata
     assert meta["ingested"].value == len(files["good"]) and meta["quarantined"].value == len(files["bad"])
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"quarantine_rate": False, "unique_image_ids": True}  # 7 bad of 21: above 20%
+    assert checks == {"quarantine_rate": False, "unique_image_ids": True}  # 9 bad of 23: above 20%
 
 
 def test_dedupe_across_batches_and_idempotent_rerun(home, tmp_path):
