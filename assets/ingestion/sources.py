@@ -22,6 +22,7 @@ not listed again, and nothing already ingested is removed: the lake is append-on
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -203,6 +204,9 @@ def unfinished_batches(home: Home) -> list[str]:
     return [b for b in known_batches(home) if b not in done]
 
 
+READ_ATTEMPTS = 3  # failed reads of an unchanged remote file before it waits for a change
+
+
 def new_entries(home: Home, listing: Listing) -> pl.DataFrame:
     """Files and skipped files of a listing that are in no batch yet (new, or modified), and
     files whose last attempt could not be read but can be now (`retry_unreadable`)."""
@@ -216,19 +220,22 @@ def new_entries(home: Home, listing: Listing) -> pl.DataFrame:
 
 def retry_unreadable(home: Home, uris: list[str]) -> set[str]:
     """Those of `uris` that were quarantined because they could not be read (a permission, a
-    network error), were not ingested since, and look readable now: a local file this
-    process may read (`os.access`), any remote one (its error may have been transient).
-    A chmod does not change a file's size or mtime, so without this it would never be retried."""
+    network error), were not ingested since, and may be readable now: a local file this
+    process may read (`os.access`), a remote one that failed fewer than READ_ATTEMPTS times
+    (its error may have been transient; one it never lets us read, e.g. AccessDenied, then
+    waits for a change of size or mtime like any file). A chmod does not change a file's
+    size or mtime, so without this it would never be retried."""
     quarantine = read_table(home, "quarantine")
-    failed = set(quarantine.filter(pl.col("detail").str.starts_with(READ_FAILED))["uri"].to_list()) & set(uris)
-    if not failed:
+    failed = quarantine.filter(pl.col("detail").str.starts_with(READ_FAILED) & pl.col("uri").is_in(uris))
+    if not failed.height:
         return set()
+    attempts = dict(failed.group_by("uri").len().iter_rows())
     done = set(read_table(home, "raw_images")["uri"].to_list()) | set(read_table(home, "duplicates")["uri"].to_list())
-    return {u for u in failed - done if _readable_now(u)}
+    return {u for u, n in attempts.items() if u not in done and _may_read_now(u, n)}
 
 
-def _readable_now(uri: str) -> bool:
-    return not is_local(uri) or os.access(UPath(uri).path, os.R_OK)
+def _may_read_now(uri: str, attempts: int) -> bool:
+    return os.access(UPath(uri).path, os.R_OK) if is_local(uri) else attempts < READ_ATTEMPTS
 
 
 def new_batch_key(entries: pl.DataFrame, now: datetime | None = None) -> str:
@@ -250,8 +257,18 @@ def cut_batches(entries: pl.DataFrame, max_files: int) -> list[pl.DataFrame]:
 
 
 def register_batch(home: Home, entries: pl.DataFrame, key: str | None = None) -> str:
-    """Freeze a batch's file list and return its key (the new dynamic partition)."""
-    key = key or new_batch_key(entries)
+    """Freeze a batch's file list and return its key (the new dynamic partition). A frozen
+    batch is never overwritten: a generated key that exists already (the same files listed
+    again within a second, e.g. a retried read) gets a suffix, an explicit one is refused."""
+    known = set(known_batches(home))
+    if key is not None and key in known:
+        raise ValueError(f"batch {key!r} exists and its file list is frozen; pass a new key or none")
+    if key is None:
+        key = base = new_batch_key(entries)
+        for n in itertools.count(2):
+            if key not in known:
+                break
+            key = f"{base}-{n}"
     write_table(home, "batch_files", entries.select(list(BATCH_SCHEMA)), key)
     return key
 

@@ -113,6 +113,51 @@ def test_a_file_that_could_not_be_read_is_retried_once_readable(home, tmp_path, 
     assert read_table(home, "raw_images")["uri"].n_unique() == 3
 
 
+def test_a_remote_file_that_never_reads_is_retried_a_few_times_not_forever(home, monkeypatch):
+    """An object the credentials may list but not get (S3 AccessDenied) is tried in
+    READ_ATTEMPTS batches, then only again once its size or mtime changes."""
+    import io
+    import uuid
+
+    import fsspec
+
+    import assets.ingestion.batch as batch_module
+    from assets.ingestion.sources import READ_ATTEMPTS
+
+    bucket = f"memory://denied-{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    for name in ("good.png", "denied.png"):
+        out = io.BytesIO()
+        Image.fromarray(np.full((40, 40, 3), len(name), np.uint8)).save(out, "PNG")
+        fs.pipe(f"{bucket}/{name}", out.getvalue())
+    real_read = batch_module.read_bytes
+    monkeypatch.setattr(batch_module, "read_bytes", lambda uri: (_ for _ in ()).throw(
+        PermissionError(f"Access Denied: {uri}")) if uri.endswith("denied.png") else real_read(uri))
+    instance = dg.DagsterInstance.ephemeral()
+    tried = 0
+    for _ in range(READ_ATTEMPTS + 2):
+        if new_entries(home, list_source(bucket)).height == 0:
+            break
+        batch, _ = ingest(home, instance, bucket, size=32)
+        tried += read_table(home, "quarantine", [batch]).height
+    assert tried == READ_ATTEMPTS
+    assert [u.rsplit("/", 1)[1] for u in read_table(home, "raw_images")["uri"]] == ["good.png"]
+
+
+def test_a_frozen_batch_is_never_overwritten(home, tmp_path, monkeypatch):
+    import assets.ingestion.sources as sources_module
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(src / "a.png")
+    entries = new_entries(home, list_source(str(src)))
+    monkeypatch.setattr(sources_module, "new_batch_key", lambda e: "b20260101T000000-0a1b2c3d")  # one second
+    first, second = register_batch(home, entries), register_batch(home, entries)
+    assert second == f"{first}-2" and sorted([second, first]) == [first, second]
+    with pytest.raises(ValueError, match="exists and its file list is frozen"):
+        register_batch(home, entries, key=first)
+
+
 def test_engagement_events_counts_unknown_images(home, tmp_path):
     src = tmp_path / "src" / "a"
     src.mkdir(parents=True)
