@@ -1,6 +1,7 @@
 """FAISS in the faiss-contrib style: build, tune, search, io, metrics. No Dagster here."""
 
-from .build import add_vectors, build_index, candidate_factories, needs_rebuild, quantizer_drift
+from .build import add_vectors, build_index, candidate_factories, needs_rebuild
+from .drift import quantizer_drift
 from .gpu import gpu_available, index_to_cpu, index_to_gpu
 from .io import read_index, write_index_atomic
 from .metrics import exact_knn, one_recall_at_k, recall_at_k

@@ -50,18 +50,11 @@ PCA centres the data, which changes inner products but not L2 distances, so this
 built with the L2 metric; on unit vectors L2 ranks exactly as inner product does, and
 ``index.search.search`` turns the distances back into inner products.
 
-Retrain decisions:
-  * ``needs_rebuild`` - N left the factory's family's range (the family is no longer a
-    candidate), k < half the list count its kind of IVF wants at N before rounding (sqrt(N),
-    or 4 sqrt(N) with an HNSW quantizer or OPQ: the lists hold over 4x the vectors they were
-    sized for), or the factory no longer fits the budget.
-  * ``quantizer_drift`` - mean squared distance of new vectors to their nearest coarse
-    centroid over that of the vectors already in the index; retrain the quantizer when it
-    exceeds DRIFT_THRESHOLD (1.5: new data sits 50% farther from the centroids than the data
-    they were trained on, so lists get unbalanced and recall at a fixed nprobe drops). For
-    the reduced graph the "quantizer" is its PCA: the squared distance of a vector to its
-    projection on the kept components (new data whose variance moved outside them is ranked
-    worse by the graph).
+Retrain decision: ``needs_rebuild`` - N left the factory's family's range (the family is no
+longer a candidate), k < half the list count its kind of IVF wants at N before rounding
+(sqrt(N), or 4 sqrt(N) with an HNSW quantizer or OPQ: the lists hold over 4x the vectors they
+were sized for), or the factory no longer fits the budget. The other, new data that no longer
+fits the quantizer, is ``index.drift.quantizer_drift``.
 """
 
 from __future__ import annotations
@@ -89,8 +82,6 @@ TRAIN_PER_LIST = 64  # training sample size per list (faiss subsamples above 256
 MIN_TRAIN = 65_536  # PQ/OPQ codebooks want ~10k+ points whatever k is
 MAX_NLIST = 65_536
 COMPRESSED_PER_SQRT = 4  # lists per sqrt(n) for IVF with an HNSW quantizer, and for OPQ+PQ
-DRIFT_THRESHOLD = 1.5
-DRIFT_SAMPLE = 20_000  # vectors on each side of a drift measurement, at most
 PQ_M_CHOICES = (64, 48, 32, 24, 16, 12, 8, 4)
 FAMILIES = ("flat", "hnsw", "hnsw_pca", "ivf_flat", "ivf_sq", "ivf_pq_refine", "ivf_pq")
 
@@ -203,7 +194,7 @@ def build_index(
     (falls back to CPU with a warning), False = CPU. On GPU the train + add run there and
     the result is copied back so it can be written; types faiss cannot run on GPU (HNSW)
     stay on the CPU."""
-    xb, ids = _check_xb_ids(xb, ids)
+    xb, ids = check_xb_ids(xb, ids)
     index = make_empty(factory, xb.shape[1])
     if use_gpu is None:
         use_gpu = gpu_available()
@@ -211,7 +202,7 @@ def build_index(
         LOG.warning("use_gpu=True but faiss has no GPU support or sees no GPU; building on CPU")
     work = index_to_gpu(index) if use_gpu else index
     if not work.is_trained:
-        xt = _check_xb_ids(xt, None)[0] if xt is not None else training_sample(index, xb, seed)
+        xt = check_xb_ids(xt, None)[0] if xt is not None else training_sample(index, xb, seed)
         LOG.info("training %s on %d vectors", factory, len(xt))
         work.train(xt)
     work.add_with_ids(xb, ids)
@@ -248,13 +239,12 @@ def training_sample(index: faiss.Index, xb: np.ndarray, seed: int = 0) -> np.nda
     size = min(len(xb), max(TRAIN_PER_LIST * k, MIN_TRAIN))
     if size == len(xb):
         return xb
-    rows = np.sort(np.random.default_rng(seed).choice(len(xb), size=size, replace=False))
-    return xb[rows]
+    return xb[sample_rows(len(xb), size, seed)]
 
 
 def add_vectors(index: faiss.Index, xb: np.ndarray, ids: np.ndarray) -> faiss.Index:
     """Add new vectors under new ids to a trained index; nothing is retrained or re-added."""
-    xb, ids = _check_xb_ids(xb, ids)
+    xb, ids = check_xb_ids(xb, ids)
     assert index.is_trained, "index is not trained; build it with build_index first"
     assert index.d == xb.shape[1], f"index d={index.d} but vectors have d={xb.shape[1]}"
     # adding to a read-only mmap view aborts the whole process inside faiss, so refuse here
@@ -263,43 +253,6 @@ def add_vectors(index: faiss.Index, xb: np.ndarray, ids: np.ndarray) -> faiss.In
     )
     index.add_with_ids(xb, ids)
     return index
-
-
-def quantizer_drift(
-    index: faiss.Index,
-    xb_new: np.ndarray,
-    xb_ref: np.ndarray | None = None,
-    sample: int = DRIFT_SAMPLE,
-    seed: int = 0,
-) -> float:
-    """Mean squared distance of xb_new to its nearest coarse centroid (the reduced graph: to
-    its PCA projection) over that of a reference.
-
-    Reference: ``xb_ref`` if given (e.g. the training sample), else a seeded sample of the
-    vectors stored in the index (decoded from the inverted lists, or read from the refine
-    stage). Flat and full-vector HNSW indexes have no quantizer to drift: returns 1.0.
-    Compare with DRIFT_THRESHOLD."""
-    pca = _pca(index)
-    if pca is not None:
-        new = _check_xb_ids(xb_new, None)[0]
-        if xb_ref is not None:
-            ref = _check_xb_ids(xb_ref, None)[0]
-        else:
-            store = faiss.downcast_index(unwrap_idmap(index)).refine_index
-            ref = store.reconstruct_batch(sample_rows(store.ntotal, sample, seed))
-        return _pca_residual(pca, new) / max(_pca_residual(pca, ref), 1e-12)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is None:
-        return 1.0
-    new = _to_ivf_space(index, _check_xb_ids(xb_new, None)[0])
-    if xb_ref is not None:
-        ref = _to_ivf_space(index, _check_xb_ids(xb_ref, None)[0])
-    else:
-        # fast-scan lists pack codes in SIMD blocks: decoding one entry by offset is not supported
-        assert not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan), (
-            "a fast-scan index cannot decode its stored vectors: pass xb_ref (a sample of them)")
-        ref = _stored_sample(ivf, sample, seed)
-    return _quantization_error(ivf, new) / max(_quantization_error(ivf, ref), 1e-12)
 
 
 def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
@@ -313,50 +266,6 @@ def unwrap_idmap(index: faiss.Index) -> faiss.Index:
     while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         index = faiss.downcast_index(index.index)
     return index
-
-
-def _pca(index: faiss.Index) -> faiss.PCAMatrix | None:
-    """The PCA of a reduced graph (IndexRefine over PCA + HNSW), else None."""
-    refine = unwrap_idmap(index)
-    if not isinstance(refine, faiss.IndexRefine):
-        return None
-    base = faiss.downcast_index(refine.base_index)
-    if not isinstance(base, faiss.IndexPreTransform):
-        return None
-    first = faiss.downcast_VectorTransform(base.chain.at(0))
-    return first if isinstance(first, faiss.PCAMatrix) else None
-
-
-def _pca_residual(pca: faiss.PCAMatrix, x: np.ndarray) -> float:
-    return float(((x - pca.reverse_transform(pca.apply_py(x))) ** 2).sum(axis=1).mean())
-
-
-def _to_ivf_space(index: faiss.Index, x: np.ndarray) -> np.ndarray:
-    """Apply the pre-transforms (OPQ rotation) so x lives where the centroids do."""
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexPreTransform):
-        for i in range(index.chain.size()):
-            x = index.chain.at(i).apply_py(x)
-    return x
-
-
-def _stored_sample(ivf: faiss.IndexIVF, size: int, seed: int) -> np.ndarray:
-    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
-    total = int(sizes.sum())
-    assert total > 0, "index is empty: pass xb_ref to measure drift against the training sample"
-    pos = sample_rows(total, size, seed)
-    starts = np.cumsum(sizes) - sizes
-    lists = np.searchsorted(np.cumsum(sizes), pos, side="right")
-    out = np.empty((len(pos), ivf.d), dtype=np.float32)
-    for j, (lst, p) in enumerate(zip(lists, pos, strict=True)):
-        ivf.reconstruct_from_offset(int(lst), int(p - starts[lst]), faiss.swig_ptr(out[j]))
-    return out
-
-
-def _quantization_error(ivf: faiss.IndexIVF, x: np.ndarray) -> float:
-    _, assign = ivf.quantizer.search(x, 1)
-    centroids = ivf.quantizer.reconstruct_batch(assign.ravel())
-    return float(((x - centroids) ** 2).sum(axis=1).mean())
 
 
 def _ivf(k: int, hnsw: bool = False) -> str:
@@ -398,7 +307,8 @@ def _pq_m(factory: str) -> int:
     return int(m.group(1))
 
 
-def _check_xb_ids(xb, ids):
+def check_xb_ids(xb, ids):
+    """(xb as contiguous float32 (n, d), ids as contiguous int64 (n,) or None); asserts the shapes."""
     assert xb is not None and xb.ndim == 2, (
         f"vectors must be (n, d), got {getattr(xb, 'shape', None)}"
     )

@@ -5,7 +5,7 @@
   partition the index holds disappeared or now holds other images (a re-ingested batch: the
   state keeps a fingerprint of each partition's image ids), `index.build.needs_rebuild`
   says N outgrew the factory, or `quantizer_drift` of the new vectors exceeds
-  `index.build.DRIFT_THRESHOLD` (IVF lists, or the reduced graph's PCA);
+  `index.drift.DRIFT_THRESHOLD` (IVF lists, or the reduced graph's PCA);
 - otherwise only the partitions not yet in the index are added (old ones are not re-added).
 A rebuild measures every factory of `index.build.candidate_factories` (`index.select`) and
 keeps the fastest that meets the recall target within the memory and build-time budgets; the
@@ -44,15 +44,8 @@ import polars as pl
 from upath import UPath
 
 from assets.store.files import Home, read_json, read_parquet, write_bytes, write_json, write_parquet
-from index.build import (
-    DRIFT_SAMPLE,
-    DRIFT_THRESHOLD,
-    add_vectors,
-    candidate_factories,
-    needs_rebuild,
-    quantizer_drift,
-    sample_rows,
-)
+from index.build import add_vectors, candidate_factories, needs_rebuild, sample_rows
+from index.drift import DRIFT_SAMPLE, DRIFT_THRESHOLD, quantizer_drift
 from index.io import index_from_bytes, index_to_bytes, read_index, write_index_atomic
 from index.select import select_index
 from index.tune import TuneResult, apply_params, tune_index

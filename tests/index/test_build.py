@@ -5,15 +5,14 @@ import numpy as np
 import pytest
 
 from index.build import (
-    DRIFT_THRESHOLD,
     add_vectors,
     build_index,
     candidate_factories,
     family,
     make_empty,
     needs_rebuild,
-    quantizer_drift,
 )
+from index.drift import DRIFT_THRESHOLD, quantizer_drift
 from index.metrics import exact_knn, recall_at_k, rescore, synthetic_clustered
 from index.search import search
 

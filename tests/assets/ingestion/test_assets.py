@@ -247,8 +247,6 @@ def test_fsspec_memory_source(home):
 def test_bad_entries_in_a_source_are_skipped_with_their_reason_not_fatal(home, tmp_path):
     """A dangling link, a link loop, a link out of the source, a linked folder and an
     unreadable folder are skipped rows; the readable images are still ingested."""
-    import os
-
     src = tmp_path / "src"
     (src / "ok").mkdir(parents=True)
     for i in range(2):
