@@ -26,6 +26,10 @@ from assets.store.lake import (
 
 EVENTS = ("save", "click")
 REQUIRED = ("user_id", "event", "ts")
+# ISO 8601 forms a text `ts` may take, tried per row (a file may mix them); a time without an
+# offset is UTC. Text is normalised first: a space may stand for the "T", and "Z" for +00:00.
+TS_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M",
+              "%Y-%m-%d")
 
 
 def registered_sources(home: Home) -> list[str]:
@@ -75,6 +79,13 @@ def load_engagement_file(path: str) -> pl.DataFrame:
     return frame
 
 
+def parse_times(text: pl.Expr) -> pl.Expr:
+    """UTC date-times from ISO 8601 text, each row in whichever of `TS_FORMATS` it takes;
+    null where none parses."""
+    norm = text.str.strip_chars().str.replace(r"^(\d{4}-\d\d-\d\d) ", "${1}T").str.replace(r"[Zz]$", "+00:00")
+    return pl.coalesce([norm.str.to_datetime(f, time_zone="UTC", strict=False) for f in TS_FORMATS])
+
+
 def resolve_events(frame: pl.DataFrame, manifest: pl.DataFrame, duplicates: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     """Map events to ingested image ids. Returns (events in EVENT_SCHEMA, {reason: dropped count})."""
     # a file touched or edited since its batch is listed again: its latest batch says what it is
@@ -87,9 +98,7 @@ def resolve_events(frame: pl.DataFrame, manifest: pl.DataFrame, duplicates: pl.D
     else:
         events = frame.drop("image_id", strict=False).join(
             uri_to_id.rename({"uri": "image_uri"}), on="image_uri", how="left")
-    ts = pl.col("ts")
-    if events.schema["ts"] == pl.Utf8:
-        ts = ts.str.to_datetime(time_zone="UTC", strict=False)  # unparseable: null, counted below
+    ts = parse_times(pl.col("ts")) if events.schema["ts"] == pl.Utf8 else pl.col("ts")
     events = events.with_columns(ts.cast(pl.Datetime("us", "UTC")).alias("ts"), pl.col("ts").alias("_raw_ts"),
                                  pl.col("event").cast(pl.Utf8).str.to_lowercase(),
                                  pl.col("user_id").cast(pl.Utf8))

@@ -8,7 +8,12 @@ import pytest
 from PIL import Image
 
 from assets.ingestion.assets import engagement_events
-from assets.ingestion.engagement import register_source, registered_sources, resolve_events
+from assets.ingestion.engagement import (
+    load_engagement_file,
+    register_source,
+    registered_sources,
+    resolve_events,
+)
 from assets.store.lake import DUPLICATE_SCHEMA, MANIFEST_SCHEMA, read_table
 
 MANIFEST = pl.DataFrame([{"image_id": f"id{i}", "row": i, "uri": f"/img/{i}.png", "sha256": f"s{i}", "width": 8,
@@ -29,6 +34,18 @@ def test_bad_rows_are_dropped_and_counted_not_the_file():
     assert dropped == {"missing_user": 1, "missing_ts": 1, "unparseable_ts": 1, "unknown_event": 1,
                        "unknown_image": 1}
     assert sum(dropped.values()) + events.height == frame.height
+
+
+def test_a_file_mixing_iso_forms_keeps_every_row(home, tmp_path):
+    # each row parses on its own: a date-only first row does not fix the format for the rest
+    path = tmp_path / "events.csv"
+    times = ["2026-01-01", "2026-01-01T10:30:00Z", "2026-01-01 12:00:00.250", "2026-01-01T14:00:00+02:00",
+             "2026-01-01T15:45"]
+    path.write_text("user_id,image_id,event,ts\n" + "".join(f"u,id0,click,{t}\n" for t in times))
+    events, dropped = resolve_events(load_engagement_file(str(path)), MANIFEST, pl.DataFrame(schema=DUPLICATE_SCHEMA))
+    assert sum(dropped.values()) == 0
+    assert [t.strftime("%H:%M:%S.%f") for t in events["ts"]] == [
+        "00:00:00.000000", "10:30:00.000000", "12:00:00.000000", "12:00:00.250000", "15:45:00.000000"]
 
 
 @pytest.mark.parametrize(("content", "message"), [
