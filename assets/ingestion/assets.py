@@ -1,5 +1,7 @@
 """Ingestion assets: `raw_images` (one dynamic partition per batch) and `engagement_events`."""
 
+import os
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -10,7 +12,7 @@ from assets.ingestion.decode import DecodePolicy
 from assets.ingestion.engagement import load_engagement_file, registered_sources, resolve_events
 from assets.ingestion.sources import read_batch
 from assets.plots import contact_sheet, md_image, md_table
-from assets.store.files import remove_temporaries
+from assets.store.files import Home, remove_temporaries
 from assets.store.lake import (
     EVENT_SCHEMA,
     content_version,
@@ -19,6 +21,7 @@ from assets.store.lake import (
     table_path,
     write_table,
 )
+from assets.store.lock import named_lock
 from assets.store.npy import read_npy
 from assets.store.resource import LenslessHome
 
@@ -37,6 +40,12 @@ class IngestRunConfig(dg.Config):
         return DecodePolicy(size=self.size, max_pixels=self.max_pixels, min_side=self.min_side, resize=self.resize)
 
 
+def known_hashes(home: Home, batch: str) -> dict[str, str]:
+    """sha256 -> image_id of the images every other batch has ingested."""
+    frame = read_table(home, "raw_images", exclude=batch)
+    return dict(zip(frame["sha256"], frame["image_id"], strict=True))
+
+
 @dg.asset(
     partitions_def=image_batches,
     group_name="ingestion",
@@ -51,26 +60,37 @@ def raw_images(context: dg.AssetExecutionContext, config: IngestRunConfig,
     Writes the batch's partition of `raw_images` (manifest: image_id, uri, sha256, size,
     label, batch, ingested_at), its canonical uint8 pixels (`lake/raw_pixels/<batch>.npy`),
     and the `quarantine`, `duplicates` and `skipped` tables of the batch. Re-running is idempotent.
+    Batches ingested at once decode side by side; the home's `ingest` lock makes them settle
+    in turn which images are new, so an image in two of them is ingested once.
     """
     home, batch = lensless_home.get(), context.partition_key
     entries = read_batch(home, batch)
-    known_frame = read_table(home, "raw_images", exclude=batch)
-    known = dict(zip(known_frame["sha256"], known_frame["image_id"], strict=True))
     old = read_table(home, "raw_images", [batch])
     previous = dict(zip(old["image_id"], old["ingested_at"], strict=True))
 
     def progress(done: int, total: int) -> None:
         context.log.info(f"batch {batch}: {done}/{total} files decoded")
 
+    def ingest(known: dict[str, str]):
+        return ingest_batch(batch, entries, pixels_path(home, batch), config.policy(),
+                            known=known, previous_ingested_at=previous, progress=progress)
+
     stale = sum(remove_temporaries(p) for p in (pixels_path(home, batch), *(
         table_path(home, t, batch) for t in ("quarantine", "duplicates", "skipped", "raw_images"))))
     if stale:
         context.log.info(f"batch {batch}: removed {stale} temporary files an interrupted run left")
-    result = ingest_batch(batch, entries, pixels_path(home, batch), config.policy(),
-                          known=known, previous_ingested_at=previous, progress=progress)
-    for table, frame in (("quarantine", result.quarantine), ("duplicates", result.duplicates),
-                         ("skipped", result.skipped), ("raw_images", result.manifest)):
-        write_table(home, table, frame, batch)  # manifest last: it marks the batch done
+    known = known_hashes(home, batch)
+    result = ingest(known)  # batches decode side by side; which images are new is settled one at a time
+    with named_lock(home, "ingest", f"raw_images {batch} (pid {os.getpid()})"):
+        now = known_hashes(home, batch)
+        raced = set(result.manifest["sha256"]) & (now.keys() - known.keys())
+        if raced:
+            context.log.info(f"batch {batch}: {len(raced)} images were ingested by another batch meanwhile; "
+                             "deciding again which are new")
+            result = ingest(now)
+        for table, frame in (("quarantine", result.quarantine), ("duplicates", result.duplicates),
+                             ("skipped", result.skipped), ("raw_images", result.manifest)):
+            write_table(home, table, frame, batch)  # manifest last: it marks the batch done
 
     summary = result.summary()
     metadata = {

@@ -6,6 +6,8 @@ daemon launches, and the sensor that cuts batches, hold `step_lock`, shared: the
 command and a command waits for them, but they do not wait for each other (each writes its
 own partition, or a new version switched to atomically). A thread that holds the exclusive
 lock passes its own step locks (a command's in-process runs). Readers never take either.
+Where steps must not interleave a short check-then-write (which of a batch's images are
+new), they take a `named_lock` of its own in turn.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def step_lock(home: Home, holder: str, wait: bool = True) -> Iterator[None]:
         with _object_shared(home, holder, wait):
             yield
         return
-    with _flock(home, fcntl.LOCK_SH, holder, wait):
+    with _flock(home, fcntl.LOCK_SH, holder, wait=wait):
         yield
 
 
@@ -80,7 +82,29 @@ def _exclusive(home: Home, holder: str, command: str) -> Iterator[None]:
         with _object_lock(home, holder, command):
             yield
         return
-    with _flock(home, fcntl.LOCK_EX, f"lensless {command}") as f:
+    with _flock_named(home, ".lock", holder, f"lensless {command}"):
+        yield
+
+
+@contextmanager
+def named_lock(home: Home, name: str, holder: str) -> Iterator[None]:
+    """Hold the home's lock `name` exclusively, `<home>/.lock-<name>`, around a short
+    check-then-write that steps (which hold the home's lock only shared) must take in turn:
+    e.g. deciding which of a batch's images are new. Local: an exclusive `flock`; on object
+    storage: a lease object, created only if absent and renewed, as `writer_lock`'s."""
+    if home.local:
+        with _flock_named(home, f".lock-{name}", holder, holder):
+            yield
+        return
+    with _object_exclusive(home.path(f".lock-{name}"), holder, holder, f"{home.root} is being written by"):
+        yield
+
+
+@contextmanager
+def _flock_named(home: Home, file: str, holder: str, who: str) -> Iterator[None]:
+    """`flock` `<home>/<file>` exclusively and write `holder` into it while held (waiters
+    print it)."""
+    with _flock(home, fcntl.LOCK_EX, who, file) as f:
         f.seek(0)
         f.truncate()
         f.write(holder)  # shared holders leave no name: there may be several
@@ -93,10 +117,10 @@ def _exclusive(home: Home, holder: str, command: str) -> Iterator[None]:
 
 
 @contextmanager
-def _flock(home: Home, mode: int, who: str, wait: bool = True) -> Iterator[IO[str]]:
-    """`flock` `<home>/.lock` in `mode` (LOCK_SH or LOCK_EX) and yield the open file; when it
+def _flock(home: Home, mode: int, who: str, file: str = ".lock", wait: bool = True) -> Iterator[IO[str]]:
+    """`flock` `<home>/<file>` in `mode` (LOCK_SH or LOCK_EX) and yield the open file; when it
     is held, wait saying by whom (`who` is the waiter), or with `wait` False raise `LockBusy`."""
-    path = home.local_dir(".lock")
+    path = home.local_dir(file)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
@@ -187,8 +211,10 @@ def _object_shared(home: Home, holder: str, wait: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _object_lock(home: Home, holder: str, command: str) -> Iterator[None]:
-    path = home.path(".lock")
+def _object_exclusive(path: UPath, holder: str, who: str, busy: str) -> Iterator[None]:
+    """Create the lease object `path` only if absent and renew it while the block runs; while
+    another holder's lease is live wait, saying "`who`: `busy` <holder>", and take over one
+    that ran out."""
     waited = False
     while True:
         try:
@@ -201,15 +227,21 @@ def _object_lock(home: Home, holder: str, command: str) -> Iterator[None]:
             except (FileNotFoundError, ValueError):  # released, or being written, just now
                 continue
             if current["expires"] < time.time():
-                print(f"lensless {command}: taking over the lock of {current['holder']}, not renewed since "
+                print(f"{who}: taking over the lock of {current['holder']}, not renewed since "
                       f"{LOCK_LEASE_SECONDS:.0f} s (its process is gone)", file=sys.stderr, flush=True)
                 path.unlink(missing_ok=True)
                 continue
             if not waited:
-                _say_waiting(home, f"lensless {command}", current["holder"])
+                print(f"{who}: {busy} {current['holder']}; waiting for it to finish", file=sys.stderr, flush=True)
                 waited = True
             time.sleep(1.0)
     with _renewed(path, holder):
+        yield
+
+
+@contextmanager
+def _object_lock(home: Home, holder: str, command: str) -> Iterator[None]:
+    with _object_exclusive(home.path(".lock"), holder, f"lensless {command}", f"{home.root} is being written by"):
         waited = False
         while shared := _shared_leases(home):  # steps that started before this lock: let them end
             if not waited:

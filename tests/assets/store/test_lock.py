@@ -1,5 +1,9 @@
 """The single-writer lock on an object store (fsspec's in-memory filesystem stands in for a
-bucket): a second writer waits, a dead writer's lease is taken over."""
+bucket): a second writer waits, a dead writer's lease is taken over; steps share the home's
+lock, a command excludes them; a named lock is taken in turn."""
+
+import pytest
+
 
 def test_the_object_store_lock_excludes_a_second_writer_and_takes_over_a_dead_ones(monkeypatch, capsys):
     import json
@@ -130,3 +134,29 @@ def test_a_dagster_step_waits_for_a_command_and_a_commands_own_run_passes(tmp_pa
     with writer_lock(home, "run"):  # the command's own in-process run: no deadlock
         assert dg.materialize([touches_home], resources=resources).success
     assert len(started) == 2
+
+
+@pytest.mark.parametrize("where", ["local", "object store"])
+def test_a_named_lock_is_taken_in_turn_and_says_who_holds_it(where, tmp_path, capsys):
+    import threading
+    import time
+    import uuid
+
+    from assets.store.files import Home
+    from assets.store.lock import named_lock, step_lock
+
+    home = Home.at(tmp_path / "home") if where == "local" else Home.at(f"memory://lock-{uuid.uuid4().hex}/home")
+    order = []
+
+    def second():
+        with step_lock(home, "run b"), named_lock(home, "ingest", "run b"):
+            order.append("b")
+
+    with step_lock(home, "run a"), named_lock(home, "ingest", "run a"):  # steps share the home's lock
+        other = threading.Thread(target=second)
+        other.start()
+        time.sleep(1.5)
+        order.append("a done")
+    other.join(timeout=10)
+    assert order == ["a done", "b"]
+    assert f"run b: {home.root} is being written by run a; waiting" in capsys.readouterr().err
