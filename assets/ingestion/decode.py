@@ -93,9 +93,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img).astype(np.float64)
         if mode.startswith("I;16"):
             arr = arr / 257.0  # 65535 -> 255
-        else:
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        else:  # 32-bit int or float: stretch the finite range; NaN and inf pixels take its low end
+            finite = np.isfinite(arr)
+            if not finite.any():
+                raise Quarantined("undecodable", f"mode {mode}: no pixel has a finite value")
+            lo, hi = float(arr[finite].min()), float(arr[finite].max())
+            arr = np.where(finite, arr - lo, 0.0)
+            arr = arr * (255.0 / (hi - lo)) if hi > lo else arr
         return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
@@ -165,5 +169,7 @@ def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> tuple[np
         # record what a viewer shows: the file's full size, sides swapped by a 90° EXIF rotation
         size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
         return resize_canonical(to_rgb(img), policy.size, policy.resize), size
+    except Quarantined:
+        raise
     except Exception as e:
         raise Quarantined("undecodable", f"{type(e).__name__}: {e}") from e

@@ -41,6 +41,17 @@ def test_sixteen_bit_is_scaled_not_clipped():
     assert 120 <= pixels.mean() <= 135
 
 
+def test_a_float_image_stretches_its_finite_range_and_one_without_any_is_quarantined():
+    ramp = np.tile(np.linspace(-1.0, 3.0, 40, dtype=np.float32), (40, 1))
+    ramp[5, 5], ramp[6, 6] = np.nan, np.inf  # a few bad pixels must not blank the image
+    pixels, _ = decode_image(encode(Image.fromarray(ramp, mode="F"), "TIFF"), DecodePolicy(size=40))
+    assert pixels[20, 0, 0] <= 2 and pixels[20, -1, 0] >= 253 and pixels[5, 5, 0] <= 2
+    blank = np.full((40, 40), np.nan, dtype=np.float32)
+    with pytest.raises(Quarantined, match="no pixel has a finite value") as err:
+        decode_image(encode(Image.fromarray(blank, mode="F"), "TIFF"), DecodePolicy(size=40))
+    assert err.value.reason == "undecodable"
+
+
 def test_exif_orientation_is_applied():
     # A wide image with orientation 6 (rotate 90°) must come out tall: left column red.
     arr = np.zeros((40, 80, 3), np.uint8)
