@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     history = budget.full_vlm_history if args.model == "full_vlm" else HistoryConfig.length
     budgets = {"training_pairs": (budget.max_train_groups, budget.max_val_groups),
                "user_pairs": (budget.max_user_train_groups, budget.max_user_val_groups)}
-    train, val, queries = training_set(home, ids, budgets, budget.seed, history)
+    train, val, queries, val_is_user = training_set(home, ids, budgets, budget.seed, history)
     features = aligned_pixels(home, frame) if args.model == "full_vlm" else emb
     prior = None if args.no_prior else inp["prior"]
     buckets = 0 if args.no_prior else GuttedConfig.prior_buckets
@@ -131,7 +131,8 @@ def main(argv=None) -> dict:
                                   evals_per_epoch=args.evals_per_epoch,
                                   **({"lora_targets": tuple(args.lora_targets.split(","))} if args.lora_targets else {}),
                                   **{k: v for k, v in (("lr", args.lr), ("lora_lr", args.lora_lr)) if v is not None})
-        metrics = train_reranker(model, features, train, val, cfg, prior=prior, queries=queries)
+        metrics = train_reranker(model, features, train, val, cfg, prior=prior, queries=queries,
+                                 val_is_user=val_is_user)
         ndcg = {"images": list_metrics(ranked_ids(ids, c_rows, score_candidates(model, features, q_rows, c_rows,
                                                                                  prior=prior)), rel)["ndcg_at_10"],
                 "users": list_metrics(ranked_ids(ids, u_cands.rows, score_candidates(

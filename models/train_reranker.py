@@ -184,16 +184,16 @@ def _epoch_batches(lengths: np.ndarray, size: int, gen: torch.Generator) -> list
     return batches
 
 
-def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen, emit, prior=None, queries=None):
+def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen, emit, prior=None, queries=None,
+                val_is_user=None):
     """Stage 1 then stage 2 with early stopping; the scorer ends at the best state seen.
     Returns (untrained val NDCG@10, best {ndcg, stage, step, state}, loss curve, val curve, steps)."""
     step, curve_loss, curve_val = 0, [], []
     t0 = last_emit = time.perf_counter()
-    val_kind = None if queries is None else (queries[val_groups[:, 0]] >= 0).sum(1) > 1  # True: a user
 
     def validate() -> float:
         per_group = evaluate(scorer, feats, val_groups, cfg.eval_batch, prior=prior, queries=queries)["per_group"]
-        return task_balanced(per_group, val_kind)
+        return task_balanced(per_group, val_is_user)
 
     first = validate()
     best = {"ndcg": first, "stage": 0, "step": 0, "state": trained_state(scorer)}
@@ -262,9 +262,12 @@ def train_reranker(
     progress: Callable[[dict], None] | None = None,
     prior=None,
     queries=None,
+    val_is_user=None,
 ) -> dict:
     """Train `scorer` in place (stage 1 projector, stage 2 LoRA + projector); return metrics:
-    best and untrained val NDCG@10, loss and val curves, trained parameter count, seconds."""
+    best and untrained val NDCG@10, loss and val curves, trained parameter count, seconds.
+    `val_is_user` (bool per val group) marks the "for a user" groups, so the validation
+    NDCG@10 that selects the checkpoint weighs both tasks alike; None: one task."""
     cfg = cfg or RerankerTrainConfig()
     if cfg.batch_groups < 1:
         raise ValueError(f"batch_groups must be >= 1, got {cfg.batch_groups}")
@@ -273,6 +276,11 @@ def train_reranker(
     n_queries = len(feats) if queries is None else len(queries)
     groups = _check_groups(groups, len(feats), "groups", n_queries)
     val_groups = _check_groups(val_groups, len(feats), "val_groups", n_queries)
+    if val_is_user is not None:
+        val_is_user = np.asarray(val_is_user, dtype=bool)
+        if val_is_user.shape != (len(val_groups),):
+            raise ValueError(f"val_is_user must hold one flag per val group ({len(val_groups)}), "
+                             f"got shape {val_is_user.shape}")
     if queries is not None:
         queries = np.asarray(queries, dtype=np.int64)
         if queries.ndim != 2 or queries.max(initial=-1) >= len(feats) or (queries.max(axis=1) < 0).any():
@@ -292,7 +300,7 @@ def train_reranker(
         feats = _as_tensor(feats, scorer)  # moved (and tower-prepared) once, on the device
         log.info("training %s on %s", scorer.kind, device)
         first, best, curve_loss, curve_val, step = _run_stages(
-            scorer, feats, groups, val_groups, cfg, gen, emit, prior, queries
+            scorer, feats, groups, val_groups, cfg, gen, emit, prior, queries, val_is_user
         )
     finally:
         for p in scorer.parameters():

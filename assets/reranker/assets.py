@@ -157,7 +157,7 @@ def _train(context, home, kind: str, scorer, features, frame, config: RerankerRu
     save it; shared by the three reranker assets."""
     budgets = {"training_pairs": (config.max_train_groups, config.max_val_groups),
                "user_pairs": (config.max_user_train_groups, config.max_user_val_groups)}
-    train, val, queries = training_set(home, frame["image_id"].to_list(), budgets, config.seed, history)
+    train, val, queries, val_is_user = training_set(home, frame["image_id"].to_list(), budgets, config.seed, history)
     prior = engagement_prior(home, frame)
     context.log.info(f"{kind}: {len(train)} train groups, {len(val)} val groups over {len(queries)} queries "
                      f"(images and users, histories of up to {history} images)")
@@ -165,7 +165,7 @@ def _train(context, home, kind: str, scorer, features, frame, config: RerankerRu
                                      seed=config.seed, device=config.device)
     started = time.perf_counter()
     metrics = train_reranker(scorer, features, train, val, cfg, progress=lambda m: context.log.info(f"{kind}: {progress_line(m)}"),
-                             prior=prior, queries=queries)
+                             prior=prior, queries=queries, val_is_user=val_is_user)
     metrics["history"] = history
     seconds = time.perf_counter() - started
     # counted costs only: the time per candidate is measured once, by evaluation_report,

@@ -264,12 +264,15 @@ def build_user_pairs(home: Home, config: HistoryConfig = HistoryConfig(),
 
 
 def training_set(home: Home, ids: list[str], budgets: dict[str, tuple[int, int]], seed: int,
-                 history: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train groups, val groups, queries) of both tasks for one model: `budgets` maps
-    "training_pairs" and "user_pairs" to their (max train, max val) groups. Column 0 of a
+                 history: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train groups, val groups, queries, val_is_user) of both tasks for one model: `budgets`
+    maps "training_pairs" and "user_pairs" to their (max train, max val) groups. Column 0 of a
     group indexes `queries` (Q, history): a related-images query is its one image, a user
-    the latest `history` images of their history (oldest first); both left padded with -1."""
+    the latest `history` images of their history (oldest first); both left padded with -1.
+    `val_is_user` says which task each val group belongs to (a user's history may be one
+    image long, so the query's length does not tell)."""
     out = {"train": [], "val": []}
+    val_is_user = []
     queries: list[np.ndarray] = []
     for table, (max_train, max_val) in budgets.items():
         if not has_table(home, table):
@@ -295,9 +298,11 @@ def training_set(home: Home, ids: list[str], budgets: dict[str, tuple[int, int]]
                 groups = groups.copy()
                 groups[:, 0] = [renumber[int(q)] for q in groups[:, 0]]
                 out[split].append(groups)
+                if split == "val":
+                    val_is_user.append(np.full(len(groups), table == "user_pairs"))
     if not out["train"] or not out["val"]:
         raise ValueError("no training groups: materialise training_pairs (and user_histories) first")
     widths = {g.shape[1] for g in out["train"] + out["val"]}
     if len(widths) > 1:
         raise ValueError(f"the tasks' groups differ in size ({sorted(widths)}): mine both with the same negatives")
-    return np.concatenate(out["train"]), np.concatenate(out["val"]), np.stack(queries)
+    return np.concatenate(out["train"]), np.concatenate(out["val"]), np.stack(queries), np.concatenate(val_is_user)

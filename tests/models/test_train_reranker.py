@@ -3,6 +3,7 @@ tensors and rebuild the same scorer."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -321,6 +322,25 @@ def test_the_gutted_model_trains_on_user_histories():
     assert np.isfinite(m["best_val_ndcg10"]) and m["steps"] > 0
     with pytest.raises(ValueError, match=r"out of range \[0, 4\)"):  # column 0 indexes the 4 users
         train_reranker(build_gutted(SMALL), emb, groups + np.array([[4, 0, 0, 0, 0]]), groups, FAST, queries=queries)
+
+
+def test_the_validation_metric_takes_each_groups_task_as_given():
+    """A user whose history is one image still counts in the user half of the validation
+    NDCG@10 (its prompt is laid out as a related-images query's)."""
+    from models.train_reranker import task_balanced
+
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(40, D)).astype(np.float32)
+    queries = np.array([[-1, -1, 1], [-1, -1, 2], [-1, -1, 3], [4, 5, 6]])  # row 2: a one-image user
+    groups = np.array([[q, 10 + q, 20, 21, 22] for q in range(4)])
+    is_user = np.array([False, False, True, True])
+    cfg = dataclasses.replace(FAST, stage1_epochs=0, stage2_epochs=0)
+    m = train_reranker(build_gutted(SMALL), emb, groups, groups, cfg, queries=queries, val_is_user=is_user)
+    per_group = evaluate(build_gutted(SMALL), emb, groups, queries=queries)["per_group"]
+    assert m["untrained_val_ndcg10"] == pytest.approx(task_balanced(per_group, is_user))
+    assert task_balanced(per_group, is_user) != pytest.approx(task_balanced(per_group, np.array([0, 0, 0, 1], bool)))
+    with pytest.raises(ValueError, match="one flag per val group"):
+        train_reranker(build_gutted(SMALL), emb, groups, groups, cfg, queries=queries, val_is_user=is_user[:3])
 
 
 def test_validation_weighs_both_tasks_alike_whatever_their_share():

@@ -3,8 +3,8 @@
 import numpy as np
 import polars as pl
 
-from assets.reranker.pairs import PairConfig, budget_groups, mine_groups
-from assets.store.lake import GROUP_SCHEMA, write_table
+from assets.reranker.pairs import PairConfig, budget_groups, mine_groups, training_set
+from assets.store.lake import GROUP_SCHEMA, USER_SCHEMA, write_table
 
 CFG = PairConfig(negatives=2, max_groups_per_query=2, seed=0)
 # row 0's neighbours, nearest first: 5 and 7 are relevant, 1 2 3 4 6 are not; -1 is padding
@@ -115,6 +115,24 @@ def test_budget_keeps_the_strongest_groups(home):
     pos = {k: i for i, k in enumerate(known)}
     train, _ = budget_groups(home, known, max_train=2, max_val=2, seed=0)
     assert train[:, 0].tolist() == [pos["q1"], pos["q3"]]  # strengths stay with their own rows
+
+
+def test_the_training_set_says_which_task_each_val_group_is_whatever_the_history_length(home):
+    ids = _store_groups(home, [("train", "q0", "p0", 1), ("val", "q1", "p1", 1)])
+    write_table(home, "user_histories", pl.DataFrame([
+        {"user_id": "short", "split": "val", "history": ["q0"], "targets": ["p1"], "gains": [1]},  # one image
+        {"user_id": "long", "split": "train", "history": ["q0", "q1"], "targets": ["p0"], "gains": [1]},
+    ], schema=USER_SCHEMA))
+    write_table(home, "user_pairs", pl.DataFrame([
+        {"split": "val", "query": "short", "positive": "p1", "negatives": ["n1", "n2"], "strength": 1},
+        {"split": "train", "query": "long", "positive": "p0", "negatives": ["n1", "n2"], "strength": 1},
+    ], schema=GROUP_SCHEMA))
+    budgets = {"training_pairs": (10, 10), "user_pairs": (10, 10)}
+    train, val, queries, val_is_user = training_set(home, ids, budgets, seed=0, history=3)
+    assert len(train) == 2 and len(val) == 2
+    pos = {k: i for i, k in enumerate(ids)}
+    assert queries[val[:, 0]].tolist() == [[-1, -1, pos["q1"]], [-1, -1, pos["q0"]]]  # the same shape...
+    assert val_is_user.tolist() == [False, True]  # ...but the second is a user
 
 
 def test_a_users_groups_never_use_the_history_and_index_the_user_not_a_row():
