@@ -24,7 +24,7 @@ WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -53,8 +53,8 @@ def save_checkpoint(
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     weights = save(flat)
     payload = {"config": cfg, "extra": extra or {}, "sha256": hashlib.sha256(weights).hexdigest()}
-    _atomic_write_bytes(directory / WEIGHTS, weights)
-    _atomic_write_bytes(directory / CONFIG, json.dumps(payload, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(directory / WEIGHTS, weights)
+    atomic_write_bytes(directory / CONFIG, json.dumps(payload, indent=2, sort_keys=True).encode())
     return directory
 
 

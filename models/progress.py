@@ -33,9 +33,13 @@ def time_left(done: int, total: int, elapsed: float) -> str:
 def progress_line(event: dict) -> str:
     """One event of a trainer as a line: its position (stage, epoch, step of total), the
     numbers it carries (loss, val NDCG@10), the time it has run and an estimate of what is left;
-    the reranker trainer's closing `done` event as its best validation score and time."""
+    the reranker trainer's closing `done` event as its best validation score and time, its
+    `resumed` event as where it goes on from."""
     if event.get("event") == "done":
         return f"done in {clock(event['seconds'])}, best val NDCG@10 {event['best_val_ndcg10']:.3f}"
+    if event.get("event") == "resumed":
+        return (f"resumed where a stopped run saved its progress: stage {event['stage']} step "
+                f"{event['step']}/{event['total']} · {clock(event['elapsed'])} trained before")
     parts = []
     if event.get("stage"):
         parts.append(f"stage {event['stage']}")

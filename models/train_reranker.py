@@ -37,6 +37,14 @@ from models.device import resolve_device
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, base_identity, build_gutted
 from models.ranking_metrics import ndcg_at_k, positive_first_relevance
+from models.resume import (
+    ProgressFile,
+    fingerprint,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    restore_rng,
+    rng_tensors,
+)
 from models.scoring import device_of, feature_tensor, prior_tensor, query_inputs, score_candidates
 from models.sequential import SequentialConfig, build_sequential
 
@@ -58,6 +66,7 @@ class RerankerTrainConfig:
     patience: int = 2  # evaluations without a val NDCG@10 gain before a stage stops
     evals_per_epoch: int = 1  # validation evaluations per epoch
     progress_seconds: float = 20.0  # most seconds between progress events while training
+    checkpoint_seconds: float = 300.0  # most seconds between saves of a run's progress (when it has a file)
     eval_batch: int = 16  # groups per scoring batch at evaluation
     grad_clip: float = 1.0  # max gradient norm
     seed: int = 0  # batch order, candidate shuffles and LoRA init
@@ -185,72 +194,121 @@ def _epoch_batches(lengths: np.ndarray, size: int, gen: torch.Generator) -> list
 
 
 def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen, emit, prior=None, queries=None,
-                val_is_user=None):
+                val_is_user=None, progress_file: ProgressFile | None = None, run_id: str = ""):
     """Stage 1 then stage 2 with early stopping; the scorer ends at the best state seen.
+    With `progress_file`, progress is saved at every evaluation, at every stage's end and at
+    least every `cfg.checkpoint_seconds`; a file saved by a run with the same `run_id`
+    (fingerprint) is resumed from, with the same result as a run never stopped.
     Returns (untrained val NDCG@10, best {ndcg, stage, step, state}, loss curve, val curve, steps)."""
-    step, curve_loss, curve_val = 0, [], []
-    t0 = last_emit = time.perf_counter()
+    t0 = last_emit = last_save = time.perf_counter()
 
     def validate() -> float:
         per_group = evaluate(scorer, feats, val_groups, cfg.eval_batch, prior=prior, queries=queries)["per_group"]
         return task_balanced(per_group, val_is_user)
 
-    first = validate()
-    best = {"ndcg": first, "stage": 0, "step": 0, "state": trained_state(scorer)}
-    curve_val.append({"stage": 0, "step": 0, "val_ndcg10": first})
-    log.info("untrained val NDCG@10 %.4f", first)
     lengths = np.ones(len(groups), dtype=np.int64) if queries is None else (queries[groups[:, 0]] >= 0).sum(1)
     n_batches = len(_epoch_batches(lengths, cfg.batch_groups, torch.Generator().manual_seed(0)))
     total = n_batches * (max(cfg.stage1_epochs, 0) + max(cfg.stage2_epochs, 0))  # early stopping may end sooner
-    emit({"event": "eval", "stage": 0, "step": 0, "total": total, "val_ndcg10": first,
-          "elapsed": time.perf_counter() - t0})
     eval_at = set(np.linspace(0, n_batches, cfg.evals_per_epoch + 1, dtype=int)[1:].tolist())
+    # where the loop is: everything a resumed run needs besides the tensors
+    saved = progress_file.load(run_id) if progress_file is not None else None
+    order, opt_tensors = None, {}
+    if saved is None:
+        first = validate()
+        at = {"stage": 1, "epoch": 0, "batch": 0, "step": 0, "stale": 0, "first": first,
+              "best": {"ndcg": first, "stage": 0, "step": 0}, "loss": [], "val": [
+                  {"stage": 0, "step": 0, "val_ndcg10": first}]}
+        best_state = trained_state(scorer)
+        log.info("untrained val NDCG@10 %.4f", first)
+        emit({"event": "eval", "stage": 0, "step": 0, "total": total, "val_ndcg10": first,
+              "elapsed": time.perf_counter() - t0})
+    else:
+        tensors, at = saved
+        load_trained(scorer, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best_state = {k[5:]: v.to(device_of(scorer)) for k, v in tensors.items() if k.startswith("best.")}
+        restore_rng(gen, tensors)
+        sizes = at.pop("order_sizes", None)
+        if sizes is not None:  # stopped within an epoch: its batches, in their order
+            order = np.split(tensors["order"].numpy(), np.cumsum(sizes)[:-1])
+        opt_tensors = {k: v for k, v in tensors.items() if k.startswith("opt.")}
+        t0 -= at.pop("elapsed")  # progress events count the time trained before the stop
+        log.info("resuming from %s at stage %d, step %d", progress_file.path, at["stage"], at["step"])
+        emit({"event": "resumed", "stage": at["stage"], "step": at["step"], "total": total,
+              "elapsed": time.perf_counter() - t0})
+
+    def save(opt=None) -> None:
+        nonlocal last_save
+        if progress_file is None:
+            return
+        tensors = {**{f"model.{k}": v for k, v in trained_state(scorer).items()},
+                   **{f"best.{k}": v for k, v in best_state.items()}, **rng_tensors(gen),
+                   **(optimizer_tensors(opt) if opt is not None else {})}
+        meta = {**at, "elapsed": time.perf_counter() - t0}
+        if order is not None:
+            tensors["order"] = torch.as_tensor(np.concatenate(order))
+            meta["order_sizes"] = [len(b) for b in order]
+        progress_file.save(run_id, tensors, meta)
+        last_save = time.perf_counter()
 
     for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
-        if epochs <= 0:
+        if epochs <= 0 or stage < at["stage"]:
             continue
+        if stage > at["stage"]:
+            at.update(stage=stage, epoch=0, batch=0, stale=0)
         param_groups = _stage_params(scorer, stage, cfg)
         params = [p for x in param_groups for p in x["params"]]
         opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
-        stale = 0
+        if opt_tensors:
+            load_optimizer_tensors(opt, opt_tensors)
+            opt_tensors = {}
         scorer.train()
-        for epoch in range(epochs):
-            for bi, batch in enumerate(_epoch_batches(lengths, cfg.batch_groups, gen)):
-                g = torch.as_tensor(groups[batch])
+        while at["epoch"] < epochs and at["stale"] < cfg.patience:
+            epoch = at["epoch"]
+            if order is None:
+                order = _epoch_batches(lengths, cfg.batch_groups, gen)
+            for bi in range(at["batch"], len(order)):
+                g = torch.as_tensor(groups[order[bi]])
                 loss = _train_step(scorer, feats, g, gen, opt, params, cfg.grad_clip, prior, queries)
-                step += 1
-                curve_loss.append({"stage": stage, "step": step, "loss": loss})
+                at["step"] += 1
+                at["batch"] = bi + 1
+                step = at["step"]
+                at["loss"].append({"stage": stage, "step": step, "loss": loss})
                 where = {"stage": stage, "epoch": epoch, "epochs": epochs, "step": step, "total": total}
                 if bi + 1 not in eval_at:
                     if time.perf_counter() - last_emit >= cfg.progress_seconds:
                         last_emit = time.perf_counter()
                         emit({"event": "step", **where, "loss": loss, "elapsed": last_emit - t0})
+                    if time.perf_counter() - last_save >= cfg.checkpoint_seconds:
+                        save(opt)
                     continue
                 val = validate()
-                mean_loss = float(np.mean([c["loss"] for c in curve_loss[-n_batches:]]))
-                curve_val.append({"stage": stage, "step": step, "val_ndcg10": val})
+                mean_loss = float(np.mean([c["loss"] for c in at["loss"][-n_batches:]]))
+                at["val"].append({"stage": stage, "step": step, "val_ndcg10": val})
+                if val > at["best"]["ndcg"] + 1e-6:
+                    at["best"] = {"ndcg": val, "stage": stage, "step": step}
+                    best_state = trained_state(scorer)
+                    at["stale"] = 0
+                else:
+                    at["stale"] += 1
+                save(opt)
                 last_emit = time.perf_counter()
                 emit({"event": "eval", **where, "train_loss": mean_loss, "val_ndcg10": val,
                       "elapsed": last_emit - t0})  # fmt: skip
                 log.info("stage %d epoch %d step %d loss %.4f val NDCG@10 %.4f",
                          stage, epoch, step, mean_loss, val)  # fmt: skip
-                if val > best["ndcg"] + 1e-6:
-                    best = {
-                        "ndcg": val,
-                        "stage": stage,
-                        "step": step,
-                        "state": trained_state(scorer),
-                    }
-                    stale = 0
-                else:
-                    stale += 1
-                if stale >= cfg.patience:
+                if at["stale"] >= cfg.patience:
                     break
-            if stale >= cfg.patience:
-                log.info("stage %d stopped early at step %d", stage, step)
+            if at["stale"] >= cfg.patience:
+                log.info("stage %d stopped early at step %d", stage, at["step"])
                 break
-        load_trained(scorer, best["state"])  # the next stage starts from the best so far
-    return first, best, curve_loss, curve_val, step
+            at.update(epoch=epoch + 1, batch=0)
+            order = None
+        load_trained(scorer, best_state)  # the next stage starts from the best so far
+        at.update(stage=stage + 1, epoch=0, batch=0, stale=0)
+        order = None
+        save()
+    best = {**at["best"], "state": best_state}
+    return at["first"], best, at["loss"], at["val"], at["step"]
 
 
 def train_reranker(
@@ -263,11 +321,15 @@ def train_reranker(
     prior=None,
     queries=None,
     val_is_user=None,
+    progress_file: ProgressFile | None = None,
 ) -> dict:
     """Train `scorer` in place (stage 1 projector, stage 2 LoRA + projector); return metrics:
     best and untrained val NDCG@10, loss and val curves, trained parameter count, seconds.
     `val_is_user` (bool per val group) marks the "for a user" groups, so the validation
-    NDCG@10 that selects the checkpoint weighs both tasks alike; None: one task."""
+    NDCG@10 that selects the checkpoint weighs both tasks alike; None: one task.
+    With `progress_file`, a killed run is resumed by the next one with the same inputs and
+    settings (metrics["resumed_at_step"]); the file ends holding the finished run, for the
+    caller to clear once the trained model is saved (a kill before that loses nothing)."""
     cfg = cfg or RerankerTrainConfig()
     if cfg.batch_groups < 1:
         raise ValueError(f"batch_groups must be >= 1, got {cfg.batch_groups}")
@@ -295,13 +357,27 @@ def train_reranker(
         if getattr(scorer, "lm", None) is None:
             raise ValueError(f"{scorer.kind} has no language model for LoRA: train it with stage2_epochs=0")
         add_lora(scorer, cfg)
+    run_id = ""
+    if progress_file is not None:  # what a saved run must share to be resumed: inputs, settings, start
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                    if k not in ("device", "progress_seconds", "checkpoint_seconds")}
+        run_id = fingerprint(settings, scorer.kind, dataclasses.asdict(scorer.cfg), feats, groups, val_groups,
+                             *(np.asarray(a) for a in (queries, val_is_user, prior) if a is not None),
+                             [a is None for a in (queries, val_is_user, prior)], *trained_state(scorer).values())
+    resumed = []
     try:  # whatever happens, the scorer goes back frozen to the device it came on
         scorer.to(device)
         feats = _as_tensor(feats, scorer)  # moved (and tower-prepared) once, on the device
         log.info("training %s on %s", scorer.kind, device)
+
+        def emit_and_note(event: dict) -> None:
+            if event["event"] == "resumed":
+                resumed.append(event["step"])
+            emit(event)
+
         first, best, curve_loss, curve_val, step = _run_stages(
-            scorer, feats, groups, val_groups, cfg, gen, emit, prior, queries, val_is_user
-        )
+            scorer, feats, groups, val_groups, cfg, gen, emit_and_note, prior, queries, val_is_user,
+            progress_file, run_id)
     finally:
         for p in scorer.parameters():
             p.requires_grad_(False)
@@ -320,6 +396,7 @@ def train_reranker(
         "seconds": seconds,
         "train_config": dataclasses.asdict(cfg),
         "device": str(device),
+        "resumed_at_step": resumed[0] if resumed else None,
     }
 
 

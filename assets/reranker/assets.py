@@ -18,7 +18,7 @@ from assets.retrieval.assets import faiss_index
 from assets.retrieval.candidates import save_mix
 from assets.settings import settings_metadata
 from assets.store.lake import write_table
-from assets.store.models import pointers, save_version, set_current
+from assets.store.models import pointers, progress_file, save_version, set_current
 from assets.store.resource import LenslessHome
 from models.cost import counted_costs
 from models.full_vlm import FullVLMConfig, build_full_vlm
@@ -164,8 +164,9 @@ def _train(context, home, kind: str, scorer, features, frame, config: RerankerRu
     cfg = cfg or RerankerTrainConfig(stage1_epochs=config.stage1_epochs, stage2_epochs=config.stage2_epochs,
                                      seed=config.seed, device=config.device)
     started = time.perf_counter()
+    progress = progress_file(home, kind)  # a run killed in training is resumed, not restarted
     metrics = train_reranker(scorer, features, train, val, cfg, progress=lambda m: context.log.info(f"{kind}: {progress_line(m)}"),
-                             prior=prior, queries=queries, val_is_user=val_is_user)
+                             prior=prior, queries=queries, val_is_user=val_is_user, progress_file=progress)
     metrics["history"] = history
     seconds = time.perf_counter() - started
     # counted costs only: the time per candidate is measured once, by evaluation_report,
@@ -173,6 +174,7 @@ def _train(context, home, kind: str, scorer, features, frame, config: RerankerRu
     cost = counted_costs({kind: (scorer, features)}, queries[val[:4, 0]][:, -1], val[:4, 1:], prior=prior)[kind]
     version = save_version(home, kind, lambda d: save_reranker(scorer, d, metrics))
     set_current(home, kind, version, reason=f"run {context.run_id}")
+    progress.clear()
     plots = {
         "loss_curve": dg.MetadataValue.md(md_image(line_plot(
             {"train loss": [c["loss"] for c in metrics["loss_curve"]]}, f"{kind}: listwise loss"))),
@@ -185,6 +187,7 @@ def _train(context, home, kind: str, scorer, features, frame, config: RerankerRu
         "engagement_events": engagement_count(home), "engaged_images": int((prior > 0).sum()),
         "trained_parameters": int(metrics["trained_params"]), "train_seconds": round(seconds, 1),
         "train_device": metrics["device"],
+        "resumed_at_step": metrics["resumed_at_step"] if metrics["resumed_at_step"] is not None else "no (a fresh run)",
         **{k: float(v) for k, v in cost.items() if not isinstance(v, list)},
         "cost": dg.MetadataValue.md(md_table([{"metric": k, "value": v} for k, v in cost.items()])),
         **plots,

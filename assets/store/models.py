@@ -8,6 +8,9 @@ folder, then moves it into place (a local home: one rename) or uploads its files
 returns a local folder to load from: the version itself on a local home, else a copy fetched
 once into `Home.cache` (a version never changes, so the copy never goes stale).
 
+A training run saves its progress in `<home>/training/<kind>/` (`progress_file`), so the
+next run of a killed one resumes it; the trainer removes it when it finishes.
+
 Which version is current is the append-only log `<kind>/pointers/`, which is what champion
 promotion and rollback use. `set_current` writes the log's next record, `seq-<n>.json`, only
 if no one else wrote record n first (an exclusive create: a hard link locally, a conditional
@@ -34,10 +37,13 @@ from assets.store.files import (
     read_json,
     read_records,
     upload_tree,
+    write_bytes,
     write_json,
 )
+from models.resume import ProgressFile
 
 MANIFEST = "files.json"  # written last: a version without it is incomplete (object stores)
+PROGRESS = "progress.safetensors"  # a training run's saved progress, under <home>/training/<kind>/
 
 
 def kind_root(home: Home, kind: str) -> UPath:
@@ -109,6 +115,24 @@ def version_dir(home: Home, kind: str, version: str) -> Path:
         return home.local_dir("models", kind, version)
     remote = kind_root(home, kind) / version
     return download_tree(remote, read_json(remote / MANIFEST), home.cache("models", kind, version))
+
+
+def progress_file(home: Home, kind: str) -> ProgressFile:
+    """Where a training run of `kind` saves its progress, so that the next run resumes one
+    that was killed: `<home>/training/<kind>/progress.safetensors`. For a home on object
+    storage the trainer writes a local copy in the cache, uploaded after each save (and
+    fetched here first), so a run on another machine resumes it too."""
+    local = home.cache("training", kind) / PROGRESS
+    if home.local:
+        return ProgressFile(local)
+    remote = home.path("training", kind, PROGRESS)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if remote.exists():
+        write_bytes(remote.read_bytes(), local)
+    else:
+        local.unlink(missing_ok=True)  # the home's copy is the one that counts
+    return ProgressFile(local, after_save=lambda path: write_bytes(path.read_bytes(), remote, fsync=False),
+                        after_clear=lambda: remote.unlink(missing_ok=True))
 
 
 class PointerMoved(RuntimeError):

@@ -370,3 +370,78 @@ def test_a_query_image_has_one_prompt_however_its_rows_are_stored(pool):
     scores = score_candidates(model, feats, mixed, cands, batch=8)
     np.testing.assert_allclose(scores[[0, 2]], flat[[0, 2]], atol=1e-5)
     assert np.abs(scores[1] - flat[1]).max() > 1e-3  # a history is not its latest image
+
+
+class _Stop(Exception):
+    """Stands for the process dying: raised from the progress callback."""
+
+
+@pytest.mark.parametrize("stop_at", [("step", 2), ("eval", 3), ("eval", 5), ("step", 6)])  # stage 1: mid, its last eval; stage 2
+def test_a_stopped_run_resumes_where_it_saved_and_ends_as_an_unstopped_one(tmp_path, stop_at):
+    """Everything a run depends on is saved (trained tensors, optimizer, random generators,
+    batch order, best state, curves), so a run stopped anywhere and resumed ends with the same
+    weights and curves, bit for bit, as a run never stopped."""
+    from models.resume import ProgressFile
+    from models.train_reranker import trained_state
+
+    torch.manual_seed(0)  # LoRA dropout draws from torch's global generator
+    emb, train, val = _data()
+    cfg = dataclasses.replace(FAST, stage1_epochs=2, stage2_epochs=2, evals_per_epoch=2, lora_dropout=0.1,
+                              progress_seconds=0.0, checkpoint_seconds=0.0)
+    whole = build_gutted(SMALL)
+    finished = ProgressFile(tmp_path / "a.safetensors")
+    expected = train_reranker(whole, emb, train, val, cfg, progress_file=finished)
+    assert expected["resumed_at_step"] is None
+
+    kind, n = stop_at
+    seen = []
+
+    def stop(event):
+        seen.append(event["event"])
+        if seen.count(kind) == n:
+            raise _Stop
+
+    torch.manual_seed(0)
+    progress = ProgressFile(tmp_path / "b.safetensors")
+    with pytest.raises(_Stop):
+        train_reranker(build_gutted(SMALL), emb, train, val, cfg, progress=stop, progress_file=progress)
+    assert progress.path.exists()
+    torch.manual_seed(123)  # whatever the new process's generators hold: the saved states win
+    events = []
+    resumed = build_gutted(SMALL)
+    m = train_reranker(resumed, emb, train, val, cfg, progress=events.append, progress_file=progress)
+    assert events[0]["event"] == "resumed" and m["resumed_at_step"] == events[0]["step"] > 0
+    assert m["loss_curve"] == expected["loss_curve"] and m["val_curve"] == expected["val_curve"]
+    assert m["steps"] == expected["steps"] and m["best_step"] == expected["best_step"]
+    got, want = trained_state(resumed), trained_state(whole)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+    # a run killed after training but before its model was saved: nothing left to train
+    again = build_gutted(SMALL)
+    m = train_reranker(again, emb, train, val, cfg, progress_file=finished)
+    assert m["resumed_at_step"] == expected["steps"] and m["val_curve"] == expected["val_curve"]
+    assert all(torch.equal(v, want[k]) for k, v in trained_state(again).items())
+
+
+def test_a_progress_file_of_other_inputs_is_not_resumed(tmp_path):
+    from models.resume import ProgressFile
+
+    emb, train, val = _data()
+    cfg = dataclasses.replace(FAST, stage1_epochs=1, stage2_epochs=0)
+    progress = ProgressFile(tmp_path / "p.safetensors")
+
+    def stop(event):
+        if event["event"] == "eval" and event["step"] > 0:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_reranker(build_gutted(SMALL), emb, train, val, cfg, progress=stop, progress_file=progress)
+    other = dataclasses.replace(cfg, lr=cfg.lr / 2)  # other settings: a fresh run
+    events = []
+    m = train_reranker(build_gutted(SMALL), emb, train, val, other, progress=events.append, progress_file=progress)
+    assert m["resumed_at_step"] is None and events[0] == {**events[0], "event": "eval", "step": 0}
+    progress.path.write_bytes(b"not a safetensors file")  # a damaged file: a fresh run, not a crash
+    m = train_reranker(build_gutted(SMALL), emb, train, val, cfg, progress_file=progress)
+    assert m["resumed_at_step"] is None
+    progress.clear()
+    assert not progress.path.exists()

@@ -521,6 +521,38 @@ def test_gutted_reranker_from_a_local_checkpoint(pipeline, tmp_path):
     assert scorer.cfg.base == base
 
 
+def test_a_reranker_run_stopped_in_training_is_resumed_by_the_next(pipeline, monkeypatch):
+    """A run that dies after its first evaluation leaves its progress in the home; the next
+    run of the asset goes on from there, ends at the version an unstopped run saves, and
+    clears it."""
+    import assets.reranker.assets as reranker_assets
+    from assets.store.models import pointers, progress_file
+    from orchestration.runner import materialize_assets
+
+    home, _ = pipeline
+    before = pointers(home, "sequential_reranker")["current"]
+    real_line = reranker_assets.progress_line
+
+    def dies_after_an_evaluation(event):
+        if event.get("event") == "eval" and event["step"] > 0:
+            raise RuntimeError("killed")  # the step ends here, as if its process died
+        return real_line(event)
+
+    cfg = {"ops": {"sequential_reranker": TINY["ops"]["sequential_reranker"]}}
+    with monkeypatch.context() as m:
+        m.setattr(reranker_assets, "progress_line", dies_after_an_evaluation)
+        stopped = materialize_assets(["sequential_reranker"], "reranker_retrain_job", run_config=cfg,
+                                     raise_on_error=False)
+    assert not stopped.success
+    saved = progress_file(home, "sequential_reranker").path
+    assert saved.exists()
+    result = materialize_assets(["sequential_reranker"], "reranker_retrain_job", run_config=cfg)
+    meta = result.asset_materializations_for_node("sequential_reranker")[0].metadata
+    assert meta["resumed_at_step"].value > 0
+    assert pointers(home, "sequential_reranker")["current"] == before  # the same weights as unstopped
+    assert not saved.exists()
+
+
 def test_blocked_promotion_is_an_outcome_not_a_crash(pipeline, monkeypatch):
     """A challenger stopped by the gate leaves the report and the champion in place; the
     champion asset applies the gate itself, so running it without the check promotes nothing."""

@@ -114,3 +114,21 @@ def test_records_from_before_the_numbering_come_first_and_count(tmp_path):
     assert pointers(home, "enc")["current"] == b
     set_current(home, "enc", c, "new", expect=b)
     assert [h["version"] for h in pointers(home, "enc")["history"]] == [a, b, c]
+
+
+def test_training_progress_lives_in_the_home_so_another_machine_resumes_it(any_home, tmp_path, monkeypatch):
+    import torch
+
+    from assets.store.models import progress_file
+
+    saved = progress_file(any_home, "gutted_reranker")
+    saved.save("run-1", {"model.w": torch.arange(3.0)}, {"step": 7})
+    assert any_home.path("training", "gutted_reranker", "progress.safetensors").exists()
+    monkeypatch.setenv("LENSLESS_CACHE", str(tmp_path / "another-machine"))  # its own, empty cache
+    found = progress_file(any_home, "gutted_reranker")
+    tensors, meta = found.load("run-1")
+    assert meta == {"step": 7} and torch.equal(tensors["model.w"], torch.arange(3.0))
+    assert found.load("run-2") is None  # another run's progress is not resumed
+    found.clear()
+    assert not any_home.path("training", "gutted_reranker", "progress.safetensors").exists()
+    assert progress_file(any_home, "gutted_reranker").load("run-1") is None

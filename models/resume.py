@@ -1,0 +1,129 @@
+"""Resumable training: one file holding everything a killed run needs to go on where it
+stopped. No Dagster here.
+
+A `ProgressFile` is written by the trainer at its evaluations (and at least every few
+minutes between them): the trained tensors, the optimizer's state, the random generators'
+states and the loop's position, in one safetensors file whose header carries the JSON
+metadata. It is written atomically (a temporary file, fsynced, renamed), so a kill while
+saving leaves the previous one. Each file records the `fingerprint` of the run that wrote
+it (the inputs, the settings and the untrained state); a run with another fingerprint
+starts afresh instead of resuming, so a file can never leak into different training. The
+trainer removes the file when the run finishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from models.checkpoint import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+META_KEY = "lensless_progress"
+
+
+def fingerprint(*parts: Any) -> str:
+    """sha256 over `parts`: arrays and tensors by dtype, shape and bytes, anything else as
+    sorted JSON."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            part = part.detach().cpu().numpy()
+        if isinstance(part, np.ndarray):
+            part = np.ascontiguousarray(part)
+            h.update(f"{part.dtype}{part.shape}".encode())
+            h.update(part.data)
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class ProgressFile:
+    """Where a run keeps its progress: a local file; `after_save`, called with its path after
+    each save, and `after_clear`, after it is removed, keep a copy elsewhere in step (object
+    storage, so that another machine can resume)."""
+
+    path: Path
+    after_save: Callable[[Path], None] | None = None
+    after_clear: Callable[[], None] | None = None
+
+    def save(self, fingerprint: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        header = json.dumps({"fingerprint": fingerprint, **meta})
+        atomic_write_bytes(Path(self.path), save(flat, metadata={META_KEY: header}))
+        if self.after_save is not None:
+            self.after_save(Path(self.path))
+
+    def load(self, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """(tensors, meta) saved by a run with this `fingerprint`; None when there is no file,
+        or it is unreadable or another run's (logged)."""
+        path = Path(self.path)
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        try:
+            tensors = load(data)
+            meta = json.loads(_header(data).get(META_KEY, "{}"))
+        except (SafetensorError, ValueError) as e:
+            log.warning("progress file %s is unreadable (%s); starting afresh", path, e)
+            return None
+        if meta.pop("fingerprint", None) != fingerprint:
+            log.info("progress file %s was written for other inputs or settings; starting afresh", path)
+            return None
+        return tensors, meta
+
+    def clear(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+        if self.after_clear is not None:
+            self.after_clear()
+
+
+def _header(data: bytes) -> dict:
+    """The metadata of a safetensors file's header (safetensors' `load` returns tensors only)."""
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8: 8 + n]).get("__metadata__", {})
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state as flat tensors `opt.<param index>.<name>`."""
+    state = opt.state_dict()["state"]
+    return {f"opt.{i}.{k}": v if isinstance(v, torch.Tensor) else torch.tensor(v)
+            for i, s in state.items() for k, v in s.items()}
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore what `optimizer_tensors` saved into `opt` (built with the same parameter groups)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def rng_tensors(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The states of `gen` and of torch's global generators (CPU, and CUDA where present)."""
+    out = {"rng.gen": gen.get_state(), "rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return out
+
+
+def restore_rng(gen: torch.Generator, tensors: dict[str, torch.Tensor]) -> None:
+    gen.set_state(tensors["rng.gen"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted((t for t in tensors if t.startswith("rng.cuda.")),
+                                       key=lambda t: int(t.rsplit(".", 1)[1]))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
