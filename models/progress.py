@@ -38,8 +38,9 @@ def progress_line(event: dict) -> str:
     if event.get("event") == "done":
         return f"done in {clock(event['seconds'])}, best val NDCG@10 {event['best_val_ndcg10']:.3f}"
     if event.get("event") == "resumed":
-        return (f"resumed where a stopped run saved its progress: stage {event['stage']} step "
-                f"{event['step']}/{event['total']} · {clock(event['elapsed'])} trained before")
+        stage = f"stage {event['stage']} " if event.get("stage") else ""
+        return (f"resumed where a stopped run saved its progress: {stage}step {event['step']}/{event['total']} · "
+                f"{clock(event['elapsed'])} trained before")
     parts = []
     if event.get("stage"):
         parts.append(f"stage {event['stage']}")

@@ -32,17 +32,22 @@ log = logging.getLogger(__name__)
 META_KEY = "lensless_progress"
 
 
+FULL_HASH_BYTES = 256 << 20  # a larger array is fingerprinted by its shape and evenly spaced rows
+
+
 def fingerprint(*parts: Any) -> str:
-    """sha256 over `parts`: arrays and tensors by dtype, shape and bytes, anything else as
-    sorted JSON."""
+    """sha256 over `parts`: arrays and tensors by dtype, shape and bytes (an array over
+    `FULL_HASH_BYTES`, e.g. a large catalog's pixels, by about that many bytes of evenly
+    spaced rows), anything else as sorted JSON."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, torch.Tensor):
             part = part.detach().cpu().numpy()
         if isinstance(part, np.ndarray):
-            part = np.ascontiguousarray(part)
             h.update(f"{part.dtype}{part.shape}".encode())
-            h.update(part.data)
+            if part.nbytes > FULL_HASH_BYTES and part.ndim and len(part) > 1:
+                part = part[:: -(-part.nbytes // FULL_HASH_BYTES)]
+            h.update(np.ascontiguousarray(part).data)
         else:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()
@@ -112,16 +117,21 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
 
 
-def rng_tensors(gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """The states of `gen` and of torch's global generators (CPU, and CUDA where present)."""
+def rng_tensors(gen: torch.Generator, device_gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The states of `gen` (and of `device_gen`, a CUDA generator) and of torch's global
+    generators (CPU, and CUDA where present)."""
     out = {"rng.gen": gen.get_state(), "rng.torch": torch.get_rng_state()}
+    if device_gen is not None and device_gen is not gen:
+        out["rng.device_gen"] = device_gen.get_state()
     if torch.cuda.is_available():
         out.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return out
 
 
-def restore_rng(gen: torch.Generator, tensors: dict[str, torch.Tensor]) -> None:
+def restore_rng(gen: torch.Generator, tensors: dict[str, torch.Tensor], device_gen: torch.Generator | None = None) -> None:
     gen.set_state(tensors["rng.gen"])
+    if device_gen is not None and "rng.device_gen" in tensors:
+        device_gen.set_state(tensors["rng.device_gen"])
     torch.set_rng_state(tensors["rng.torch"])
     cuda = [tensors[k] for k in sorted((t for t in tensors if t.startswith("rng.cuda.")),
                                        key=lambda t: int(t.rsplit(".", 1)[1]))]

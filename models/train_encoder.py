@@ -13,6 +13,7 @@ mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,6 +27,14 @@ import torch.nn.functional as F
 from models.augment import AugmentConfig, augment
 from models.device import resolve_device
 from models.encoder import ImageEncoder
+from models.resume import (
+    ProgressFile,
+    fingerprint,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    restore_rng,
+    rng_tensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,7 @@ class EncoderTrainConfig:
     pair_dims: int = -1
     seed: int = 0  # drives batch order and augmentations (initialise the model yourself)
     log_every: int = 10  # steps between log lines and progress callbacks
+    checkpoint_seconds: float = 300.0  # most seconds between saves of a run's progress (when it has a file)
     device: str = "auto"  # "auto": cuda when available, else cpu
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -161,12 +171,17 @@ def train_encoder(
     positive_pairs: np.ndarray | None = None,
     config: EncoderTrainConfig | None = None,
     progress: Callable[[dict], None] | None = None,
+    progress_file: ProgressFile | None = None,
 ) -> dict:
     """Train `model` in place on uint8 pixels (N, S, S, 3); returns metrics.
 
     labels: (N,) int, -1 for unknown. positive_pairs: (P, 2) indices of co-engaged images.
     Metrics: loss, infonce, label_term, pair_term (per step), seconds, steps, epochs, params,
-    images_per_second (views per second / 2).
+    images_per_second (views per second / 2), resumed_at_step.
+    With `progress_file`, progress (the model, optimizer, loss scaler, generators, batch
+    order, curves) is saved at least every `checkpoint_seconds` and when training ends, and
+    a run with the same inputs, settings and initial model resumes it, ending with the
+    weights an unstopped run would have; the caller clears it once the model is saved.
     """
     cfg = config or EncoderTrainConfig()
     assert pixels.ndim == 4 and pixels.shape[-1] == 3 and pixels.dtype == np.uint8, (
@@ -231,6 +246,38 @@ def train_encoder(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     size = model.config.input_size
     losses, nces, sups, pairs_ = [], [], [], []
+    start, resumed_at, trained_before, last_save, run_id = 0, None, 0.0, time.perf_counter(), ""
+    if progress_file is not None:  # what a saved run must share to be resumed: inputs, settings, start
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "log_every", "checkpoint_seconds")}
+        run_id = fingerprint(settings, dataclasses.asdict(model.config), pixels,
+                             *(np.asarray(a) for a in (labels, positive_pairs) if a is not None),
+                             [a is None for a in (labels, positive_pairs)], *model.state_dict().values())
+        saved = progress_file.load(run_id)
+        if saved is not None:
+            tensors, meta = saved
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            load_optimizer_tensors(opt, tensors)
+            if meta["scaler"]:
+                scaler.load_state_dict(meta["scaler"])
+            restore_rng(g, tensors, gen_dev)
+            batches.perm, batches.pos = tensors["batches.perm"], meta["batches_pos"]
+            losses, nces, sups, pairs_ = meta["loss"], meta["infonce"], meta["label_term"], meta["pair_term"]
+            start = resumed_at = meta["step"]
+            trained_before = meta["elapsed"]
+            t0 -= trained_before  # seconds and progress count the time trained before the stop
+            log.info("resuming encoder training from %s at step %d/%d", progress_file.path, start, total)
+            if progress is not None:
+                progress({"event": "resumed", "step": start, "total": total, "elapsed": meta["elapsed"]})
+
+    def save(step: int) -> None:
+        nonlocal last_save
+        tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optimizer_tensors(opt),
+                   **rng_tensors(g, gen_dev), "batches.perm": batches.perm}
+        progress_file.save(run_id, tensors, {
+            "step": step, "batches_pos": batches.pos, "scaler": scaler.state_dict(), "loss": losses,
+            "infonce": nces, "label_term": sups, "pair_term": pairs_, "elapsed": time.perf_counter() - t0})
+        last_save = time.perf_counter()
+
     model.train()
     log.info(
         "training encoder: %d images, %d steps, %d params on %s",
@@ -239,7 +286,7 @@ def train_encoder(
         model.num_params(),
         device,
     )
-    for step in range(total):
+    for step in range(start, total):
         idx = next(batches)
         x = src[idx].to(device, non_blocking=True).float().div_(255.0)  # (B, 3, s, s)
         with torch.no_grad():
@@ -274,6 +321,8 @@ def train_encoder(
         nces.append(nce.item())
         sups.append(sup.item())
         pairs_.append(pair.item())
+        if progress_file is not None and time.perf_counter() - last_save >= cfg.checkpoint_seconds:
+            save(step + 1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
             log.info(
                 "step %d/%d loss %.4f (infonce %.4f label %.4f pair %.4f)",
@@ -286,6 +335,8 @@ def train_encoder(
             )
             if progress is not None:
                 progress({"step": step + 1, "total": total, "loss": losses[-1], "elapsed": time.perf_counter() - t0})
+    if progress_file is not None and resumed_at != total:
+        save(total)  # finished: a kill before the caller saves the model retrains nothing
     model.eval()
     seconds = time.perf_counter() - t0
     return {
@@ -297,6 +348,7 @@ def train_encoder(
         "steps": total,
         "epochs": total / steps_per_epoch,
         "params": model.num_params(),
-        "images_per_second": total * batches.bs / seconds,
+        "images_per_second": (total - start) * batches.bs / max(seconds - trained_before, 1e-9),  # this run's
         "device": str(device),
+        "resumed_at_step": resumed_at,
     }

@@ -12,7 +12,7 @@ from assets.ingestion.assets import engagement_events, image_batches, raw_images
 from assets.plots import line_plot, md_image, md_table
 from assets.settings import settings_metadata
 from assets.store.lake import catalog, load_pixels, pixels_path, read_table, write_table
-from assets.store.models import current_dir, save_version, set_current
+from assets.store.models import current_dir, progress_file, save_version, set_current
 from assets.store.npy import iter_npy_rows
 from assets.store.resource import LenslessHome
 from models.device import resolve_device
@@ -77,12 +77,14 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderRunConfig,
     random_init.load_state_dict(model.state_dict())
     cfg = EncoderTrainConfig(epochs=config.epochs, seed=config.seed, pair_weight=config.pair_weight,
                              pair_fraction=config.pair_fraction, pair_dims=config.pair_dims, device=config.device)
+    progress = progress_file(home, "image_encoder")  # a run killed in training is resumed, not restarted
     metrics = train_encoder(model, pixels[train_rows], labels[train_rows], pairs, cfg,
-                            progress=lambda p: context.log.info(f"encoder {progress_line(p)}"))
+                            progress=lambda p: context.log.info(f"encoder {progress_line(p)}"), progress_file=progress)
     random_init.to(next(model.parameters()).device)  # both embed the catalog on the same device
     quality = evaluate_encoder(home, model, random_init, pixels, labels, held, ids)
     version = save_version(home, "image_encoder", lambda d: model.save(d, extra={"metrics": quality}))
     set_current(home, "image_encoder", version, reason=f"run {context.run_id}")
+    progress.clear()
     context.log.info(f"encoder {version}: {quality}")
     table = [{"embedding": k.removesuffix("_knn_precision_at_10"), "kNN@10 label precision": v}
              for k, v in quality.items() if k.endswith("_knn_precision_at_10")]
@@ -97,6 +99,7 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderRunConfig,
             "catalog_images": frame.height,
             "trained_batches": ",".join(sorted(frame["batch"].unique().to_list())),
             "train_seconds": round(metrics["seconds"], 1),
+            "resumed_at_step": metrics["resumed_at_step"] if metrics["resumed_at_step"] is not None else "no (a fresh run)",
             **{k: dg.MetadataValue.float(float(v)) for k, v in quality.items() if v is not None},
             "quality": dg.MetadataValue.md(md_table(table)),
             "loss_curve": dg.MetadataValue.md(md_image(line_plot({"loss": metrics["loss"]}, "encoder training loss"))),

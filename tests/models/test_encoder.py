@@ -202,3 +202,43 @@ def test_coengagement_recall_and_pixel_baseline():
     base = pixel_baseline(x, d=8, fit_idx=np.arange(16), size=8)
     assert base.shape == (32, 8) and np.allclose(np.linalg.norm(base, axis=1), 1, atol=1e-5)
     assert knn_label_precision(base, labels, k=5) > 0.9
+
+
+class _Stop(Exception):
+    """Stands for the process dying: raised from the progress callback."""
+
+
+def test_a_stopped_encoder_run_resumes_and_ends_as_an_unstopped_one(tmp_path):
+    """Stopped after step 4 of 8 (its progress saved every step) and run again: the same
+    weights, bit for bit, and the same loss curve as a run never stopped; a run with other
+    settings starts afresh."""
+    from models.resume import ProgressFile
+
+    x, labels = _pixels(64)
+    pairs = np.array([[0, 2], [1, 3], [4, 6]])
+    cfg = _tiny_train(max_steps=8, log_every=2, checkpoint_seconds=0.0)
+
+    def fresh():
+        torch.manual_seed(0)
+        return ImageEncoder(encoder_config("tiny"))
+
+    whole = fresh()
+    expected = train_encoder(whole, x, labels, pairs, cfg)
+
+    def stop(event):
+        if event["step"] == 4:
+            raise _Stop
+
+    progress = ProgressFile(tmp_path / "encoder.safetensors")
+    with pytest.raises(_Stop):
+        train_encoder(fresh(), x, labels, pairs, cfg, progress=stop, progress_file=progress)
+    events = []
+    resumed = fresh()
+    torch.manual_seed(99)  # whatever the new process's generators hold: the saved states win
+    m = train_encoder(resumed, x, labels, pairs, cfg, progress=events.append, progress_file=progress)
+    assert events[0]["event"] == "resumed" and m["resumed_at_step"] == 4
+    assert m["loss"] == expected["loss"] and m["steps"] == expected["steps"]
+    want = whole.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in resumed.state_dict().items())
+    other = train_encoder(fresh(), x, labels, pairs, _tiny_train(max_steps=8, lr=1e-3), progress_file=progress)
+    assert other["resumed_at_step"] is None

@@ -1,6 +1,6 @@
 """Crash recovery, with real processes killed by SIGKILL: an interrupted ingest is finished by
-the next command with nothing lost or duplicated, and a run killed in training does not keep
-the `train` pool's only slot."""
+the next command with nothing lost or duplicated, a run killed in training does not keep
+the `train` pool's only slot, and the next run resumes its training."""
 
 import json
 import os
@@ -150,6 +150,51 @@ def test_a_run_killed_in_training_does_not_hold_the_train_pool(tmp_path, monkeyp
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "marked failed and freed its pool slots" in rerun.stderr
 
+
+
+# the encoder trained as the asset trains it, saving its progress after every step
+TRAIN_SAVING_EVERY_STEP = """
+import dataclasses, json, sys
+import assets.embeddings.assets as encoder_assets
+from assets.store.files import Home
+from orchestration.pipeline import ingest
+from orchestration.runner import materialize_assets
+
+real = encoder_assets.train_encoder
+encoder_assets.train_encoder = lambda *args, **kw: real(
+    *args[:4], dataclasses.replace(args[4], checkpoint_seconds=0.0), **kw)
+if sys.argv[1] == "ingest":
+    ingest(Home.from_env(), sys.argv[2])
+result = materialize_assets(["image_encoder"], "retrain_job", run_config={"ops": {"image_encoder": {"config":
+    {"architecture": "tiny", "epochs": 1}}}})
+meta = result.asset_materializations_for_node("image_encoder")[0].metadata
+print(json.dumps({"resumed_at_step": meta["resumed_at_step"].value}))
+"""
+
+
+def test_an_encoder_run_killed_in_training_is_resumed_by_the_next(tmp_path):
+    """SIGKILL while the encoder trains; the next run goes on from the last saved step
+    instead of step 0, and clears the progress once the model is saved."""
+    src = write_folder(tmp_path / "src", 40, side=48)
+    home = tmp_path / "home"
+    saved = home / "training" / "image_encoder" / "progress.safetensors"
+    first = subprocess.Popen([sys.executable, "-c", TRAIN_SAVING_EVERY_STEP, "ingest", str(src)], cwd=ROOT,
+                             env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: saved.exists() or first.poll() is not None, 240, "the encoder to save its progress")
+        time.sleep(0.5)  # a few more steps
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL, "training ended before the kill"
+    assert saved.exists()
+    again = subprocess.run([sys.executable, "-c", TRAIN_SAVING_EVERY_STEP, "train"], cwd=ROOT, env=env_for(home),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["resumed_at_step"] > 0
+    assert not saved.exists()
 
 
 def test_two_concurrent_ingests_lose_and_duplicate_nothing(tmp_path):
