@@ -61,10 +61,12 @@ class Home:
     def at(cls, path: str | os.PathLike) -> Home:
         """A home at `path`: a local folder (made absolute) or an fsspec URL."""
         raw = os.fspath(path)
-        root = UPath(raw)
-        if is_local(root):
-            root = UPath(os.path.abspath(os.path.expanduser(raw)))
-        return cls(root)
+        if is_local(raw):
+            return cls(UPath(os.path.abspath(os.path.expanduser(raw))))
+        # no listing cache: s3fs and gcsfs would otherwise keep a folder's listing for the life
+        # of the process, and never see a partition, pointer record or lock lease that another
+        # process wrote since
+        return cls(UPath(raw, use_listings_cache=False))
 
     @classmethod
     def from_env(cls) -> Home:

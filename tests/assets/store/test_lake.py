@@ -3,7 +3,7 @@
 import polars as pl
 import pytest
 
-from assets.store.files import Home
+from assets.store.files import Home, append_record, read_records
 from assets.store.lake import (
     MANIFEST_SCHEMA,
     TABLES,
@@ -115,3 +115,47 @@ def test_read_only_connection_reads_the_lake_and_nothing_else(home, tmp_path):
                         ("CREATE TABLE t (a INT)", "CREATE"), ("install httpfs", "INSTALL")):
         with pytest.raises(ValueError, match=f"^{verb} statements change things; lensless sql only reads"):
             check_read_only(query)
+
+
+def test_what_another_process_wrote_to_a_bucket_is_seen_at_once(monkeypatch):
+    """s3fs keeps a folder's listing forever unless told not to; a partition or a pointer
+    record written by another process (here: boto3, not this process's s3fs) must show up in
+    the next read all the same: they tell a batch which images another batch ingested
+    meanwhile, and every process which model is current."""
+    import io
+    import os
+    import uuid
+
+    from tests.servers import ServerMissing, s3_server
+
+    try:
+        server = s3_server()
+        env = server.__enter__()
+    except ServerMissing as e:
+        if os.environ.get("LENSLESS_REQUIRE_SERVERS") == "1":
+            pytest.fail(f"integration servers required here: {e}")
+        pytest.skip(str(e))
+    try:
+        import boto3
+
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        prefix = f"lake-{uuid.uuid4().hex}"
+        home = Home.at(f"s3://lensless/{prefix}")
+        write_table(home, "raw_images", rows("a", 2), "a")
+        assert table_partitions(home, "raw_images") == ["a"]  # the listing is now in s3fs's cache
+        data = io.BytesIO()
+        rows("b", 1).write_parquet(data)
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").put_object(
+            Bucket="lensless", Key=f"{prefix}/lake/raw_images/b.parquet", Body=data.getvalue())
+        assert table_partitions(home, "raw_images") == ["a", "b"]
+        assert read_table(home, "raw_images")["image_id"].to_list() == ["a0", "a1", "b0"]
+        log = home.path("models", "gutted_reranker", "pointers")
+        append_record(log, {"version": "v1"})
+        assert [r["version"] for r in read_records(log)] == ["v1"]
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").put_object(
+            Bucket="lensless", Key=f"{prefix}/models/gutted_reranker/pointers/99999999999999999999-1-x.json",
+            Body=b'{"version": "v2"}')
+        assert [r["version"] for r in read_records(log)] == ["v1", "v2"]
+    finally:
+        server.__exit__(None, None, None)
