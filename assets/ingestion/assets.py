@@ -83,10 +83,13 @@ def raw_images(context: dg.AssetExecutionContext, config: IngestRunConfig,
     result = ingest(known)  # batches decode side by side; which images are new is settled one at a time
     with named_lock(home, "ingest", f"raw_images {batch} (pid {os.getpid()})"):
         now = known_hashes(home, batch)
+        # images another batch ingested meanwhile, or images this batch's duplicates point at
+        # that a re-run of their batch has since let go
         raced = set(result.manifest["sha256"]) & (now.keys() - known.keys())
-        if raced:
-            context.log.info(f"batch {batch}: {len(raced)} images were ingested by another batch meanwhile; "
-                             "deciding again which are new")
+        gone = set(result.duplicates["duplicate_of"]) - set(now.values()) - set(result.manifest["image_id"])
+        if raced or gone:
+            context.log.info(f"batch {batch}: other batches changed meanwhile ({len(raced)} of its images "
+                             f"ingested there, {len(gone)} it repeats gone); deciding again which are new")
             result = ingest(now)
         for table, frame in (("quarantine", result.quarantine), ("duplicates", result.duplicates),
                              ("skipped", result.skipped), ("raw_images", result.manifest)):

@@ -81,57 +81,95 @@ def test_dedupe_across_batches_and_idempotent_rerun(home, tmp_path):
     assert read_table(home, "raw_images")["image_id"].n_unique() == 4
 
 
+def _two_sources(home, tmp_path):
+    """Sources a and b, each a PNG of its own and a copy of one shared PNG; both batches registered."""
+    rng = np.random.default_rng(2)
+    pixels = {name: rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for name in ("shared", "a", "b")}
+    batches = {}
+    for source, names in (("a", ("shared", "a")), ("b", ("shared", "b"))):
+        (tmp_path / source).mkdir()
+        for name in names:
+            Image.fromarray(pixels[name]).save(tmp_path / source / f"{name}.png")
+        batches[source] = register_batch(home, new_entries(home, list_source(str(tmp_path / source))))
+    return batches
+
+
+def _stall_after_decoding(monkeypatch, batch):
+    """Make `batch`'s first decode wait, once done, until the returned `go` is set; `decoded`
+    is set when it waits."""
+    import threading
+
+    import assets.ingestion.assets as assets_module
+
+    decoded, go = threading.Event(), threading.Event()
+    real_ingest_batch = assets_module.ingest_batch
+
+    def ingest_batch(key, *args, **kwargs):
+        result = real_ingest_batch(key, *args, **kwargs)
+        if key == batch and not decoded.is_set():
+            decoded.set()
+            assert go.wait(timeout=60)
+        return result
+
+    monkeypatch.setattr(assets_module, "ingest_batch", ingest_batch)
+    return decoded, go
+
+
+def _materialize(home, batch, **config):
+    with dg.DagsterInstance.ephemeral() as instance:  # disposed in the thread that made it (SQLite)
+        instance.add_dynamic_partitions("image_batches", [batch])
+        return dg.materialize([raw_images, unique_image_ids], partition_key=batch, instance=instance,
+                              resources=_resources(home), raise_on_error=False,
+                              run_config={"ops": {"raw_images": {"config": {"size": 32, **config}}}})
+
+
 def test_two_batches_ingested_at_once_ingest_an_image_they_share_once(home, tmp_path, monkeypatch):
     """Batch a decodes, then stalls; batch b, holding a copy of one of a's files, is ingested
     meanwhile. When a writes, the image is already b's, so a records a duplicate of it."""
     import threading
 
-    import assets.ingestion.assets as assets_module
-
-    rng = np.random.default_rng(2)
-    pixels = {name: rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for name in ("shared", "a", "b")}
-    batches = {}
-    for source, names in (("src_a", ("shared", "a")), ("src_b", ("shared", "b"))):
-        (tmp_path / source).mkdir()
-        for name in names:
-            Image.fromarray(pixels[name]).save(tmp_path / source / f"{name}.png")
-        batches[source] = register_batch(home, new_entries(home, list_source(str(tmp_path / source))))
-    a_decoded, b_done = threading.Event(), threading.Event()
-    real_ingest_batch = assets_module.ingest_batch
-
-    def ingest_batch(batch, *args, **kwargs):
-        result = real_ingest_batch(batch, *args, **kwargs)
-        if batch == batches["src_a"] and not a_decoded.is_set():
-            a_decoded.set()
-            assert b_done.wait(timeout=60)
-        return result
-
-    monkeypatch.setattr(assets_module, "ingest_batch", ingest_batch)
-
-    def materialize(batch):
-        instance = dg.DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions("image_batches", [batch])
-        return dg.materialize([raw_images, unique_image_ids], partition_key=batch, instance=instance,
-                              resources=_resources(home), run_config={"ops": {"raw_images": {"config": {"size": 32}}}},
-                              raise_on_error=False)
-
+    batches = _two_sources(home, tmp_path)
+    decoded, go = _stall_after_decoding(monkeypatch, batches["a"])
     results = {}
-    first = threading.Thread(target=lambda: results.update(a=materialize(batches["src_a"])))
+    first = threading.Thread(target=lambda: results.update(a=_materialize(home, batches["a"])))
     first.start()
-    assert a_decoded.wait(timeout=60)
-    results["b"] = materialize(batches["src_b"])
-    b_done.set()
+    assert decoded.wait(timeout=60)
+    results["b"] = _materialize(home, batches["b"])
+    go.set()
     first.join(timeout=60)
     assert results["a"].success and results["b"].success
     manifest = read_table(home, "raw_images")
     assert manifest["sha256"].n_unique() == manifest.height == 3
-    shared_id = read_table(home, "raw_images", [batches["src_b"]]).filter(
+    shared_id = read_table(home, "raw_images", [batches["b"]]).filter(
         pl.col("uri").str.ends_with("shared.png"))["image_id"].item()
-    duplicates = read_table(home, "duplicates", [batches["src_a"]])
-    assert duplicates["uri"].to_list() == [str(tmp_path / "src_a" / "shared.png")]
+    duplicates = read_table(home, "duplicates", [batches["a"]])
+    assert duplicates["uri"].to_list() == [str(tmp_path / "a" / "shared.png")]
     assert duplicates["duplicate_of"].to_list() == [shared_id]
-    assert read_npy(pixels_path(home, batches["src_a"])).shape[0] == 1
+    assert read_npy(pixels_path(home, batches["a"])).shape[0] == 1
     assert all(c.passed for c in results["a"].get_asset_check_evaluations())
+
+
+def test_a_duplicate_of_an_image_a_rerun_let_go_is_ingested_after_all(home, tmp_path, monkeypatch):
+    """b decodes its copy of the shared image as a duplicate of a's, then stalls; a is re-run
+    meanwhile with a policy that quarantines it. When b writes, the image it repeats is gone,
+    so b ingests it: the image stays in the lake."""
+    import threading
+
+    batches = _two_sources(home, tmp_path)
+    assert _materialize(home, batches["a"]).success
+    decoded, go = _stall_after_decoding(monkeypatch, batches["b"])
+    results = {}
+    second = threading.Thread(target=lambda: results.update(b=_materialize(home, batches["b"])))
+    second.start()
+    assert decoded.wait(timeout=60)
+    assert _materialize(home, batches["a"], min_side=41).success  # a's 40 px images: too small now
+    go.set()
+    second.join(timeout=60)
+    assert results["b"].success
+    assert read_table(home, "raw_images", [batches["a"]]).height == 0
+    assert sorted(read_table(home, "raw_images", [batches["b"]])["uri"]) == [
+        str(tmp_path / "b" / "b.png"), str(tmp_path / "b" / "shared.png")]
+    assert read_table(home, "duplicates", [batches["b"]]).height == 0
 
 
 def test_a_file_that_could_not_be_read_is_retried_once_readable(home, tmp_path, monkeypatch):
