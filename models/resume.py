@@ -6,9 +6,10 @@ minutes between them): the trained tensors, the optimizer's state, the random ge
 states and the loop's position, in one safetensors file whose header carries the JSON
 metadata. It is written atomically (a temporary file, fsynced, renamed), so a kill while
 saving leaves the previous one. Each file records the `fingerprint` of the run that wrote
-it (the inputs, the settings and the untrained state); a run with another fingerprint
-starts afresh instead of resuming, so a file can never leak into different training. The
-trainer removes the file when the run finishes.
+it (the inputs, the settings and the untrained state), the file's format and the caller's
+`identity` (the asset's code version); a run that differs in any of them starts afresh
+instead of resuming, so a file never leaks into different training or code. The file ends
+holding the finished run; the caller clears it once the trained model is saved.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from models.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 META_KEY = "lensless_progress"
+FORMAT = 1  # of the saved progress; a file of another format is not resumed
 
 
 FULL_HASH_BYTES = 256 << 20  # a larger array is fingerprinted by its shape and evenly spaced rows
@@ -41,8 +43,9 @@ def fingerprint(*parts: Any) -> str:
     spaced rows), anything else as sorted JSON."""
     h = hashlib.sha256()
     for part in parts:
-        if isinstance(part, torch.Tensor):
-            part = part.detach().cpu().numpy()
+        if isinstance(part, torch.Tensor):  # as raw bytes: numpy has no bfloat16
+            h.update(f"{part.dtype}{tuple(part.shape)}".encode())
+            part = part.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
         if isinstance(part, np.ndarray):
             h.update(f"{part.dtype}{part.shape}".encode())
             if part.nbytes > FULL_HASH_BYTES and part.ndim and len(part) > 1:
@@ -55,17 +58,22 @@ def fingerprint(*parts: Any) -> str:
 
 @dataclass
 class ProgressFile:
-    """Where a run keeps its progress: a local file; `after_save`, called with its path after
-    each save, and `after_clear`, after it is removed, keep a copy elsewhere in step (object
+    """Where a run keeps its progress: a local file; `identity` (e.g. the asset's code version)
+    must match for a saved run to be resumed; `after_save`, called with the path after each
+    save, and `after_clear`, after it is removed, keep a copy elsewhere in step (object
     storage, so that another machine can resume)."""
 
     path: Path
+    identity: str = ""
     after_save: Callable[[Path], None] | None = None
     after_clear: Callable[[], None] | None = None
 
+    def _key(self, fingerprint: str) -> str:
+        return f"{FORMAT}/{self.identity}/{fingerprint}"
+
     def save(self, fingerprint: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        header = json.dumps({"fingerprint": fingerprint, **meta})
+        header = json.dumps({"fingerprint": self._key(fingerprint), **meta})
         atomic_write_bytes(Path(self.path), save(flat, metadata={META_KEY: header}))
         if self.after_save is not None:
             self.after_save(Path(self.path))
@@ -83,8 +91,8 @@ class ProgressFile:
         except (SafetensorError, ValueError) as e:
             log.warning("progress file %s is unreadable (%s); starting afresh", path, e)
             return None
-        if meta.pop("fingerprint", None) != fingerprint:
-            log.info("progress file %s was written for other inputs or settings; starting afresh", path)
+        if meta.pop("fingerprint", None) != self._key(fingerprint):
+            log.info("progress file %s was written for other inputs, settings or code; starting afresh", path)
             return None
         return tensors, meta
 
@@ -117,23 +125,24 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
 
 
-def rng_tensors(gen: torch.Generator, device_gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def rng_tensors(gen: torch.Generator, device: torch.device, device_gen: torch.Generator | None = None
+                ) -> dict[str, torch.Tensor]:
     """The states of `gen` (and of `device_gen`, a CUDA generator) and of torch's global
-    generators (CPU, and CUDA where present)."""
+    generators: the CPU's, and the training `device`'s when it is a GPU (only that one: the
+    others are not touched)."""
     out = {"rng.gen": gen.get_state(), "rng.torch": torch.get_rng_state()}
     if device_gen is not None and device_gen is not gen:
         out["rng.device_gen"] = device_gen.get_state()
-    if torch.cuda.is_available():
-        out.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if device.type == "cuda":
+        out["rng.cuda"] = torch.cuda.get_rng_state(device)
     return out
 
 
-def restore_rng(gen: torch.Generator, tensors: dict[str, torch.Tensor], device_gen: torch.Generator | None = None) -> None:
+def restore_rng(gen: torch.Generator, tensors: dict[str, torch.Tensor], device: torch.device,
+                device_gen: torch.Generator | None = None) -> None:
     gen.set_state(tensors["rng.gen"])
     if device_gen is not None and "rng.device_gen" in tensors:
         device_gen.set_state(tensors["rng.device_gen"])
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted((t for t in tensors if t.startswith("rng.cuda.")),
-                                       key=lambda t: int(t.rsplit(".", 1)[1]))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)

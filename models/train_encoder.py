@@ -259,7 +259,7 @@ def train_encoder(
             load_optimizer_tensors(opt, tensors)
             if meta["scaler"]:
                 scaler.load_state_dict(meta["scaler"])
-            restore_rng(g, tensors, gen_dev)
+            restore_rng(g, tensors, device, gen_dev)
             batches.perm, batches.pos = tensors["batches.perm"], meta["batches_pos"]
             losses, nces, sups, pairs_ = meta["loss"], meta["infonce"], meta["label_term"], meta["pair_term"]
             start = resumed_at = meta["step"]
@@ -272,7 +272,7 @@ def train_encoder(
     def save(step: int) -> None:
         nonlocal last_save
         tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optimizer_tensors(opt),
-                   **rng_tensors(g, gen_dev), "batches.perm": batches.perm}
+                   **rng_tensors(g, device, gen_dev), "batches.perm": batches.perm}
         progress_file.save(run_id, tensors, {
             "step": step, "batches_pos": batches.pos, "scaler": scaler.state_dict(), "loss": losses,
             "infonce": nces, "label_term": sups, "pair_term": pairs_, "elapsed": time.perf_counter() - t0})

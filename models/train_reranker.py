@@ -11,8 +11,10 @@ The loss is listwise softmax cross-entropy with the candidate order shuffled per
 the positive's column carries no signal. Stage 1 trains the projector only; stage 2 injects
 LoRA (peft) into the language model and trains it with the projector. Each stage stops early
 when validation NDCG@10 has not improved for `patience` evaluations; the best state wins.
-With both tasks in the val groups, validation NDCG@10 is the mean of the two tasks' means
-(`task_balanced`), so the selected state serves users as well as related images.
+With both tasks in the val groups (`val_is_user` says which group is which), validation
+NDCG@10 is the mean of the two tasks' means (`task_balanced`), so the selected state serves
+users as well as related images. With a `ProgressFile`, a killed run is resumed by the next
+(models/resume.py).
 Training runs on `cfg.device` ("auto": the GPU when torch sees one); the scorer goes back to
 the device it came on afterwards, so callers never branch on hardware.
 
@@ -226,14 +228,14 @@ def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen
         tensors, at = saved
         load_trained(scorer, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         best_state = {k[5:]: v.to(device_of(scorer)) for k, v in tensors.items() if k.startswith("best.")}
-        restore_rng(gen, tensors)
+        restore_rng(gen, tensors, device_of(scorer))
         sizes = at.pop("order_sizes", None)
         if sizes is not None:  # stopped within an epoch: its batches, in their order
             order = np.split(tensors["order"].numpy(), np.cumsum(sizes)[:-1])
         opt_tensors = {k: v for k, v in tensors.items() if k.startswith("opt.")}
         t0 -= at.pop("elapsed")  # progress events count the time trained before the stop
         log.info("resuming from %s at stage %d, step %d", progress_file.path, at["stage"], at["step"])
-        emit({"event": "resumed", "stage": at["stage"], "step": at["step"], "total": total,
+        emit({"event": "resumed", "stage": at["stage"] if at["stage"] <= 2 else None, "step": at["step"], "total": total,
               "elapsed": time.perf_counter() - t0})
 
     def save(opt=None) -> None:
@@ -241,7 +243,7 @@ def _run_stages(scorer, feats, groups, val_groups, cfg: RerankerTrainConfig, gen
         if progress_file is None:
             return
         tensors = {**{f"model.{k}": v for k, v in trained_state(scorer).items()},
-                   **{f"best.{k}": v for k, v in best_state.items()}, **rng_tensors(gen),
+                   **{f"best.{k}": v for k, v in best_state.items()}, **rng_tensors(gen, device_of(scorer)),
                    **(optimizer_tensors(opt) if opt is not None else {})}
         meta = {**at, "elapsed": time.perf_counter() - t0}
         if order is not None:

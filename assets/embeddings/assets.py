@@ -77,7 +77,8 @@ def image_encoder(context: dg.AssetExecutionContext, config: EncoderRunConfig,
     random_init.load_state_dict(model.state_dict())
     cfg = EncoderTrainConfig(epochs=config.epochs, seed=config.seed, pair_weight=config.pair_weight,
                              pair_fraction=config.pair_fraction, pair_dims=config.pair_dims, device=config.device)
-    progress = progress_file(home, "image_encoder")  # a run killed in training is resumed, not restarted
+    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    progress = progress_file(home, "image_encoder", code_version)  # a run killed in training is resumed, not restarted
     metrics = train_encoder(model, pixels[train_rows], labels[train_rows], pairs, cfg,
                             progress=lambda p: context.log.info(f"encoder {progress_line(p)}"), progress_file=progress)
     random_init.to(next(model.parameters()).device)  # both embed the catalog on the same device

@@ -164,7 +164,8 @@ def _train(context, home, kind: str, scorer, features, frame, config: RerankerRu
     cfg = cfg or RerankerTrainConfig(stage1_epochs=config.stage1_epochs, stage2_epochs=config.stage2_epochs,
                                      seed=config.seed, device=config.device)
     started = time.perf_counter()
-    progress = progress_file(home, kind)  # a run killed in training is resumed, not restarted
+    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    progress = progress_file(home, kind, code_version)  # a run killed in training is resumed, not restarted
     metrics = train_reranker(scorer, features, train, val, cfg, progress=lambda m: context.log.info(f"{kind}: {progress_line(m)}"),
                              prior=prior, queries=queries, val_is_user=val_is_user, progress_file=progress)
     metrics["history"] = history

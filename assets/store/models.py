@@ -9,7 +9,7 @@ returns a local folder to load from: the version itself on a local home, else a 
 once into `Home.cache` (a version never changes, so the copy never goes stale).
 
 A training run saves its progress in `<home>/training/<kind>/` (`progress_file`), so the
-next run of a killed one resumes it; the trainer removes it when it finishes.
+next run of a killed one resumes it; the asset clears it once the model version is saved.
 
 Which version is current is the append-only log `<kind>/pointers/`, which is what champion
 promotion and rollback use. `set_current` writes the log's next record, `seq-<n>.json`, only
@@ -117,21 +117,23 @@ def version_dir(home: Home, kind: str, version: str) -> Path:
     return download_tree(remote, read_json(remote / MANIFEST), home.cache("models", kind, version))
 
 
-def progress_file(home: Home, kind: str) -> ProgressFile:
+def progress_file(home: Home, kind: str, code_version: str) -> ProgressFile:
     """Where a training run of `kind` saves its progress, so that the next run resumes one
-    that was killed: `<home>/training/<kind>/progress.safetensors`. For a home on object
-    storage the trainer writes a local copy in the cache, uploaded after each save (and
-    fetched here first), so a run on another machine resumes it too."""
+    that was killed: `<home>/training/<kind>/progress.safetensors`, resumed only by the same
+    `code_version` of the asset. For a home on object storage the trainer writes a local
+    copy in the cache, uploaded after each save (and fetched here first), so a run on
+    another machine resumes it too."""
     local = home.cache("training", kind) / PROGRESS
     if home.local:
-        return ProgressFile(local)
+        return ProgressFile(local, identity=code_version)
     remote = home.path("training", kind, PROGRESS)
     local.parent.mkdir(parents=True, exist_ok=True)
     if remote.exists():
         write_bytes(remote.read_bytes(), local)
     else:
         local.unlink(missing_ok=True)  # the home's copy is the one that counts
-    return ProgressFile(local, after_save=lambda path: write_bytes(path.read_bytes(), remote, fsync=False),
+    return ProgressFile(local, identity=code_version,
+                        after_save=lambda path: write_bytes(path.read_bytes(), remote, fsync=False),
                         after_clear=lambda: remote.unlink(missing_ok=True))
 
 

@@ -121,14 +121,15 @@ def test_training_progress_lives_in_the_home_so_another_machine_resumes_it(any_h
 
     from assets.store.models import progress_file
 
-    saved = progress_file(any_home, "gutted_reranker")
+    saved = progress_file(any_home, "gutted_reranker", "v1")
     saved.save("run-1", {"model.w": torch.arange(3.0)}, {"step": 7})
     assert any_home.path("training", "gutted_reranker", "progress.safetensors").exists()
     monkeypatch.setenv("LENSLESS_CACHE", str(tmp_path / "another-machine"))  # its own, empty cache
-    found = progress_file(any_home, "gutted_reranker")
+    assert progress_file(any_home, "gutted_reranker", "v2").load("run-1") is None  # other code: afresh
+    found = progress_file(any_home, "gutted_reranker", "v1")
     tensors, meta = found.load("run-1")
     assert meta == {"step": 7} and torch.equal(tensors["model.w"], torch.arange(3.0))
     assert found.load("run-2") is None  # another run's progress is not resumed
     found.clear()
     assert not any_home.path("training", "gutted_reranker", "progress.safetensors").exists()
-    assert progress_file(any_home, "gutted_reranker").load("run-1") is None
+    assert progress_file(any_home, "gutted_reranker", "v1").load("run-1") is None
