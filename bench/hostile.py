@@ -185,15 +185,30 @@ def cases() -> list[Case]:
             return ["ingest", str(src), "--json", *extra]
         return setup
 
-    def engagement(text: str | None):
+    def engagement(text: str | None, write: Callable[[Path, str], Path] | None = None):
         def setup(home: Path, scratch: Path) -> list[str]:
             src = scratch / "src"
             _jpeg(src / "a" / "new.jpg")
             path = scratch / "events.csv"
-            if text is not None:
+            if write is not None:
+                path = write(scratch, _an_image_id(home))
+            elif text is not None:
                 path.write_text(text.replace("{image}", _an_image_id(home)))
             return ["ingest", str(src), "--engagement", str(path), "--json"]
         return setup
+
+    def parquet_time_ts(scratch: Path, image: str) -> Path:
+        import datetime
+
+        import polars as pl
+
+        path = scratch / "events.parquet"
+        pl.DataFrame({"user_id": ["u1"], "image_id": [image], "event": ["click"],
+                      "ts": [datetime.time(1, 2)]}).write_parquet(path)
+        return path
+
+    def fifo(name: str) -> Callable[[Path], None]:
+        return lambda src: (_jpeg(src / "a" / "ok.jpg"), os.mkfifo(src / "a" / name))
 
     def symlink_loop(src: Path) -> None:
         _jpeg(src / "a" / "ok.jpg")
@@ -263,6 +278,9 @@ def cases() -> list[Case]:
         Case("ingest http:// from a dead host", ["ingest", "http://127.0.0.1:9/images/"], "error", timeout=60),
         Case("ingest ftp:// from a dead host", ["ingest", "ftp://127.0.0.1:9/images/"], "error", timeout=60),
         Case("ingest an unknown URL scheme", ["ingest", "nosuch://bucket/x"], "error"),
+        Case("ingest a folder holding a FIFO named .png", ingest_folder(fifo("pipe.png")), "ok", timeout=60),
+        Case("ingest an empty source argument", ["ingest", ""], "error"),
+        Case("ingest file:// with no path", ["ingest", "file://"], "error"),
         Case("ingest --label-depth -1", ingest_folder(lambda src: _jpeg(src / "a" / "x.jpg"), "--label-depth", "-1"),
              "error"),
         # engagement files
@@ -275,6 +293,9 @@ def cases() -> list[Case]:
         Case("engagement CSV of an unknown event kind", engagement(
             "user_id,image_id,event,ts\nu1,{image},purchase,2025-01-01T00:00:00Z\n"), "any"),
         Case("engagement file registered, then deleted", registered_then_deleted, "ok"),
+        Case("engagement Parquet with ts of type Time", engagement(None, parquet_time_ts), "error"),
+        Case("engagement file that is a FIFO", engagement(None, lambda scratch, image: (
+            os.mkfifo(scratch / "fifo.csv"), scratch / "fifo.csv")[1]), "error", timeout=60),
         Case("engagement remove of an unregistered file", ["engagement", "remove", "/nonexistent.csv"], "error"),
         # corrupt state, then the command that reads it
         Case("champion safetensors truncated", corrupt_then(lambda h: _truncate(_champion_weights(h)),
@@ -313,13 +334,30 @@ def cases() -> list[Case]:
         Case("sql DROP VIEW raw_images", ["sql", "DROP VIEW raw_images"], "error"),
         Case("sql with a syntax error", ["sql", "SELEC 1"], "error"),
         Case("sql a read", ["sql", "SELECT count(*) AS n FROM raw_images", "--json"], "ok"),
+        Case("sql --json of an interval, a union and a NaN", ["sql", "SELECT max(ingested_at) - min(ingested_at) AS d, "
+             "union_value(k := 1) AS u, 'NaN'::DOUBLE AS n FROM raw_images", "--json"], "ok", _strict_json),
+        Case("sql --max-rows -1", ["sql", "SELECT 1", "--max-rows", "-1"], "error"),
         # the command line itself
         Case("a mistyped command", ["recomend", "x"], "error"),
         Case("no command", [], "ok"),
         Case("promote an unknown version", ["promote", "nosuchversion"], "error"),
         Case("submit an unknown job", ["submit", "no_such_job", "--no-wait"], "error"),
+        Case("submit an unknown partition", ["submit", "ingest_job", "--partition", "nosuch", "--no-wait"], "error"),
+        Case("submit a partition to an unpartitioned job", ["submit", "retrain_job", "--partition", "x", "--no-wait"],
+             "error"),
         Case("report on a home that has none", lambda h, s: (shutil.rmtree(h / "reports"), ["report"])[1], "error"),
     ]
+
+
+def _strict_json(done: subprocess.CompletedProcess, home: Path) -> str | None:
+    """None when the last line of stdout is JSON by the standard (no NaN or Infinity)."""
+    def refuse(token: str):
+        raise ValueError(f"{token} is not JSON")
+    try:
+        json.loads(done.stdout.strip().splitlines()[-1], parse_constant=refuse)
+    except (ValueError, IndexError) as e:
+        return f"not JSON: {e}"
+    return None
 
 
 def classify(case: Case, done: subprocess.CompletedProcess | None, home: Path) -> tuple[str, str]:
@@ -327,7 +365,7 @@ def classify(case: Case, done: subprocess.CompletedProcess | None, home: Path) -
         return "hang", f"ran past {case.timeout:.0f}s"
     err = done.stderr.strip()
     last = next((line for line in reversed(err.splitlines()) if line.strip()), "")
-    if "Traceback (most recent call last)" in err:
+    if "Traceback (most recent call last)" in err or "Stack Trace:" in err:  # Python's, or a failed Dagster step's
         return "traceback", last[:160]
     if done.returncode == 0 and case.expect == "error":
         return "wrong", "exit code 0 where it must fail"

@@ -40,6 +40,17 @@ from orchestration.commands import (
 WRITERS = {"ingest", "demo", "run", "promote", "rollback", "engagement"}  # commands that write the home
 
 
+
+def _rows(text: str) -> int:
+    """`--max-rows`: a whole number of rows from 1 to 100,000 (argparse names the flag when not)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= 100_000:
+        raise argparse.ArgumentTypeError(f"{n} is out of range; valid: 1 to 100000")
+    return n
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -117,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sql", help="query the lake with DuckDB; every table asset is a view")
     s.add_argument("query", help="one SQL statement, e.g. \"SELECT label, count(*) FROM raw_images GROUP BY 1\"")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
-    s.add_argument("--max-rows", type=int, default=40, help="rows printed as a table (default 40)")
+    s.add_argument("--max-rows", type=_rows, default=40, help="rows printed as a table, 1 to 100000 (default 40)")
     s.add_argument("--write", action="store_true",
                    help="allow statements that write (COPY, CREATE, ATTACH, ...) and files outside the lake")
     s.set_defaults(func=cmd_sql)

@@ -8,6 +8,7 @@ error `cli.main` turns into one line, exit code 2).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -230,6 +231,25 @@ def cmd_dev(args) -> int:
             daemon.kill()
 
 
+def _json_rows(result) -> list[dict]:
+    """A DuckDB result as JSON-ready rows: values JSON has (NaN and infinities as null), the
+    rest (dates, intervals, unions, blobs) as their text."""
+    names = [c for c in result.columns]
+
+    def plain(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return str(value)
+
+    return [{n: plain(v) for n, v in zip(names, row, strict=True)} for row in result.fetchall()]
+
+
 def _sql_error(e: Exception, home, damaged: dict[str, str]) -> str:
     """One line for a failed `lensless sql`: DuckDB's first line, then what to do about it."""
     from assets.store.lake import TABLES, has_table
@@ -262,7 +282,7 @@ def cmd_sql(args) -> int:
     if result is None:
         return 0
     if args.json:
-        print(json.dumps(result.pl().to_dicts(), default=str))
+        print(json.dumps(_json_rows(result), default=str))
     else:
         result.show(max_rows=args.max_rows)
     return 0

@@ -15,7 +15,7 @@ import dagster as dg
 from assets.evaluation.promotion import promotion_outcome
 from assets.evaluation.report import latest_report
 from assets.ingestion.assets import image_batches
-from assets.ingestion.engagement import register_source
+from assets.ingestion.engagement import load_engagement_file, register_source
 from assets.ingestion.sources import (
     list_source,
     new_entries,
@@ -65,12 +65,15 @@ def ingest(home: Home, source: str, engagement: str | None = None, label_depth: 
     """Finish any interrupted batch, cut the source's new files into one batch, ingest it and
     refresh engagement; returns the summary (`resumed` lists the batches finished first)."""
     if engagement:  # checked (and refused, naming what is wrong) before anything is ingested
-        register_source(home, os.path.abspath(engagement) if "://" not in engagement else engagement)
+        engagement = os.path.abspath(engagement) if "://" not in engagement else engagement
+        load_engagement_file(engagement)
     resumed = resume_unfinished(home)
     listing = list_source(source, label_depth=label_depth)
     if listing.files.height + listing.skipped.height == 0:
         why = " (fsspec lists a URL that does not exist, or whose host does not answer, as empty)" if "://" in source else ""
         raise ValueError(f"source {source!r} holds no files{why}: nothing to ingest, and it is not watched")
+    if engagement:  # registered only with a source that holds files
+        register_source(home, engagement)
     fresh = new_entries(home, listing)
     if limit is not None:
         if limit < 1:

@@ -33,10 +33,28 @@ def submit_job(job_name: str, partition: str | None = None, run_config: dict | N
     jobs = sorted(j.name for j in defs.jobs or [])
     if job_name not in jobs:
         raise ValueError(f"unknown job {job_name!r}; valid: {', '.join(jobs)}")
+    instance = get_instance()
+    check_partition(job_name, defs.resolve_job_def(job_name).partitions_def, partition, instance)
     tags = {"lensless/launched_by": "cli-submit", **({"dagster/partition": partition} if partition else {})}
-    run = execute_launch_command(instance=get_instance(), workspace_opts=WorkspaceOpts(module_name=CODE_LOCATION),
+    run = execute_launch_command(instance=instance, workspace_opts=WorkspaceOpts(module_name=CODE_LOCATION),
                                  job_name=job_name, config_json=json.dumps(run_config or {}), tags=json.dumps(tags))
     return run.run_id
+
+
+def check_partition(job_name: str, partitions, partition: str | None, instance) -> None:
+    """ValueError, naming what is valid, unless `partition` fits the job: none for a job that
+    is not partitioned, a known key of its dynamic partitions (the image batches) for one that is."""
+    if partitions is None:
+        if partition:
+            raise ValueError(f"job {job_name} is not partitioned; drop --partition")
+        return
+    known = instance.get_dynamic_partitions(partitions.name) if isinstance(partitions, dg.DynamicPartitionsDefinition) else None
+    if known is None:
+        return
+    if partition not in known:
+        shown = ", ".join(known[-5:]) + (f" (and {len(known) - 5} more)" if len(known) > 5 else "")
+        what = f"unknown {partitions.name} partition {partition!r}" if partition else f"job {job_name} needs --partition"
+        raise ValueError(f"{what}; known: {shown or '(none yet: lensless ingest SOURCE cuts one)'}")
 
 
 def follow(run_id: str, poll_seconds: float = 2.0, queued_hint_after: float = 30.0) -> dg.DagsterRunStatus:

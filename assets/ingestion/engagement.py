@@ -26,6 +26,10 @@ from assets.store.lake import (
 
 EVENTS = ("save", "click")
 REQUIRED = ("user_id", "event", "ts")
+_TEXT = (pl.Utf8, pl.Categorical, pl.Enum)
+_INTEGER = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
+# the types each column may have in a Parquet file (CSV columns are read as text)
+COLUMN_KINDS = {"user_id": _TEXT + _INTEGER, "image_id": _TEXT + _INTEGER, "image_uri": _TEXT, "event": _TEXT}
 # ISO 8601 forms a text `ts` may take, tried per row (a file may mix them); a time without an
 # offset is UTC. Text is normalised first: a space may stand for the "T", and "Z" for +00:00.
 TS_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M",
@@ -60,6 +64,8 @@ def load_engagement_file(path: str) -> pl.DataFrame:
     p = UPath(path)
     if not p.exists():
         raise FileNotFoundError(f"engagement file {path!r} does not exist")
+    if not p.is_file():  # a folder, or a FIFO or device whose read could block forever
+        raise ValueError(f"engagement file {path!r} is not a regular file")
     suffix = p.suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise ValueError(f"engagement file {path!r} has suffix {suffix!r}; valid: .parquet, .csv")
@@ -73,9 +79,15 @@ def load_engagement_file(path: str) -> pl.DataFrame:
     if missing or not ({"image_id", "image_uri"} & set(frame.columns)):
         raise ValueError(f"engagement file {path!r} lacks columns {missing or ['image_id or image_uri']}; "
                          f"has {frame.columns}")
-    if not (frame.schema["ts"] == pl.Utf8 or frame.schema["ts"].is_temporal()):
-        raise ValueError(f"engagement file {path!r} has ts of type {frame.schema['ts']}; valid: date-times, or "
+    ts = frame.schema["ts"]
+    if not (ts == pl.Utf8 or isinstance(ts, pl.Datetime | pl.Date)):
+        raise ValueError(f"engagement file {path!r} has ts of type {ts}; valid: date-times, dates, or "
                          "ISO 8601 text (epoch numbers are ambiguous: convert them, e.g. pl.from_epoch(ts, 's'))")
+    for column, valid in COLUMN_KINDS.items():
+        dtype = frame.schema.get(column)
+        if dtype is not None and not any(isinstance(dtype, kind) or dtype == kind for kind in valid):
+            raise ValueError(f"engagement file {path!r} has {column} of type {dtype}; valid: "
+                             f"{', '.join(getattr(k, '__name__', str(k)) for k in valid)}")
     return frame
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -93,7 +94,11 @@ def resolve_source(source: str) -> str:
     """Turn a user's source argument into a URL or absolute path; `demo` maps to its folder."""
     if source == DEMO:
         raise ValueError("the 'demo' source is rendered by `lensless ingest demo` / `lensless demo` first")
+    if not source.strip():
+        raise ValueError("the source is empty; pass a folder, an fsspec URL such as s3://bucket/prefix, or 'demo'")
     if "://" in source:
+        if not source.split("://", 1)[1].strip("/"):
+            raise ValueError(f"source {source!r} names no folder or bucket; e.g. s3://bucket/prefix or file:///data/images")
         return source
     path = os.path.abspath(os.path.expanduser(source))
     if not os.path.isdir(path):
@@ -163,8 +168,9 @@ def known_files(home: Home) -> set[tuple[str, int, float]]:
 
 def _walk_local(root: str) -> list[tuple]:
     """Rows of `list_source` for a local folder. Nothing that cannot be read aborts the listing:
-    an unreadable folder, a dangling or looping link, a link out of the source, or a linked
-    folder (not followed) is a skipped row with its reason."""
+    an unreadable folder, a dangling or looping link, a link out of the source, a linked
+    folder (not followed) or a file that is not a regular file (a FIFO, a socket, a device) is
+    a skipped row with its reason."""
     rows = []
     real_root = os.path.realpath(root)
 
@@ -192,6 +198,9 @@ def _walk_local(root: str) -> list[tuple]:
                 st = os.stat(full)
             except OSError as e:  # a dangling link, a link loop, a file gone since the walk
                 skipped(full, f"unreadable_file:{e.strerror or e}")
+                continue
+            if not stat.S_ISREG(st.st_mode):  # a FIFO, socket or device: reading it could block forever
+                skipped(full, "not_a_regular_file")
                 continue
             rows.append((full, os.path.relpath(full, root), st.st_size, st.st_mtime, None))
     return rows

@@ -39,6 +39,9 @@ def _one_line_error(capsys) -> str:
     (["ingest", "ftp://127.0.0.1:9/images/"], "source 'ftp://127.0.0.1:9/images/' could not be listed"),
     (["sql", "SELEC 1"], "syntax error"),
     (["submit", "no_such_job", "--no-wait"], "unknown job 'no_such_job'; valid: "),
+    (["submit", "retrain_job", "--partition", "x", "--no-wait"], "job retrain_job is not partitioned"),
+    (["submit", "ingest_job", "--no-wait"], "job ingest_job needs --partition; known: (none yet"),
+    (["submit", "embed_job", "--partition", "nosuch", "--no-wait"], "unknown image_batches partition 'nosuch'"),
     (["report"], "no report yet in"),
 ])
 def test_bad_input_is_one_line_naming_it(lensless_home, capsys, args, says):
@@ -100,3 +103,16 @@ def test_sql_writes_only_when_asked(lensless_home, tmp_path, capsys):
     assert "lensless sql only reads" in _one_line_error(capsys) and not out.exists()
     assert _exit_code(["sql", "--write", statement]) == 0
     assert out.read_text().split() == ["x", "42"]
+
+
+def test_sql_json_writes_every_type_as_json_and_rows_must_be_a_count(lensless_home, capsys):
+    import json
+
+    query = ("SELECT INTERVAL 3 DAY AS d, 'NaN'::DOUBLE AS n, union_value(k := 1) AS u, [1.5, 'inf'::DOUBLE] AS l, "
+             "{'a': DATE '2026-01-02'} AS s")
+    assert _exit_code(["sql", query, "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(out) == [{"d": "3 days, 0:00:00", "n": None, "u": 1, "l": [1.5, None], "s": {"a": "2026-01-02"}}]
+    for bad in ("-1", "0", "1e3", "99999999999999999999"):
+        assert _exit_code(["sql", "SELECT 1", "--max-rows", bad]) == 2
+        assert "--max-rows" in capsys.readouterr().err

@@ -336,7 +336,7 @@ def test_fsspec_memory_source(home):
 
 
 def test_bad_entries_in_a_source_are_skipped_with_their_reason_not_fatal(home, tmp_path):
-    """A dangling link, a link loop, a link out of the source, a linked folder and an
+    """A dangling link, a link loop, a link out of the source, a linked folder, a FIFO and an
     unreadable folder are skipped rows; the readable images are still ingested."""
     src = tmp_path / "src"
     (src / "ok").mkdir(parents=True)
@@ -348,6 +348,7 @@ def test_bad_entries_in_a_source_are_skipped_with_their_reason_not_fatal(home, t
     os.symlink(src / "ok" / "loop.png", src / "ok" / "loop.png")
     os.symlink(outside, src / "ok" / "escape.png")
     os.symlink(src / "ok", src / "linked")
+    os.mkfifo(src / "ok" / "pipe.png")  # reading a FIFO would block the ingest for ever
     locked = src / "locked"
     locked.mkdir()
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(locked / "x.png")
@@ -362,6 +363,7 @@ def test_bad_entries_in_a_source_are_skipped_with_their_reason_not_fatal(home, t
     assert sorted(os.path.basename(u) for u in listing.files["uri"]) == readable
     assert reasons["dangling.png"].startswith("unreadable_file:") and reasons["loop.png"].startswith("unreadable_file:")
     assert reasons["escape.png"] == "link_outside_source" and reasons["linked"] == "linked_folder_not_followed"
+    assert reasons["pipe.png"] == "not_a_regular_file"
     if os.geteuid() != 0:
         assert reasons["locked"].startswith("unreadable_folder:")
 
@@ -382,9 +384,17 @@ def test_hidden_folders_and_names_that_are_not_utf8_are_skipped_with_their_reaso
 
 
 def test_an_empty_source_is_refused_and_not_watched(lensless_home, tmp_path, capsys):
+    from assets.ingestion.engagement import registered_sources
     from assets.ingestion.sources import watched_sources
     from orchestration.cli import main
 
     (tmp_path / "empty").mkdir()
-    assert main(["ingest", str(tmp_path / "empty")]) == 2
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,image_id,event,ts\nu,x,click,2026-01-01\n")
+    assert main(["ingest", str(tmp_path / "empty"), "--engagement", str(events)]) == 2
     assert "holds no files" in capsys.readouterr().err and watched_sources(lensless_home) == []
+    assert registered_sources(lensless_home) == []  # nor is the engagement file given with it
+    for nothing in ("", "  ", "file://", "memory:///"):  # not the working directory
+        assert main(["ingest", nothing]) == 2
+        assert "names no folder" in (err := capsys.readouterr().err) or "source is empty" in err
+    assert watched_sources(lensless_home) == []

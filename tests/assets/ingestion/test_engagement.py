@@ -1,6 +1,9 @@
 """Engagement files: checked before they are registered, bad rows dropped and counted by reason,
 a vanished file skipped with a warning, and `lensless engagement list/remove`."""
 
+import datetime
+import os
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -58,6 +61,29 @@ def test_a_bad_file_is_never_registered(home, tmp_path, content, message):
     with pytest.raises(ValueError, match=message):
         register_source(home, str(path))
     assert registered_sources(home) == []
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("ts", datetime.time(1, 2), "ts of type Time"),
+    ("ts", datetime.timedelta(days=1), "ts of type Duration"),
+    ("user_id", ["u"], "user_id of type List"),
+    ("image_id", b"id0", "image_id of type Binary"),
+    ("event", 1, "event of type Int64"),
+])
+def test_a_parquet_file_with_a_column_of_the_wrong_type_is_never_registered(home, tmp_path, column, value,
+                                                                           message):
+    path = tmp_path / "events.parquet"
+    row = {"user_id": "u", "image_id": "id0", "event": "click", "ts": datetime.datetime(2026, 1, 1), column: value}
+    pl.DataFrame([row]).write_parquet(path)
+    with pytest.raises(ValueError, match=message):
+        register_source(home, str(path))
+    assert registered_sources(home) == []
+
+
+def test_a_fifo_is_refused_not_read(home, tmp_path):
+    os.mkfifo(tmp_path / "events.csv")  # opening it would wait for a writer for ever
+    with pytest.raises(ValueError, match="is not a regular file"):
+        register_source(home, str(tmp_path / "events.csv"))
 
 
 def test_epoch_numbers_as_ts_are_refused_not_read_as_1970(home, tmp_path):
