@@ -89,7 +89,7 @@ def test_a_fifo_is_refused_not_read(home, tmp_path):
 def test_epoch_numbers_as_ts_are_refused_not_read_as_1970(home, tmp_path):
     path = tmp_path / "events.parquet"
     pl.DataFrame({"user_id": ["u"], "image_id": ["id0"], "event": ["click"], "ts": [1735689600]}).write_parquet(path)
-    with pytest.raises(ValueError, match="ts of type Int64; valid: date-times, or ISO 8601 text"):
+    with pytest.raises(ValueError, match="ts of type Int64; valid: date-times, dates, or ISO 8601 text"):
         register_source(home, str(path))
     assert registered_sources(home) == []
 
