@@ -158,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(chatter).setLevel(logging.WARNING)
     if not args.verbose:  # training progress reaches the terminal once, through Dagster's log
         logging.getLogger("models").setLevel(logging.WARNING)
+    from orchestration import logs
+
+    logs.BRIEF_FAILURES = not args.verbose  # a failed step's error, with Dagster's stack trace only with -v
     from assets.store.lock import writer_lock
     from assets.store.models import PointerMoved
     from orchestration.runner import StepFailed

@@ -21,6 +21,7 @@ from orchestration.jobs import (
     retrain_job,
     train_job,
 )
+from orchestration.logs import console
 from orchestration.retrain_sensors import encoder_retrain_sensor, reranker_retrain_sensor
 from orchestration.schedules import nightly_evaluation, weekly_retrain
 from orchestration.sensors import new_images_sensor
@@ -38,4 +39,5 @@ defs = dg.Definitions(
     sensors=[new_images_sensor, automation_sensor, run_failure_logger, encoder_retrain_sensor,
              reranker_retrain_sensor],
     resources={"lensless_home": LenslessHome()},
+    loggers={"console": console},
 )

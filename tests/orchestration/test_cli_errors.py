@@ -116,3 +116,22 @@ def test_sql_json_writes_every_type_as_json_and_rows_must_be_a_count(lensless_ho
     for bad in ("-1", "0", "1e3", "99999999999999999999"):
         assert _exit_code(["sql", "SELECT 1", "--max-rows", bad]) == 2
         assert "--max-rows" in capsys.readouterr().err
+
+
+def test_a_failed_step_shows_its_error_without_dagsters_stack_trace_unless_verbose(lensless_home, tmp_path, capsys):
+    from assets.ingestion.sources import known_batches
+    from assets.store.lake import table_path
+
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(src / "x.png")
+    assert _exit_code(["ingest", str(tmp_path / "src")]) == 0
+    damaged = table_path(lensless_home, "raw_images", known_batches(lensless_home)[0])
+    damaged.write_bytes(damaged.read_bytes()[:100])  # the next ingest's engagement step fails reading it
+    capsys.readouterr()
+    assert _exit_code(["ingest", str(tmp_path / "src")]) == 2
+    err = capsys.readouterr().err
+    assert "Stack Trace:" not in err and "rerun with -v for the stack trace" in err
+    assert "is not a readable Parquet file" in err.strip().splitlines()[-1]
+    assert _exit_code(["-v", "ingest", str(tmp_path / "src")]) == 2
+    assert "Stack Trace:" in capsys.readouterr().err
