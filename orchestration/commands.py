@@ -234,8 +234,6 @@ def cmd_dev(args) -> int:
 def _json_rows(result) -> list[dict]:
     """A DuckDB result as JSON-ready rows: values JSON has (NaN and infinities as null), the
     rest (dates, intervals, unions, blobs) as their text."""
-    names = [c for c in result.columns]
-
     def plain(value):
         if isinstance(value, float) and not math.isfinite(value):
             return None
@@ -247,7 +245,7 @@ def _json_rows(result) -> list[dict]:
             return {str(k): plain(v) for k, v in value.items()}
         return str(value)
 
-    return [{n: plain(v) for n, v in zip(names, row, strict=True)} for row in result.fetchall()]
+    return [{n: plain(v) for n, v in zip(result.columns, row, strict=True)} for row in result.fetchall()]
 
 
 def _sql_error(e: Exception, home, damaged: dict[str, str]) -> str:
@@ -282,7 +280,7 @@ def cmd_sql(args) -> int:
     if result is None:
         return 0
     if args.json:
-        print(json.dumps(_json_rows(result), default=str))
+        print(json.dumps(_json_rows(result)))
     else:
         result.show(max_rows=args.max_rows)
     return 0

@@ -48,9 +48,9 @@ def check_partition(job_name: str, partitions, partition: str | None, instance) 
         if partition:
             raise ValueError(f"job {job_name} is not partitioned; drop --partition")
         return
-    known = instance.get_dynamic_partitions(partitions.name) if isinstance(partitions, dg.DynamicPartitionsDefinition) else None
-    if known is None:
+    if not isinstance(partitions, dg.DynamicPartitionsDefinition):  # lensless's jobs have no other kind
         return
+    known = instance.get_dynamic_partitions(partitions.name)
     if partition not in known:
         shown = ", ".join(known[-5:]) + (f" (and {len(known) - 5} more)" if len(known) > 5 else "")
         what = f"unknown {partitions.name} partition {partition!r}" if partition else f"job {job_name} needs --partition"
