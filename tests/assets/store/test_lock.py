@@ -62,7 +62,7 @@ def _shared_and_exclusive(home, capsys):
                 with step_lock(home, "its own in-process run"):  # passes: this thread holds it
                     order.append("its step")
                 time.sleep(1.0)
-            order.append("ingest done")
+                order.append("ingest done")  # its last act while holding the lock
 
         command = threading.Thread(target=ingest)
         command.start()
