@@ -56,7 +56,9 @@ def index_to_gpu(index: faiss.Index, device: int = 0) -> faiss.Index:
     if not _RESOURCES:
         _RESOURCES.append(faiss.StandardGpuResources())
     opts = faiss.GpuClonerOptions()
-    opts.useFloat16 = True  # GPU IVF-PQ needs float16 lookup tables for codes of 56+ bytes
+    # float16 lookup tables let GPU IVF-PQ take codes of 56+ bytes; on a Flat index the same
+    # option stores the vectors themselves in float16, which a build copied back would keep
+    opts.useFloat16 = isinstance(_core(index), faiss.IndexIVFPQ)
     try:
         return faiss.index_cpu_to_gpu(_RESOURCES[0], device, index, opts)
     except RuntimeError as e:
