@@ -156,3 +156,81 @@ def test_encoder_trains_on_cuda_with_autocast():
     metrics = train_encoder(model, x, labels, np.array([[0, 2], [1, 3]]), cfg)
     assert metrics["device"].startswith("cuda") and np.isfinite(metrics["loss"]).all()
     assert np.mean(metrics["loss"][-2:]) < np.mean(metrics["loss"][:2])
+
+
+class _Stop(Exception):
+    """Stands for the process dying: raised from the progress callback."""
+
+
+def _stop_at(kind: str, n: int):
+    seen = []
+
+    def stop(event):
+        seen.append(event["event"])
+        if seen.count(kind) == n:
+            raise _Stop
+
+    return stop
+
+
+@needs_cuda
+@pytest.mark.parametrize("resume_on", ["cuda", "cpu"])
+def test_a_reranker_stopped_on_cuda_resumes_on_either_device(tmp_path, resume_on):
+    """A run stopped on the GPU (optimizer state, CUDA generator and curves in its progress
+    file) resumes there or on a CPU-only node, from the step it saved: on the GPU it ends as a
+    run never stopped, up to the kernels' rounding; on the CPU it ends with finite weights."""
+    from models.resume import ProgressFile
+    from models.train_reranker import trained_state
+
+    emb, train, val = _groups()
+    cfg = RerankerTrainConfig(stage1_epochs=2, stage2_epochs=1, batch_groups=4, lr=5e-3, patience=5,
+                              evals_per_epoch=2, progress_seconds=0.0, checkpoint_seconds=0.0, device="cuda")  # fmt: skip
+    torch.manual_seed(0)
+    whole = build_gutted(SMALL)
+    expected = train_reranker(whole, emb, train, val, cfg)
+    torch.manual_seed(0)
+    progress = ProgressFile(tmp_path / "p.safetensors")
+    with pytest.raises(_Stop):
+        train_reranker(build_gutted(SMALL), emb, train, val, cfg, progress=_stop_at("eval", 3), progress_file=progress)
+    torch.manual_seed(7)
+    resumed = build_gutted(SMALL)
+    m = train_reranker(resumed, emb, train, val, dataclasses.replace(cfg, device=resume_on), progress_file=progress)
+    assert m["resumed_at_step"] and 0 < m["resumed_at_step"] < expected["steps"]
+    assert m["device"].startswith(resume_on) and m["steps"] == expected["steps"]
+    got, want = trained_state(resumed), trained_state(whole)
+    assert got.keys() == want.keys() and all(v.device.type == "cpu" and torch.isfinite(v).all() for v in got.values())
+    if resume_on == "cuda":
+        assert np.allclose([c["loss"] for c in m["loss_curve"]], [c["loss"] for c in expected["loss_curve"]], atol=1e-4)
+        assert all(torch.allclose(got[k], want[k], atol=1e-4) for k in want)
+
+
+@needs_cuda
+def test_an_encoder_stopped_on_cuda_resumes_there(tmp_path):
+    from models.resume import ProgressFile
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 32, 32, 3)).astype(np.uint8)
+    labels, pairs = np.arange(64) % 2, np.array([[0, 2], [1, 3]])
+    cfg = EncoderTrainConfig(epochs=100, max_steps=8, batch_size=32, warmup_steps=1, lr=3e-3, device="cuda",
+                             log_every=2, checkpoint_seconds=0.0)  # fmt: skip
+
+    def fresh():
+        torch.manual_seed(0)
+        return ImageEncoder(encoder_config("tiny"))
+
+    whole = fresh()
+    expected = train_encoder(whole, x, labels, pairs, cfg)
+    progress = ProgressFile(tmp_path / "e.safetensors")
+
+    def stop(event):
+        if event["step"] == 4:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_encoder(fresh(), x, labels, pairs, cfg, progress=stop, progress_file=progress)
+    resumed = fresh()
+    m = train_encoder(resumed, x, labels, pairs, cfg, progress_file=progress)
+    assert m["resumed_at_step"] == 4 and m["steps"] == expected["steps"]
+    assert np.allclose(m["loss"], expected["loss"], atol=1e-3)
+    want = whole.state_dict()
+    assert all(torch.allclose(v.float(), want[k].float(), atol=1e-3) for k, v in resumed.state_dict().items())
