@@ -51,6 +51,17 @@ def _rows(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{n} is out of range; valid: 1 to 100000")
     return n
 
+def _seconds(text: str) -> float:
+    """`--timeout`: a number of seconds above 0 (argparse names the flag when not)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is out of range; give seconds above 0")
+    return seconds
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -129,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query", help="one SQL statement, e.g. \"SELECT label, count(*) FROM raw_images GROUP BY 1\"")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.add_argument("--max-rows", type=_rows, default=40, help="rows printed as a table, 1 to 100000 (default 40)")
+    s.add_argument("--timeout", type=_seconds, default=600.0,
+                   help="stop the statement after this many seconds (default 600)")
     s.add_argument("--write", action="store_true",
                    help="allow statements that write (COPY, CREATE, ATTACH, ...) and files outside the lake")
     s.set_defaults(func=cmd_sql)
@@ -163,9 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.BRIEF_FAILURES = not args.verbose  # a failed step's error, with Dagster's stack trace only with -v
     from assets.store.lock import writer_lock
     from assets.store.models import PointerMoved
+    from orchestration.instance import dagster_home
     from orchestration.runner import StepFailed
 
     try:
+        dagster_home()  # a DAGSTER_HOME that is a file: said before anything is staged
         if args.command in WRITERS:  # one writer at a time per home; the next one waits
             with writer_lock(current_home(), args.command):
                 return args.func(args)

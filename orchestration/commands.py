@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import threading
 
 
 def _progress_bar(desc: str):
@@ -269,18 +270,24 @@ def cmd_sql(args) -> int:
 
     home = current_home()
     damaged: dict[str, str] = {}
+    if not args.write:
+        check_read_only(args.query)
+    con = connect(home, read_only=not args.write, damaged=damaged)
+    timer = threading.Timer(args.timeout, con.interrupt)  # the statement runs in this thread
+    timer.start()
     try:
-        if not args.write:
-            check_read_only(args.query)
-        result = connect(home, read_only=not args.write, damaged=damaged).sql(args.query)
+        result = con.sql(args.query)
+        for name, error in damaged.items():  # the query did not need them
+            print(f"warning: table {name} left out: {error}", file=sys.stderr)
+        if result is not None:  # a relation runs when it is read
+            if args.json:
+                print(json.dumps(_json_rows(result)))
+            else:
+                result.show(max_rows=args.max_rows)
+    except duckdb.InterruptException as e:
+        raise ValueError(f"the statement ran longer than --timeout {args.timeout:g} s and was stopped") from e
     except duckdb.Error as e:
         raise ValueError(_sql_error(e, home, damaged)) from e
-    for name, error in damaged.items():  # the query did not need them
-        print(f"warning: table {name} left out: {error}", file=sys.stderr)
-    if result is None:
-        return 0
-    if args.json:
-        print(json.dumps(_json_rows(result)))
-    else:
-        result.show(max_rows=args.max_rows)
+    finally:
+        timer.cancel()
     return 0

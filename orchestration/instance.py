@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from assets.compute import TRAIN_POOL
-from assets.store.files import Home
+from assets.store.files import Home, check_folder
 
 MAX_CONCURRENT_RUNS = int(os.environ.get("LENSLESS_MAX_CONCURRENT_RUNS", "2"))
 POOLS = (TRAIN_POOL,)  # every pool of the code location; dagster.yaml limits each to one step
@@ -59,7 +59,7 @@ nux:
 def dagster_home() -> Path:
     """The instance folder (see the module doc): `$DAGSTER_HOME`, else one beside the home."""
     if os.environ.get("DAGSTER_HOME"):
-        return Path(os.path.abspath(os.path.expanduser(os.environ["DAGSTER_HOME"])))
+        return check_folder(os.environ["DAGSTER_HOME"], "DAGSTER_HOME")
     return Home.from_env().cache("dagster")
 
 

@@ -50,6 +50,17 @@ def is_local(path: UPath | str) -> bool:
     return UPath(path).protocol in ("", "file", "local")
 
 
+def check_folder(path: str | os.PathLike, what: str) -> Path:
+    """`path` made absolute, when it is a folder or can be made one (its nearest existing part
+    is a folder); ValueError naming `what` (the variable it came from) when that is a file."""
+    folder = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"lies under {existing}, which is a file"
+        raise ValueError(f"{what} {folder} {where}: point it at a folder (one that does not exist yet is made)")
+    return folder
+
+
 @dataclass(frozen=True)
 class Home:
     """The root of everything lensless writes. `Home.at(path)` for a given place,
@@ -62,7 +73,7 @@ class Home:
         """A home at `path`: a local folder (made absolute) or an fsspec URL."""
         raw = os.fspath(path)
         if is_local(raw):
-            return cls(UPath(os.path.abspath(os.path.expanduser(raw))))
+            return cls(UPath(check_folder(raw, "the home")))
         # no listing cache: s3fs and gcsfs would otherwise keep a folder's listing for the life
         # of the process, and never see a partition, pointer record or lock lease that another
         # process wrote since
@@ -71,7 +82,8 @@ class Home:
     @classmethod
     def from_env(cls) -> Home:
         """`$LENSLESS_HOME`, else `./.lensless`."""
-        return cls.at(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+        raw = os.environ.get(HOME_ENV) or DEFAULT_HOME
+        return cls.at(check_folder(raw, HOME_ENV) if is_local(raw) else raw)
 
     @property
     def local(self) -> bool:

@@ -118,6 +118,21 @@ def test_sql_json_writes_every_type_as_json_and_rows_must_be_a_count(lensless_ho
         assert "--max-rows" in capsys.readouterr().err
 
 
+def test_a_long_sql_statement_is_stopped_at_its_timeout(lensless_home, capsys):
+    import time
+
+    t0 = time.perf_counter()
+    assert _exit_code(["sql", "SELECT sum(a.range * b.range) FROM range(200000) a, range(200000) b",
+                       "--timeout", "0.5"]) == 2  # fmt: skip
+    assert "ran longer than --timeout 0.5 s and was stopped" in _one_line_error(capsys)
+    assert time.perf_counter() - t0 < 60  # 4e10 products: minutes, had it not been stopped
+    assert _exit_code(["sql", "SELECT 42 AS x", "--timeout", "30", "--json"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == '[{"x": 42}]'
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        assert _exit_code(["sql", "SELECT 1", "--timeout", bad]) == 2
+        assert "--timeout" in capsys.readouterr().err
+
+
 def test_a_failed_step_shows_its_error_without_dagsters_stack_trace_unless_verbose(lensless_home, tmp_path, capsys):
     from assets.ingestion.sources import known_batches
     from assets.store.lake import table_path
@@ -135,3 +150,19 @@ def test_a_failed_step_shows_its_error_without_dagsters_stack_trace_unless_verbo
     assert "is not a readable Parquet file" in err.strip().splitlines()[-1]
     assert _exit_code(["-v", "ingest", str(tmp_path / "src")]) == 2
     assert "Stack Trace:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variable", ["LENSLESS_HOME", "DAGSTER_HOME"])
+def test_a_home_that_is_a_file_is_named_before_anything_is_written(tmp_path, monkeypatch, capsys, variable):
+    (tmp_path / "a_file").write_text("not a folder")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (16, 16), "red").save(images / "one.png")
+    monkeypatch.setenv("LENSLESS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(variable, str(tmp_path / "a_file" / "below"))
+    assert _exit_code(["ingest", str(images)]) == 2
+    assert f"{variable} {tmp_path / 'a_file' / 'below'} lies under {tmp_path / 'a_file'}, which is a file" in _one_line_error(capsys)
+    assert not (tmp_path / "home").exists()
+    monkeypatch.setenv(variable, str(tmp_path / "a_file"))
+    assert _exit_code(["report"]) == 2
+    assert f"{variable} {tmp_path / 'a_file'} is a file: point it at a folder" in _one_line_error(capsys)
