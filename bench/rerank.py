@@ -270,7 +270,7 @@ def lake_run(args) -> tuple[dict, dict, dict, dict]:
     from assets.store.models import current_dir, pointers
 
     home = Home.at(Path(args.lake).resolve())
-    from models.train_reranker import load_reranker
+    from models.rerankers import load_reranker
 
     budget = RerankerRunConfig()
     frame, emb = aligned_catalog(home)

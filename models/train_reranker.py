@@ -1,4 +1,4 @@
-"""Training, saving and loading of a reranker (gutted VLM or full-VLM baseline).
+"""Training of a reranker (gutted VLM, full-VLM baseline or sequential peer).
 
 `train_reranker(scorer, features, groups, val_groups, cfg)` is generic over any scorer with
 `score(query_feats (B, ...), cand_feats (B, C, ...)) -> (B, C)`, `stage1_parameters()` and an
@@ -17,9 +17,7 @@ users as well as related images. With a `ProgressFile`, a killed run is resumed 
 (models/resume.py).
 Training runs on `cfg.device` ("auto": the GPU when torch sees one); the scorer goes back to
 the device it came on afterwards, so callers never branch on hardware.
-
-A checkpoint holds only the trained tensors (projector, LoRA), the configs and the base
-model's identity; `load_reranker(dir)` rebuilds the frozen base and loads them on top.
+A trained reranker is saved and loaded by models/rerankers.py.
 """
 
 from __future__ import annotations
@@ -34,11 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import load_checkpoint, save_checkpoint
 from models.device import resolve_device
-from models.full_vlm import FullVLMConfig, build_full_vlm
-from models.gutted_vlm import GuttedConfig, base_identity, build_gutted
 from models.ranking_metrics import ndcg_at_k, positive_first_relevance
+from models.rerankers import add_lora, has_lora, load_trained, trained_state
 from models.resume import (
     ProgressFile,
     fingerprint,
@@ -48,7 +44,6 @@ from models.resume import (
     rng_tensors,
 )
 from models.scoring import device_of, feature_tensor, prior_tensor, query_inputs, score_candidates
-from models.sequential import SequentialConfig, build_sequential
 
 log = logging.getLogger(__name__)
 
@@ -97,38 +92,6 @@ def _check_groups(groups, n_items: int, what: str, n_queries: int) -> np.ndarray
         if part.min() < 0 or part.max() >= n:
             raise ValueError(f"{what} index {part.max()} / {part.min()} out of range [0, {n})")
     return groups
-
-
-def trained_state(scorer) -> dict[str, torch.Tensor]:
-    """The trained tensors of a scorer (projector and any LoRA), detached copies by name, on
-    the scorer's device."""
-    names = _trainable_names(scorer)
-    return {k: v.detach().clone() for k, v in scorer.state_dict().items() if k in names}
-
-
-def _trainable_names(scorer) -> set[str]:
-    stage1 = {id(p) for p in scorer.stage1_parameters()}
-    return {n for n, p in scorer.named_parameters() if id(p) in stage1 or "lora_" in n}
-
-
-def _has_lora(scorer) -> bool:
-    lm = getattr(scorer, "lm", None)  # the sequential peer has no language model
-    return lm is not None and any("lora_" in n for n, _ in lm.named_parameters())
-
-
-def add_lora(scorer, cfg: RerankerTrainConfig) -> None:
-    """Inject LoRA adapters (peft) into the scorer's language model, seeded."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    lcfg = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets),
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
-        inject_adapter_in_model(lcfg, scorer.lm)
 
 
 def evaluate(scorer, features, groups, batch: int = 16, k: int = 10, prior=None, queries=None) -> dict:
@@ -355,10 +318,10 @@ def train_reranker(
     home = device_of(scorer)
     device = resolve_device(cfg.device)
     gen = torch.Generator().manual_seed(cfg.seed)  # on the CPU: same batches on any device
-    if cfg.stage2_epochs > 0 and not _has_lora(scorer):
+    if cfg.stage2_epochs > 0 and not has_lora(scorer):
         if getattr(scorer, "lm", None) is None:
             raise ValueError(f"{scorer.kind} has no language model for LoRA: train it with stage2_epochs=0")
-        add_lora(scorer, cfg)
+        add_lora(scorer, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.seed)
     run_id = ""
     if progress_file is not None:  # what a saved run must share to be resumed: inputs, settings, start
         settings = {k: v for k, v in dataclasses.asdict(cfg).items()
@@ -400,68 +363,3 @@ def train_reranker(
         "device": str(device),
         "resumed_at_step": resumed[0] if resumed else None,
     }
-
-
-def load_trained(scorer, state: dict[str, torch.Tensor]) -> None:
-    """Load tensors by name; every name must exist in the scorer."""
-    result = scorer.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"tensors not in the scorer: {result.unexpected_keys[:5]}")
-
-
-def save_reranker(scorer, directory, metrics: dict | None = None):
-    """Write only the trained tensors, the model config, the LoRA config and the base identity."""
-    lora = None
-    if _has_lora(scorer):
-        pc = scorer.lm.peft_config["default"]  # set by peft's inject_adapter_in_model
-        lora = {"r": pc.r, "alpha": pc.lora_alpha, "dropout": pc.lora_dropout,
-                "targets": sorted(pc.target_modules)}  # fmt: skip
-    config = {"kind": scorer.kind, "model": dataclasses.asdict(scorer.cfg), "lora": lora}
-    extra = {"base": scorer.base_identity}
-    if metrics is not None:
-        extra["best_val_ndcg10"] = metrics.get("best_val_ndcg10")
-        extra["history"] = metrics.get("history")  # the most history images a user was read with
-    return save_checkpoint(directory, trained_state(scorer), config, extra)
-
-
-# Every reranker kind: its config dataclass and builder (`scorer.kind` names it in checkpoints).
-RERANKERS = {"gutted": (GuttedConfig, build_gutted), "full_vlm": (FullVLMConfig, build_full_vlm),
-             "sequential": (SequentialConfig, build_sequential)}
-
-
-def load_reranker(directory):
-    """Rebuild a reranker saved by `save_reranker`: frozen base + trained tensors."""
-    tensors, config, extra = load_checkpoint(directory)
-    if config.get("kind") not in RERANKERS:
-        raise ValueError(
-            f"checkpoint {directory} has kind {config.get('kind')!r}; valid: {', '.join(RERANKERS)}"
-        )
-    cfg_cls, build = RERANKERS[config["kind"]]
-    # fields a checkpoint saved before them lacks: no prior; the question after the candidate;
-    # no similarity token
-    legacy = {k: v for k, v in {"prior_buckets": 0, "cue": "", "similarity_token": False}.items()
-              if k in {f.name for f in dataclasses.fields(cfg_cls)}}
-    cfg = cfg_cls(**{**legacy, **config["model"]})
-    want = extra.get("base")
-    if hasattr(cfg, "base"):  # the frozen base must be the one trained on, before it is built
-        have = base_identity(cfg.base, cfg.seed)
-        if want is not None and want != have:
-            raise ValueError(
-                f"base model changed since {directory} was saved: saved {want}, found {have}"
-            )
-    scorer = build(cfg)
-    if config.get("lora"):
-        lc = config["lora"]
-        lcfg = RerankerTrainConfig(lora_r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
-                           lora_targets=tuple(lc["targets"]))  # fmt: skip
-        add_lora(scorer, lcfg)  # adapter shapes only: the values come from the checkpoint
-    expected = _trainable_names(scorer)
-    if set(tensors) != expected:
-        raise ValueError(
-            f"checkpoint {directory} tensors do not match the model: missing "
-            f"{sorted(expected - set(tensors))[:5]}, unexpected {sorted(set(tensors) - expected)[:5]}"
-        )
-    load_trained(scorer, tensors)
-    for p in scorer.parameters():
-        p.requires_grad_(False)
-    return scorer.eval()

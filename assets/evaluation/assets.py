@@ -43,8 +43,8 @@ from assets.store.lake import CANDIDATE_SCHEMA, read_table, write_table
 from assets.store.models import current_dir, pointers, set_current
 from assets.store.resource import LenslessHome
 from models.progress import throttled
+from models.rerankers import load_reranker
 from models.scoring import CANDIDATES, score_candidates
-from models.train_reranker import load_reranker
 
 
 class CandidatesRunConfig(dg.Config):

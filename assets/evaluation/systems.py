@@ -27,8 +27,8 @@ from assets.store.models import current_dir, pointers, version_dir
 from models.checkpoint import load_checkpoint
 from models.cost import PRODUCTION, analytic_flops, measure_costs
 from models.progress import throttled
+from models.rerankers import load_reranker
 from models.scoring import score_candidates
-from models.train_reranker import load_reranker
 
 
 def candidate_lists(cands: pl.DataFrame) -> dict[str, list[str]]:

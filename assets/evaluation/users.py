@@ -32,8 +32,8 @@ from assets.store.files import Home
 from assets.store.models import current_dir
 from models.checkpoint import load_checkpoint
 from models.cost import analytic_flops, measure_costs
+from models.rerankers import load_reranker
 from models.scoring import CANDIDATES, score_candidates
-from models.train_reranker import load_reranker
 
 BARS = ("retrieval", "sequential", "full_vlm", "popularity")  # what the gutted model is compared with, in both tasks
 

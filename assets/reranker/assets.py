@@ -24,8 +24,9 @@ from models.cost import counted_costs
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, build_gutted
 from models.progress import progress_line
+from models.rerankers import save_reranker
 from models.sequential import SequentialConfig, build_sequential
-from models.train_reranker import RerankerTrainConfig, save_reranker, train_reranker
+from models.train_reranker import RerankerTrainConfig, train_reranker
 
 
 class PairsRunConfig(dg.Config):

@@ -31,8 +31,8 @@ from assets.store.files import Home
 from assets.store.models import pointers, version_dir
 from models.embed import embed_pixels
 from models.encoder import ImageEncoder
+from models.rerankers import load_reranker
 from models.scoring import CANDIDATES, score_candidates
-from models.train_reranker import load_reranker
 
 
 def serving_version(home: Home) -> str | None:

@@ -17,12 +17,11 @@ from models.device import resolve_device
 from models.encoder import ImageEncoder, encoder_config
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, build_gutted
+from models.rerankers import load_reranker, save_reranker
 from models.train_encoder import EncoderTrainConfig, train_encoder
 from models.train_reranker import (
     RerankerTrainConfig,
     evaluate,
-    load_reranker,
-    save_reranker,
     train_reranker,
 )
 
@@ -179,8 +178,8 @@ def test_a_reranker_stopped_on_cuda_resumes_on_either_device(tmp_path, resume_on
     """A run stopped on the GPU (optimizer state, CUDA generator and curves in its progress
     file) resumes there or on a CPU-only node, from the step it saved: on the GPU it ends as a
     run never stopped, up to the kernels' rounding; on the CPU it ends with finite weights."""
+    from models.rerankers import trained_state
     from models.resume import ProgressFile
-    from models.train_reranker import trained_state
 
     emb, train, val = _groups()
     cfg = RerankerTrainConfig(stage1_epochs=2, stage2_epochs=1, batch_groups=4, lr=5e-3, patience=5,

@@ -307,7 +307,7 @@ def test_a_history_pool_reads_a_history_as_m_learned_tokens():
     """With `history_pool` = m the prefix is one image of m tokens, whatever the history's
     length: the untrained pool is the mean of the present images' tokens; padding changes
     nothing, the KV cache keeps the scores, the pool trains in stage 1 and survives a save."""
-    from models.train_reranker import load_reranker, save_reranker
+    from models.rerankers import load_reranker, save_reranker
 
     model = build_gutted(GuttedConfig(history_pool=3)).eval()
     assert set(model.history_pool.parameters()) <= set(model.stage1_parameters())

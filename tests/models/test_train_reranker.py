@@ -12,12 +12,11 @@ import torch
 
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, build_gutted
+from models.rerankers import load_reranker, save_reranker
 from models.scoring import score_candidates
 from models.train_reranker import (
     RerankerTrainConfig,
     evaluate,
-    load_reranker,
-    save_reranker,
     train_reranker,
 )
 
@@ -381,8 +380,8 @@ def test_a_stopped_run_resumes_where_it_saved_and_ends_as_an_unstopped_one(tmp_p
     """Everything a run depends on is saved (trained tensors, optimizer, random generators,
     batch order, best state, curves), so a run stopped anywhere and resumed ends with the same
     weights and curves, bit for bit, as a run never stopped."""
+    from models.rerankers import trained_state
     from models.resume import ProgressFile
-    from models.train_reranker import trained_state
 
     torch.manual_seed(0)  # LoRA dropout draws from torch's global generator
     emb, train, val = _data()

@@ -507,7 +507,7 @@ def test_gutted_reranker_from_a_local_checkpoint(pipeline, tmp_path):
     from assets.store.models import current_dir
     from models.checkpoint import load_checkpoint
     from models.full_vlm import write_tiny_checkpoint
-    from models.train_reranker import load_reranker
+    from models.rerankers import load_reranker
     from orchestration.runner import materialize_assets
 
     home, _ = pipeline
