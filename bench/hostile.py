@@ -236,6 +236,16 @@ def cases() -> list[Case]:
         _jpeg(src / "a" / "second.jpg")
         return ["ingest", str(src), "--json"]
 
+    def ingest_with_a_file_at(*parts: str):
+        """A file where the home (no parts) or one of its folders should be, then an ingest."""
+        def setup(home: Path, scratch: Path) -> list[str]:
+            target = home.joinpath(*parts)
+            shutil.rmtree(target)
+            target.write_text("not a folder")
+            _jpeg(scratch / "src" / "a" / "new.jpg")
+            return ["ingest", str(scratch / "src"), "--json"]
+        return setup
+
     def rm(*parts: str) -> Callable[[Path], None]:
         return lambda home: shutil.rmtree(home.joinpath(*parts))
 
@@ -337,6 +347,8 @@ def cases() -> list[Case]:
         Case("sql --json of an interval, a union and a NaN", ["sql", "SELECT max(ingested_at) - min(ingested_at) AS d, "
              "union_value(k := 1) AS u, 'NaN'::DOUBLE AS n FROM raw_images", "--json"], "ok", _strict_json),
         Case("sql --max-rows -1", ["sql", "SELECT 1", "--max-rows", "-1"], "error"),
+        Case("sql a cross join of 4e10 rows, --timeout 1", ["sql", "SELECT sum(a.range * b.range) FROM range(200000) a, "
+             "range(200000) b", "--timeout", "1"], "error", timeout=60, says="--timeout"),
         # the command line itself
         Case("a mistyped command", ["recomend", "x"], "error"),
         Case("no command", [], "ok"),
@@ -345,6 +357,8 @@ def cases() -> list[Case]:
         Case("submit an unknown partition", ["submit", "ingest_job", "--partition", "nosuch", "--no-wait"], "error"),
         Case("submit a partition to an unpartitioned job", ["submit", "retrain_job", "--partition", "x", "--no-wait"],
              "error"),
+        Case("LENSLESS_HOME is a file, then ingest", ingest_with_a_file_at(), "error", says="which is a file"),
+        Case("DAGSTER_HOME is a file, then ingest", ingest_with_a_file_at("dagster"), "error", says="is a file"),
         Case("report on a home that has none", lambda h, s: (shutil.rmtree(h / "reports"), ["report"])[1], "error"),
     ]
 
