@@ -270,12 +270,19 @@ def cmd_sql(args) -> int:
 
     home = current_home()
     damaged: dict[str, str] = {}
-    if not args.write:
-        check_read_only(args.query)
-    con = connect(home, read_only=not args.write, damaged=damaged)
-    timer = threading.Timer(args.timeout, con.interrupt)  # the statement runs in this thread
-    timer.start()
+    timed_out = threading.Event()
+    timer = None
     try:
+        if not args.write:
+            check_read_only(args.query)
+        con = connect(home, read_only=not args.write, damaged=damaged)
+
+        def stop():
+            timed_out.set()
+            con.interrupt()
+
+        timer = threading.Timer(args.timeout, stop)  # the statement runs in this thread
+        timer.start()
         result = con.sql(args.query)
         for name, error in damaged.items():  # the query did not need them
             print(f"warning: table {name} left out: {error}", file=sys.stderr)
@@ -284,10 +291,11 @@ def cmd_sql(args) -> int:
                 print(json.dumps(_json_rows(result)))
             else:
                 result.show(max_rows=args.max_rows)
-    except duckdb.InterruptException as e:
-        raise ValueError(f"the statement ran longer than --timeout {args.timeout:g} s and was stopped") from e
     except duckdb.Error as e:
+        if timed_out.is_set():
+            raise ValueError(f"the statement ran longer than --timeout {args.timeout:g} s and was stopped") from e
         raise ValueError(_sql_error(e, home, damaged)) from e
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
     return 0

@@ -60,7 +60,7 @@ def dagster_home() -> Path:
     """The instance folder (see the module doc): `$DAGSTER_HOME`, else one beside the home."""
     if os.environ.get("DAGSTER_HOME"):
         return check_folder(os.environ["DAGSTER_HOME"], "DAGSTER_HOME")
-    return Home.from_env().cache("dagster")
+    return check_folder(Home.from_env().cache("dagster"), "the Dagster instance folder")
 
 
 def ensure_dagster_home() -> Path:

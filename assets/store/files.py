@@ -52,11 +52,20 @@ def is_local(path: UPath | str) -> bool:
 
 def check_folder(path: str | os.PathLike, what: str) -> Path:
     """`path` made absolute, when it is a folder or can be made one (its nearest existing part
-    is a folder); ValueError naming `what` (the variable it came from) when that is a file."""
-    folder = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        where = "is a file" if existing == folder else f"lies under {existing}, which is a file"
+    is a folder); ValueError naming `what` (where the path came from) when that part is a file
+    (a dangling link counts as one) or cannot be looked at."""
+    raw = os.fspath(path)
+    if UPath(raw).protocol in ("file", "local"):
+        raw = UPath(raw).path  # file:///x -> /x
+    folder = Path(os.path.abspath(os.path.expanduser(raw)))
+    try:
+        existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
+        is_dir = existing.is_dir()
+    except OSError as e:
+        raise ValueError(f"{what} {folder} cannot be used: {e.strerror or e}") from e
+    if not is_dir:
+        kind = "a link to nothing" if existing.is_symlink() else "a file"
+        where = f"is {kind}" if existing == folder else f"lies under {existing}, which is {kind}"
         raise ValueError(f"{what} {folder} {where}: point it at a folder (one that does not exist yet is made)")
     return folder
 
