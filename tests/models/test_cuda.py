@@ -198,6 +198,8 @@ def test_a_reranker_stopped_on_cuda_resumes_on_either_device(tmp_path, resume_on
     assert m["device"].startswith(resume_on) and m["steps"] == expected["steps"]
     got, want = trained_state(resumed), trained_state(whole)
     assert got.keys() == want.keys() and all(v.device.type == "cpu" and torch.isfinite(v).all() for v in got.values())
+    saved = [c["loss"] for c in m["loss_curve"] if c["step"] <= m["resumed_at_step"]]  # restored from the file
+    assert saved and np.allclose(saved, [c["loss"] for c in expected["loss_curve"]][: len(saved)], atol=1e-4)
     if resume_on == "cuda":
         assert np.allclose([c["loss"] for c in m["loss_curve"]], [c["loss"] for c in expected["loss_curve"]], atol=1e-4)
         assert all(torch.allclose(got[k], want[k], atol=1e-4) for k in want)
