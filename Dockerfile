@@ -3,7 +3,7 @@
 #
 #   docker build --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t registry.example.com/lensless:0.1.0 .   # CPU torch
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
-#                --build-arg FAISS=faiss-gpu-cu12 -t registry.example.com/lensless:0.1.0-cuda .
+#                --build-arg FAISS=faiss-gpu -t registry.example.com/lensless:0.1.0-cuda .
 #
 # The same image runs the code server, each run's pod and each step's pod on Kubernetes
 # (deploy/k8s/values.yaml), and the `lensless` command line.
@@ -11,7 +11,7 @@ FROM python:3.11-slim
 
 ARG TORCH_SPEC="torch>=2.4"
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# faiss-cpu, or faiss-gpu-cu12 to search on the GPU (it replaces faiss-cpu)
+# faiss-cpu, or faiss-gpu (1.15+: CUDA 12, code for Volta to Hopper) to build the index on the GPU
 ARG FAISS=faiss-cpu
 # the commit the image is built from: reports name it (the image holds no git checkout)
 ARG GIT_COMMIT=""

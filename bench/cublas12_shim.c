@@ -1,11 +1,13 @@
-/* libcublas.so.12 for faiss-gpu-cu12 on a machine that has only CUDA 13's cuBLAS.
+/* libcublas.so.12 for faiss-gpu's CUDA 12 wheels on a machine that has only CUDA 13's cuBLAS.
  *
- * The faiss-gpu-cu12 wheel links libcublas.so.12 and libcublasLt.so.12 but calls only the
- * eight cuBLAS entry points below, whose C signatures are the same in cuBLAS 12 and 13. This
- * library answers to the soname libcublas.so.12 (symbols versioned as cuBLAS 12 versions
- * them) and forwards each call to libcublas.so.13; an empty library stands for
- * libcublasLt.so.12, of which faiss calls nothing. Build both and put them, the CUDA 12
- * runtime (nvidia-cuda-runtime-cu12) and cuBLAS 13's folder on LD_LIBRARY_PATH:
+ * The faiss-gpu 1.15 (and faiss-gpu-cu12) wheels link libcublas.so.12 and libcublasLt.so.12
+ * but call only the eight cuBLAS entry points below, whose C signatures are the same in
+ * cuBLAS 12 and 13. This library answers to the soname libcublas.so.12 (symbols versioned as
+ * cuBLAS 12 versions them) and forwards each call to libcublas.so.13; an empty library stands
+ * for libcublasLt.so.12, of which faiss calls nothing. faiss-gpu 1.15 loads them from
+ * `nvidia/cublas/lib/` beside it (where nvidia-cublas-cu12 would put them), with the CUDA 12
+ * runtime (nvidia-cuda-runtime-cu12) in `nvidia/cuda_runtime/lib/`; cuBLAS 13's folder goes
+ * on LD_LIBRARY_PATH. Build both:
  *
  *   printf 'libcublas.so.12 { global: cublas*; local: *; };\n' > v12.map
  *   gcc -O2 -shared -fPIC -o libcublas.so.12 -Wl,-soname,libcublas.so.12 \
