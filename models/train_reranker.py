@@ -326,9 +326,11 @@ def train_reranker(
     if progress_file is not None:  # what a saved run must share to be resumed: inputs, settings, start
         settings = {k: v for k, v in dataclasses.asdict(cfg).items()
                     if k not in ("device", "progress_seconds", "checkpoint_seconds")}
+        # the start is every tensor, the frozen base's too: a base checkpoint changed in place
+        # since the run was saved starts a fresh run
         run_id = fingerprint(settings, scorer.kind, dataclasses.asdict(scorer.cfg), feats, groups, val_groups,
                              *(np.asarray(a) for a in (queries, val_is_user, prior) if a is not None),
-                             [a is None for a in (queries, val_is_user, prior)], *trained_state(scorer).values())
+                             [a is None for a in (queries, val_is_user, prior)], *scorer.state_dict().values())
     resumed = []
     try:  # whatever happens, the scorer goes back frozen to the device it came on
         scorer.to(device)

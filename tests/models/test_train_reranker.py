@@ -439,6 +439,16 @@ def test_a_progress_file_of_other_inputs_is_not_resumed(tmp_path):
     events = []
     m = train_reranker(build_gutted(SMALL), emb, train, val, other, progress=events.append, progress_file=progress)
     assert m["resumed_at_step"] is None and events[0] == {**events[0], "event": "eval", "step": 0}
+    with pytest.raises(_Stop):
+        train_reranker(build_gutted(SMALL), emb, train, val, cfg, progress=stop, progress_file=progress)
+    changed = build_gutted(SMALL)  # the same settings on a base whose frozen weights changed since
+    with torch.no_grad():
+        next(p for n, p in changed.lm.named_parameters() if "lora_" not in n).add_(1e-3)
+    m = train_reranker(changed, emb, train, val, cfg, progress_file=progress)
+    assert m["resumed_at_step"] is None
+    with pytest.raises(_Stop):
+        train_reranker(build_gutted(SMALL), emb, train, val, cfg, progress=stop, progress_file=progress)
+    assert train_reranker(build_gutted(SMALL), emb, train, val, cfg, progress_file=progress)["resumed_at_step"]
     progress.path.write_bytes(b"not a safetensors file")  # a damaged file: a fresh run, not a crash
     m = train_reranker(build_gutted(SMALL), emb, train, val, cfg, progress_file=progress)
     assert m["resumed_at_step"] is None
