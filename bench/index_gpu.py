@@ -33,16 +33,12 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from index.build import build_index  # noqa: E402
-from index.gpu import gpu_available, index_to_gpu, is_gpu_index, parameter_space  # noqa: E402
+from index.gpu import gpu_available, index_to_gpu, is_gpu_index  # noqa: E402
 from index.metrics import exact_knn, recall_at_k, synthetic_clustered  # noqa: E402
+from index.tune import apply_params  # noqa: E402
 from models.timing import interleaved, summarise  # noqa: E402
 
 DEFAULT_FACTORIES = ("Flat", "IVF4096,Flat", "IVF4096,SQ8")
-
-
-def _set_nprobe(index: faiss.Index, nprobe: int) -> None:
-    if faiss.try_extract_index_ivf(index) is not None or "IVF" in type(index).__name__:
-        parameter_space(index).set_index_parameters(index, f"nprobe={nprobe}")
 
 
 def run(a: argparse.Namespace) -> dict:
@@ -56,6 +52,7 @@ def run(a: argparse.Namespace) -> dict:
           f"; faiss {faiss.__version__}, {faiss.get_num_gpus()} GPU(s), {faiss.omp_get_max_threads()} CPU threads",
           flush=True)  # fmt: skip
     for factory in a.factory or DEFAULT_FACTORIES:
+        params = f"nprobe={a.nprobe}" if "IVF" in factory else ""
         built, build_s = {}, {}
         for where in ("cpu", "gpu"):
             t0 = time.perf_counter()
@@ -64,12 +61,12 @@ def run(a: argparse.Namespace) -> dict:
             print(f"  {factory}: built on the {where.upper()} in {build_s[where]:.1f} s", flush=True)
         recall = {}
         for where, index in built.items():
-            _set_nprobe(index, a.nprobe)
+            apply_params(index, params)
             recall[f"{where}_build"] = recall_at_k(index.search(xq, a.k)[1], gt, a.k)
         on_gpu = index_to_gpu(built["cpu"])
         if not is_gpu_index(on_gpu):
             raise SystemExit(f"{factory}: faiss did not move the index to the GPU")
-        _set_nprobe(on_gpu, a.nprobe)
+        apply_params(on_gpu, params)
         recall["gpu_search"] = recall_at_k(on_gpu.search(xq, a.k)[1], gt, a.k)
         # a GPU search returns host arrays, so it has waited for its kernels when it returns
         times = interleaved({"cpu": partial(built["cpu"].search, xq, a.k), "gpu": partial(on_gpu.search, xq, a.k)},

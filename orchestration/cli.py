@@ -51,6 +51,7 @@ def _rows(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{n} is out of range; valid: 1 to 100000")
     return n
 
+
 def _seconds(text: str) -> float:
     """`--timeout`: a number of seconds above 0 (argparse names the flag when not)."""
     try:

@@ -78,11 +78,12 @@ class Home:
     root: UPath
 
     @classmethod
-    def at(cls, path: str | os.PathLike) -> Home:
-        """A home at `path`: a local folder (made absolute) or an fsspec URL."""
+    def at(cls, path: str | os.PathLike, what: str = "the home") -> Home:
+        """A home at `path`: a local folder (made absolute; `what` names it when it is a file)
+        or an fsspec URL."""
         raw = os.fspath(path)
         if is_local(raw):
-            return cls(UPath(check_folder(raw, "the home")))
+            return cls(UPath(check_folder(raw, what)))
         # no listing cache: s3fs and gcsfs would otherwise keep a folder's listing for the life
         # of the process, and never see a partition, pointer record or lock lease that another
         # process wrote since
@@ -91,8 +92,7 @@ class Home:
     @classmethod
     def from_env(cls) -> Home:
         """`$LENSLESS_HOME`, else `./.lensless`."""
-        raw = os.environ.get(HOME_ENV) or DEFAULT_HOME
-        return cls.at(check_folder(raw, HOME_ENV) if is_local(raw) else raw)
+        return cls.at(os.environ.get(HOME_ENV) or DEFAULT_HOME, what=HOME_ENV)
 
     @property
     def local(self) -> bool:
