@@ -22,6 +22,10 @@ Steps, all in one process and on the same held-out queries:
      same rounds, e.g. to check the tuner's choice against a hand-picked one;
   4. single-query latency p50 / p99 over ``--single`` queries, one query per call, exact
      and chosen interleaved query by query;
+     the host's pace, to compare ratios across machines: ``exact_gflops`` (the batch exact
+     search's 2 n d flops per query at its median) and ``exact_single_gbps`` (the n d float32
+     a single exact query reads, over its p50). Exact search is bound by these, the index by
+     memory latency, so a host with slower arithmetic raises ``speedup_vs_exact``;
   5. a 1% add to the chosen index (add_s) against a full rebuild of the same factory over
      n + n/100 (rebuild_s): ``incremental_ratio = add_s / rebuild_s``; recall after the add.
 
@@ -185,6 +189,8 @@ def run(a: argparse.Namespace) -> dict:
         "exact_p50_ms": ms(np.percentile(single["exact"], 50)),
         "exact_p99_ms": ms(np.percentile(single["exact"], 99)),
         "single_queries": len(single["chosen"]),
+        "exact_gflops": round(2 * n * d / qps["exact"]["median"] / 1e9, 1),
+        "exact_single_gbps": round(4 * n * d / np.percentile(single["exact"], 50) / 1e9, 1),
         "build_s": round(sel.build_s, 2), "select_s": round(select_s, 1),
         "add_s": round(add_s, 3), "n_add": len(xnew), "rebuild_s": round(rebuild_s, 2),
         "incremental_ratio": round(add_s / rebuild_s, 4),

@@ -22,3 +22,7 @@ def test_an_also_setting_is_timed_beside_the_tuned_one():
     assert also["params"] == "nprobe=64" and also["recall_at_10"] == 1.0
     assert out["params"] != "nprobe=64" and also["speedup_vs_exact"] < out["speedup_vs_exact"]
     assert also["qps"] > 0 and out["exact_qps"] > 0
+    # the host's pace is the exact search's own: 2 n d flops per query at its median QPS
+    n, d = out["n"], out["d"]
+    assert abs(out["exact_gflops"] - 2 * n * d * out["exact_qps"] / 1e9) <= 0.05 + 0.01 * out["exact_gflops"]
+    assert out["exact_single_gbps"] > 0
