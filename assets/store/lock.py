@@ -13,6 +13,7 @@ new), they take a `named_lock` of its own in turn.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -29,6 +30,7 @@ from upath import UPath
 from assets.store.files import Home, write_bytes
 
 LOCK_LEASE_SECONDS = 60.0  # a remote lock not renewed for this long is a dead writer's
+TAKEOVER_MARKER_SECONDS = 3600.0  # how long the claim on a dead writer's lease is kept (_take_over)
 _HELD = threading.local()  # .homes: the homes whose exclusive lock this thread holds
 
 
@@ -223,13 +225,16 @@ def _object_exclusive(path: UPath, holder: str, who: str, busy: str) -> Iterator
             break
         except FileExistsError:
             try:
-                current = json.loads(path.read_bytes())
+                raw = _read_lease(path)
+                current = json.loads(raw)
             except (FileNotFoundError, ValueError):  # released, or being written, just now
                 continue
             if current["expires"] < time.time():
-                print(f"{who}: taking over the lock of {current['holder']}, not renewed since "
-                      f"{LOCK_LEASE_SECONDS:.0f} s (its process is gone)", file=sys.stderr, flush=True)
-                path.unlink(missing_ok=True)
+                if _take_over(path, raw):
+                    print(f"{who}: taking over the lock of {current['holder']}, not renewed since "
+                          f"{LOCK_LEASE_SECONDS:.0f} s (its process is gone)", file=sys.stderr, flush=True)
+                else:  # another waiter is taking it over: its lease follows
+                    time.sleep(0.2)
                 continue
             if not waited:
                 print(f"{who}: {busy} {current['holder']}; waiting for it to finish", file=sys.stderr, flush=True)
@@ -237,6 +242,41 @@ def _object_exclusive(path: UPath, holder: str, who: str, busy: str) -> Iterator
             time.sleep(1.0)
     with _renewed(path, holder):
         yield
+
+
+def _read_lease(path: UPath) -> bytes:
+    return path.read_bytes()
+
+
+def _take_over(path: UPath, expired: bytes) -> bool:
+    """Delete the lease object `path` that still holds `expired`, when this caller is the one
+    that claims it; False when another did.
+
+    Object stores have no delete-if-unchanged, so a plain delete would race: two waiters read
+    the same expired lease, the first replaces it with its own, and the second deletes that
+    fresh lease and creates another; both then hold the lock. Each expired lease has a marker,
+    `<path>.takeover/<sha256 of its bytes>`, created only if absent: the one waiter that
+    creates it deletes the lease, the others wait for the new holder. Markers stay for
+    `TAKEOVER_MARKER_SECONDS`, so a waiter that read the old lease long ago still finds its
+    marker taken."""
+    markers = path.parent / f"{path.name}.takeover"
+    try:
+        with (markers / hashlib.sha256(expired).hexdigest()).open("xb") as f:
+            f.write(json.dumps({"at": time.time()}).encode())
+    except FileExistsError:
+        return False
+    path.unlink(missing_ok=True)
+    try:
+        old = list(markers.iterdir())
+    except FileNotFoundError:  # a listing cache that has not seen the marker yet
+        old = []
+    for marker in old:
+        try:
+            if json.loads(marker.read_bytes())["at"] < time.time() - TAKEOVER_MARKER_SECONDS:
+                marker.unlink(missing_ok=True)
+        except (FileNotFoundError, ValueError, KeyError):  # removed by another taker, or foreign
+            continue
+    return True
 
 
 @contextmanager

@@ -160,3 +160,83 @@ def test_a_named_lock_is_taken_in_turn_and_says_who_holds_it(where, tmp_path, ca
     other.join(timeout=10)
     assert order == ["a done", "b"]
     assert f"run b: {home.root} is being written by run a; waiting" in capsys.readouterr().err
+
+
+@pytest.fixture(params=["memory", "s3"])
+def bucket(request, monkeypatch):
+    """A bucket URL: fsspec's in-memory filesystem, or a moto S3 server on 127.0.0.1."""
+    import os
+
+    if request.param == "memory":
+        yield "memory://lock"
+        return
+    from tests.servers import ServerMissing, s3_server
+
+    try:
+        with s3_server() as env:
+            for key, value in env.items():
+                monkeypatch.setenv(key, value)
+            import s3fs
+
+            s3fs.S3FileSystem.clear_instance_cache()  # one made before would keep its endpoint
+            yield "s3://lensless"
+            s3fs.S3FileSystem.clear_instance_cache()
+    except ServerMissing as e:
+        if os.environ.get("LENSLESS_REQUIRE_SERVERS") == "1":
+            pytest.fail(f"integration servers required here: {e}")
+        pytest.skip(str(e))
+
+
+def test_two_writers_that_find_the_same_dead_lease_do_not_both_take_it(bucket, monkeypatch, capsys):
+    """Both read the dead writer's lease before either acts; the slower one acts after the
+    faster has replaced it. A plain delete there would remove the new holder's lease and let
+    both in; only one may take it over, the other waits for it."""
+    import json
+    import threading
+    import time
+    import uuid
+
+    from assets.store import lock
+    from assets.store.files import Home
+    from assets.store.lock import writer_lock
+
+    home = Home.at(f"{bucket}/lock-{uuid.uuid4().hex}/home")
+    home.path(".lock").write_bytes(json.dumps({"holder": "`lensless run` (pid 1)", "expires": time.time() - 1}).encode())
+    monkeypatch.setattr(lock, "LOCK_LEASE_SECONDS", 2.0)
+    both_read, first_read = threading.Barrier(2), {}
+    real_read = lock._read_lease
+
+    def read_then_meet(path):
+        raw = real_read(path)
+        name = threading.current_thread().name
+        if path.name == ".lock" and name not in first_read:  # each writer's first look
+            first_read[name] = raw
+            both_read.wait(timeout=10)
+            if name == "slow":
+                time.sleep(0.5)  # the fast one takes over meanwhile
+        return raw
+
+    monkeypatch.setattr(lock, "_read_lease", read_then_meet)
+    inside, overlaps, entered = [0], [], []
+    guard = threading.Lock()
+
+    def writer():
+        with writer_lock(home, threading.current_thread().name):
+            with guard:
+                inside[0] += 1
+                overlaps.append(inside[0])
+                entered.append(threading.current_thread().name)
+            time.sleep(1.0)
+            with guard:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=writer, name=n) for n in ("fast", "slow")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert first_read["fast"] == first_read["slow"]  # both saw the same dead lease
+    assert sorted(entered) == ["fast", "slow"] and max(overlaps) == 1  # both got in, one at a time
+    assert entered[0] == "fast"  # the slow one waited for the fast one's lease
+    assert capsys.readouterr().err.count("taking over the lock of `lensless run` (pid 1)") == 1
+    assert not home.path(".lock").exists()
