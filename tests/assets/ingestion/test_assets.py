@@ -75,10 +75,24 @@ def test_dedupe_across_batches_and_idempotent_rerun(home, tmp_path):
     assert dup["uri"].to_list() == [str(src / "copy_of_0.png")]
     assert dup["duplicate_of"][0] in read_table(home, "raw_images", [first])["image_id"].to_list()
     before = read_table(home, "raw_images", [first])
-    assert dg.materialize([raw_images], partition_key=first, instance=instance, resources=_resources(home),
-                          run_config={"ops": {"raw_images": {"config": {"size": 32}}}}).success
+    versions = [_data_version(home, instance, asset, first)
+                for asset in (raw_images, raw_images, _with_code_version(raw_images, "a decoder change"))]
     assert read_table(home, "raw_images", [first]).equals(before)  # idempotent, timestamps kept
     assert read_table(home, "raw_images")["image_id"].n_unique() == 4
+    # an unchanged batch keeps its data version (its embeddings stay up to date); the same
+    # files decoded by changed code get a new one (their embeddings rerun)
+    assert versions[0] == versions[1] != versions[2]
+
+
+def _with_code_version(asset, code_version):
+    return dg.map_asset_specs(lambda spec: spec.replace_attributes(code_version=code_version), [asset])[0]
+
+
+def _data_version(home, instance, asset, batch):
+    result = dg.materialize([asset], partition_key=batch, instance=instance, resources=_resources(home),
+                            run_config={"ops": {"raw_images": {"config": {"size": 32}}}})
+    (event,) = result.asset_materializations_for_node("raw_images")
+    return event.tags["dagster/data_version"]
 
 
 def _two_sources(home, tmp_path):
