@@ -4,7 +4,7 @@
 over that of the vectors already in the index. Retrain the quantizer when it exceeds
 DRIFT_THRESHOLD (1.5: new data sits 50% farther from the centroids than the data they were
 trained on, so lists get unbalanced and recall at a fixed nprobe drops). For the reduced
-graph the "quantizer" is its PCA: the squared distance of a vector to its projection on the
+graph the "quantizer" is its PCA: the squared distance of a vector to the data mean plus the
 kept components (new data whose variance moved outside them is ranked worse by the graph).
 
 ``assets.retrieval.index_store`` rebuilds the index when it exceeds DRIFT_THRESHOLD; the other
@@ -35,7 +35,9 @@ def quantizer_drift(
     Reference: ``xb_ref`` if given (e.g. the training sample), else a seeded sample of the
     vectors stored in the index (decoded from the inverted lists, or read from the refine
     stage). Flat and full-vector HNSW indexes have no quantizer to drift: returns 1.0.
-    Compare with DRIFT_THRESHOLD."""
+    Compare with DRIFT_THRESHOLD. No new vectors (a batch of duplicates only): 1.0."""
+    if len(xb_new) == 0:
+        return 1.0
     pca = _pca(index)
     if pca is not None:
         new = check_xb_ids(xb_new, None)[0]
@@ -72,7 +74,13 @@ def _pca(index: faiss.Index) -> faiss.PCAMatrix | None:
 
 
 def _pca_residual(pca: faiss.PCAMatrix, x: np.ndarray) -> float:
-    return float(((x - pca.reverse_transform(pca.apply_py(x))) ** 2).sum(axis=1).mean())
+    """Mean squared distance of x to the PCA's affine subspace: the data mean plus the kept
+    components. (faiss's ``reverse_transform`` projects without adding the mean back, so a
+    mean outside the kept components would swamp both sides of the drift ratio.)"""
+    rows = faiss.vector_to_array(pca.A).reshape(-1, pca.d_in)[: pca.d_out]
+    basis = np.linalg.qr(rows.T.astype(np.float64))[0]  # orthonormal, also for a whitening PCA
+    centred = x.astype(np.float64) - faiss.vector_to_array(pca.mean)
+    return float(((centred - (centred @ basis) @ basis.T) ** 2).sum(axis=1).mean())
 
 
 def _to_ivf_space(index: faiss.Index, x: np.ndarray) -> np.ndarray:

@@ -146,6 +146,26 @@ def test_reduced_graph_returns_exact_inner_products_and_grows_in_place():
     assert quantizer_drift(index, xq, xb_ref=xb[:1000]) == pytest.approx(same, rel=0.25)
 
 
+def test_reduced_graph_drift_is_measured_from_the_data_mean():
+    """Unit vectors share a common direction outside the kept components (as embeddings
+    often do): new vectors with 5x the variance off those components are drift, the
+    common direction is not."""
+    rng = np.random.default_rng(0)
+    d = 128
+    mean = rng.normal(size=d)
+    mean /= np.linalg.norm(mean)
+    signal = np.linalg.qr(np.c_[mean, rng.normal(size=(d, 32))])[0][:, 1:].T  # 32 dims orthogonal to it
+
+    def vectors(n, noise):
+        x = 0.7 * mean + 0.7 * rng.normal(size=(n, 32)) @ signal / np.sqrt(32) + noise * rng.normal(size=(n, d)) / np.sqrt(d)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype("float32")
+
+    xb = vectors(3000, 0.1)
+    index = build_index(xb, np.arange(3000, dtype=np.int64), "PCA32,HNSW32_SQ8,RFlat", use_gpu=False)
+    same, wider = quantizer_drift(index, vectors(1000, 0.1)), quantizer_drift(index, vectors(1000, 0.3))
+    assert 0.8 < same < 1.2 and wider > DRIFT_THRESHOLD, (same, wider)
+
+
 def test_add_vectors_checks_inputs(data):
     index = build_index(data["xb"][:100], data["ids"][:100], "Flat")
     with pytest.raises(AssertionError, match="d=16"):
@@ -164,3 +184,4 @@ def test_quantizer_drift(data):
     assert moved > DRIFT_THRESHOLD, moved
     assert quantizer_drift(index, xb[5000:], xb_ref=xb[:5000]) == pytest.approx(same, rel=0.1)
     assert quantizer_drift(build_index(xb[:100], ids[:100], "Flat"), shifted) == 1.0
+    assert quantizer_drift(index, xb[:0]) == 1.0  # a batch of duplicates only adds nothing (was nan)
