@@ -52,8 +52,8 @@ built with the L2 metric; on unit vectors L2 ranks exactly as inner product does
 
 Retrain decision: ``needs_rebuild`` - N left the factory's family's range (the family is no
 longer a candidate), k < half the list count its kind of IVF wants at N before rounding
-(sqrt(N), or 4 sqrt(N) with an HNSW quantizer or OPQ: the lists hold over 4x the vectors they
-were sized for), or the factory no longer fits the budget. The other, new data that no longer
+(sqrt(N), or 4 sqrt(N) with an HNSW quantizer or OPQ, capped as k is: at most N/39: the lists
+hold over 4x the vectors they were sized for), or the factory no longer fits the budget. The other, new data that no longer
 fits the quantizer, is ``index.drift.quantizer_drift``.
 """
 
@@ -80,6 +80,7 @@ HNSW_QUANTIZER_MIN_K = 32_768
 MIN_TRAIN_PER_LIST = 39  # below this faiss warns and k-means is unreliable
 TRAIN_PER_LIST = 64  # training sample size per list (faiss subsamples above 256)
 MIN_TRAIN = 65_536  # PQ/OPQ codebooks want ~10k+ points whatever k is
+MIN_NLIST = 16
 MAX_NLIST = 65_536
 COMPRESSED_PER_SQRT = 4  # lists per sqrt(n) for IVF with an HNSW quantizer, and for OPQ+PQ
 PQ_M_CHOICES = (64, 48, 32, 24, 16, 12, 8, 4)
@@ -93,6 +94,12 @@ def candidate_factories(n: int, d: int, memory_budget_bytes: int | None = None) 
     ivf = _ivf(_nlist(n))
     if n < FLAT_MAX_N and estimate_bytes("Flat", n, d) <= budget:
         return ["Flat"]
+    if n < MIN_TRAIN_PER_LIST * MIN_NLIST:
+        raise ValueError(
+            f"memory_budget_bytes={memory_budget_bytes} cannot hold n={n} d={d} as Flat (~"
+            f"{estimate_bytes('Flat', n, d)} bytes), and {n} vectors are too few to train a smaller "
+            f"index (at least {MIN_TRAIN_PER_LIST * MIN_NLIST}): raise the budget"
+        )
     space = []
     if n < IVF_FLAT_MAX_N:
         space += [f"{ivf},Flat", f"{ivf},SQ8"]
@@ -175,7 +182,7 @@ def needs_rebuild(
         return True
     if family(factory).startswith("ivf"):
         per_sqrt = COMPRESSED_PER_SQRT if "_HNSW" in factory or factory.startswith("OPQ") else 1
-        return min(per_sqrt * math.sqrt(n_total), MAX_NLIST) > 2 * _factory_nlist(factory)
+        return _wanted_nlist(n_total, per_sqrt) > 2 * _factory_nlist(factory)
     return False
 
 
@@ -273,10 +280,16 @@ def _ivf(k: int, hnsw: bool = False) -> str:
     return f"IVF{k}_HNSW32" if hnsw or k >= HNSW_QUANTIZER_MIN_K else f"IVF{k}"
 
 
+def _wanted_nlist(n: int, per_sqrt: int = 1) -> float:
+    """The list count an IVF over n vectors wants before rounding: per_sqrt sqrt(n), at most
+    MAX_NLIST and n / MIN_TRAIN_PER_LIST."""
+    return min(per_sqrt * math.sqrt(n), MAX_NLIST, n / MIN_TRAIN_PER_LIST)
+
+
 def _nlist(n: int, per_sqrt: int = 1) -> int:
     k = 2 ** round(math.log2(per_sqrt * math.sqrt(n)))
-    k = min(k, MAX_NLIST, 2 ** int(math.log2(max(16, n // MIN_TRAIN_PER_LIST))))
-    return max(16, k)
+    k = min(k, MAX_NLIST, 2 ** int(math.log2(max(MIN_NLIST, n // MIN_TRAIN_PER_LIST))))
+    return max(MIN_NLIST, k)
 
 
 def _factory_nlist(factory: str) -> int:

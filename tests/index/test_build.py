@@ -8,6 +8,7 @@ from index.build import (
     add_vectors,
     build_index,
     candidate_factories,
+    estimate_bytes,
     family,
     make_empty,
     needs_rebuild,
@@ -73,6 +74,27 @@ def test_needs_rebuild():
     assert needs_rebuild("OPQ64,IVF16384_HNSW32,PQ64", 70_000_000, 128)
     assert not needs_rebuild("OPQ64,IVF65536_HNSW32,PQ64", 10**10, 128)  # at the most lists: no rebuild loop
     assert needs_rebuild("IVF512,Flat", 1_000_000, 128, memory_budget_bytes=100_000_000)
+
+
+@pytest.mark.parametrize("share", [None, 0.5, 0.2, 0.05])
+def test_an_index_just_chosen_is_not_due_for_a_rebuild(share):
+    """Under a budget that rules Flat out, small catalogs get IVF lists capped at n/39: the
+    rebuild rule caps what it wants the same way, or every update would rebuild."""
+    for d in (64, 128):
+        for n in sorted({int(v) for v in np.logspace(2.8, 7.5, 120)} | {1100, 1247, 5000, 19_000}):
+            budget = None if share is None else int(share * estimate_bytes("Flat", n, d))
+            try:
+                space = candidate_factories(n, d, budget)
+            except ValueError:  # nothing fits the budget
+                continue
+            assert not [f for f in space if needs_rebuild(f, n, d, budget)], (n, d, budget, space)
+    # growth still rebuilds: IVF16 chosen at 1,100 vectors wants 33 lists at 1,300
+    assert not needs_rebuild("IVF16,SQ8", 1_247, 16, 10**5) and needs_rebuild("IVF16,SQ8", 1_300, 16, 10**5)
+
+
+def test_too_few_vectors_for_anything_but_flat_over_budget_is_a_clear_error():
+    with pytest.raises(ValueError, match="15 vectors are too few to train a smaller index"):
+        candidate_factories(15, 16, int(0.9 * estimate_bytes("Flat", 15, 16)))
 
 
 @pytest.mark.parametrize(
