@@ -38,6 +38,7 @@ from assets.retrieval.candidates import (
     CandidateConfig,
     Queries,
     choose_share,
+    frame_rows,
     index_neighbours,
     merge_sources,
     popular_rows,
@@ -164,9 +165,10 @@ def build_pairs(home: Home, config: PairConfig = PairConfig()) -> dict:
     frame, emb = aligned_catalog(home)
     ids = frame["image_id"].to_list()
     rel, source = split_relevance(home, frame, config)
-    index, _, _ = load_index(home, mmap=True)
+    index, index_ids, _ = load_index(home, mmap=True)
     everyone = Queries.images(emb, range(len(ids)))
-    near = index_neighbours(index, everyone.anchors, 2 * config.neighbours, everyone.exclude)
+    near = index_neighbours(index, everyone.anchors, 2 * config.neighbours, everyone.exclude,
+                            frame_rows(index_ids, frame))
     popular = popular_rows(home, frame)
     val = sorted(rel["val"])
     mix = choose_share(emb, [everyone.anchors[q] for q in val], [near[q] for q in val], popular,
@@ -239,8 +241,9 @@ def build_user_pairs(home: Home, config: HistoryConfig = HistoryConfig(),
                 "stats": {"train_groups": 0, "val_groups": 0, "users": 0, "test_users": 0, "popular_share": None}}
     hist = history_rows(users, pos, config.length)
     queries = Queries.histories(emb, [h[h >= 0] for h in hist], config.recent)
-    index, _, _ = load_index(home, mmap=True)
-    near = index_neighbours(index, queries.anchors, 2 * pair_config.neighbours, queries.exclude)
+    index, index_ids, _ = load_index(home, mmap=True)
+    near = index_neighbours(index, queries.anchors, 2 * pair_config.neighbours, queries.exclude,
+                            frame_rows(index_ids, frame))
     popular = popular_rows(home, frame)
     splits = users["split"].to_list()
     gains = [{pos[t]: int(g) for t, g in zip(ts, gs, strict=True) if t in pos}

@@ -49,13 +49,17 @@ class Candidates:
     source: np.ndarray  # (Q, K) "index" or "popular": where each candidate came from
 
 
-def index_neighbours(index, anchors: list[np.ndarray], n: int, exclude: list[set[int]]) -> list[list[int]]:
+def index_neighbours(index, anchors: list[np.ndarray], n: int, exclude: list[set[int]],
+                     rows: np.ndarray | None = None) -> list[list[int]]:
     """Per query, up to `n` catalog rows nearest to any of its anchor vectors (A_i, d), best
-    cosine first, `exclude`d rows left out."""
+    cosine first, `exclude`d rows left out. `rows` (``frame_rows``) maps the index's rows to
+    the catalog's when they differ; otherwise they are the same."""
     sizes = [len(a) for a in anchors]
     if not sum(sizes):
         return [[] for _ in anchors]
     scores, found = search(index, np.ascontiguousarray(np.concatenate(anchors), dtype=np.float32), n + max(map(len, exclude), default=0))
+    if rows is not None:  # into catalog rows before anything is excluded; -1: not in the catalog
+        found = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
     out, start = [], 0
     for size, skip in zip(sizes, exclude, strict=True):
         best: dict[int, float] = {}
@@ -81,7 +85,8 @@ def merge_sources(emb: np.ndarray, anchors: list[np.ndarray], near: list[list[in
         for j in close:
             if len(chosen) == k:
                 break
-            chosen.setdefault(j, "index")
+            if j not in skip:
+                chosen.setdefault(j, "index")
         for j in pop[n_pop:]:  # a short neighbour list: popular images fill it
             if len(chosen) == k:
                 break
@@ -164,20 +169,21 @@ def catalog_candidates(home: Home, frame: pl.DataFrame, emb: np.ndarray, queries
     `task` (or `share`)."""
     index, ids, _ = load_index(home, mmap=True)
     share = chosen_share(home, task) if share is None else share
-    near = index_neighbours(index, queries.anchors, 2 * k, queries.exclude)  # room for overlap with `popular`
-    near = in_frame_rows(near, ids, frame)
+    near = index_neighbours(index, queries.anchors, 2 * k, queries.exclude,  # room for overlap with `popular`
+                            frame_rows(ids, frame))
     return merge_sources(emb, queries.anchors, near, popular_rows(home, frame), k, share, queries.exclude)
 
 
-def in_frame_rows(near: list[list[int]], ids: np.ndarray, frame: pl.DataFrame) -> list[list[int]]:
-    """Rows of index generation `ids` as rows of `frame` (read from a generation before). They
-    are the same rows unless `faiss_index` switched generations in between: then each row goes
-    through its image id, and images `frame` does not hold are left out."""
+def frame_rows(ids: np.ndarray, frame: pl.DataFrame) -> np.ndarray | None:
+    """The rows of `frame` (the catalog, read from an index generation before) that index
+    generation `ids`'s rows hold: None when they are the same rows. They differ when
+    `faiss_index` switched generations in between; then each row goes through its image id,
+    and an image `frame` does not hold maps to -1."""
     frame_ids = frame["image_id"].to_numpy()
     if len(ids) == len(frame_ids) and (ids == frame_ids).all():
-        return near
+        return None
     pos = {image_id: row for row, image_id in enumerate(frame_ids.tolist())}
-    return [[pos[ids[r]] for r in rows if ids[r] in pos] for rows in near]
+    return np.array([pos.get(image_id, -1) for image_id in ids.tolist()], dtype=np.int64)
 
 
 def source_recall(home: Home, frame: pl.DataFrame, emb: np.ndarray, queries: Queries, merged: np.ndarray,

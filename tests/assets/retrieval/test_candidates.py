@@ -11,7 +11,7 @@ from assets.retrieval.candidates import (
     CandidateConfig,
     Queries,
     choose_share,
-    in_frame_rows,
+    frame_rows,
     index_neighbours,
     merge_sources,
     recall_at,
@@ -73,8 +73,25 @@ def test_the_share_with_the_best_validation_recall_wins_and_ties_go_to_the_index
 
 def test_rows_of_a_newer_index_generation_are_mapped_to_the_catalog_read_before_it():
     frame = pl.DataFrame({"image_id": ["a", "b", "c"]})
-    near = [[2, 0], [1]]
-    assert in_frame_rows(near, np.array(["a", "b", "c"], dtype=object), frame) is near  # one generation
+    assert frame_rows(np.array(["a", "b", "c"], dtype=object), frame) is None  # one generation
     # faiss_index switched generations in between: a rebuild reordered the rows and added "d"
     newer = np.array(["c", "d", "a", "b"], dtype=object)
-    assert in_frame_rows([[0, 1, 2], [3, 1]], newer, frame) == [[2, 0], [1]]
+    assert frame_rows(newer, frame).tolist() == [2, -1, 0, 1]
+
+
+def test_a_query_is_never_its_own_candidate_when_the_index_switched_generations():
+    """The catalog is read, then faiss_index switches to a build holding the same images in
+    another row order (and one more): exclusions apply to catalog rows, after the mapping."""
+    emb = _emb(6)
+    frame = pl.DataFrame({"image_id": list("abcdef")})
+    order = [5, 4, 3, 2, 1, 0]
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(np.concatenate([emb[order], _emb(1, seed=9)]))
+    rows = frame_rows(np.array([*(frame["image_id"][i] for i in order), "new"], dtype=object), frame)
+    q = Queries.images(emb, [0])
+    near = index_neighbours(index, q.anchors, 4, q.exclude, rows)
+    assert 0 not in near[0] and len(near[0]) == 4
+    truth = [int(j) for j in np.argsort(-(emb @ emb[0])) if j != 0][:4]
+    assert near[0] == truth
+    out = merge_sources(emb, q.anchors, [[0, *truth]], np.array([], dtype=np.int64), 4, 0.0, q.exclude)
+    assert 0 not in out.rows[0]  # merging drops excluded rows whatever it is given
