@@ -13,6 +13,8 @@ that read (`SELECT`, `EXPLAIN`, `PRAGMA`, `SHOW`, `DESCRIBE`) are run (`check_re
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 
 from assets.store.files import Home
@@ -21,13 +23,25 @@ from assets.store.lake import TABLES, has_table, table_path
 READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
 
 
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+_EXPLAINED = re.compile(r"\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?(.*)", re.S | re.I)
+
+
 def check_read_only(query: str) -> None:
-    """Raise ValueError naming the first statement of `query` that would do more than read."""
+    """Raise ValueError naming the first statement of `query` that would do more than read.
+
+    `EXPLAIN ANALYZE` runs the statement it explains, so an explained statement is checked
+    in turn."""
     for statement in duckdb.extract_statements(query):
+        verb = (statement.query.split() or [statement.type.name])[0].upper()  # INSTALL is of type LOAD
         if statement.type not in READ_STATEMENTS:
-            verb = (statement.query.split() or [statement.type.name])[0].upper()  # INSTALL is of type LOAD
             raise ValueError(f"{verb} statements change things; lensless sql only reads "
                              "(pass --write to allow them)")
+        if statement.type == duckdb.StatementType.EXPLAIN:
+            explained = _EXPLAINED.fullmatch(_COMMENTS.sub(" ", statement.query))
+            if explained is None:
+                raise ValueError("lensless sql reads EXPLAIN [ANALYZE] <statement> only")
+            check_read_only(explained.group(1))
 
 
 def connect(home: Home, memory_limit: str | None = None, read_only: bool = False,

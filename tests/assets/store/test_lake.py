@@ -110,9 +110,13 @@ def test_read_only_connection_reads_the_lake_and_nothing_else(home, tmp_path):
                   "SET enable_external_access = true", "INSTALL httpfs"):
         with pytest.raises(duckdb.Error):
             con.execute(query)
-    check_read_only("SELECT 1; EXPLAIN SELECT 1; DESCRIBE raw_images")
+    check_read_only("SELECT 1; EXPLAIN SELECT 1; DESCRIBE raw_images; explain analyze SELECT 2")
+    lake_file = home.path("lake", "engagement_events.parquet")
     for query, verb in (("COPY raw_images TO 'x.parquet'", "COPY"), ("SELECT 1; ATTACH 'a.db'", "ATTACH"),
-                        ("CREATE TABLE t (a INT)", "CREATE"), ("install httpfs", "INSTALL")):
+                        ("CREATE TABLE t (a INT)", "CREATE"), ("install httpfs", "INSTALL"),
+                        # EXPLAIN ANALYZE runs what it explains: here a write into the lake
+                        (f"EXPLAIN ANALYZE COPY (SELECT 'x' AS evil) TO '{lake_file}' (FORMAT parquet)", "COPY"),
+                        ("/* c */ EXPLAIN -- c\n ANALYSE DELETE FROM t", "DELETE")):
         with pytest.raises(ValueError, match=f"^{verb} statements change things; lensless sql only reads"):
             check_read_only(query)
 
