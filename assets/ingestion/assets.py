@@ -82,6 +82,10 @@ def raw_images(context: dg.AssetExecutionContext, config: IngestRunConfig,
     if stale:
         context.log.info(f"batch {batch}: removed {stale} temporary files an interrupted run left")
     known = known_hashes(home, batch)
+    # the manifest marks the batch done and says which pixel row holds which image: it goes
+    # before the pixels are replaced, so a re-run killed in between leaves the batch
+    # unfinished (resumed by the next command or sensor tick), never mis-aligned
+    table_path(home, "raw_images", batch).unlink(missing_ok=True)
     result = ingest(known)  # batches decode side by side; which images are new is settled one at a time
     with named_lock(home, "ingest", f"raw_images {batch} (pid {os.getpid()})"):
         now = known_hashes(home, batch)

@@ -84,6 +84,39 @@ def test_dedupe_across_batches_and_idempotent_rerun(home, tmp_path):
     assert versions[0] == versions[1] != versions[2]
 
 
+def test_a_rerun_killed_after_replacing_the_pixels_leaves_the_batch_unfinished(home, tmp_path, monkeypatch):
+    """Re-run of a batch whose first image is gone: killed after the new pixels are written,
+    before the manifest. The old manifest must not describe the new pixels."""
+    import assets.ingestion.assets as assets_module
+    from assets.ingestion.sources import unfinished_batches
+    from assets.store.lake import load_pixels
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        Image.new("RGB", (40, 40), colour).save(src / f"{name}.png")
+    instance = dg.DagsterInstance.ephemeral()
+    batch, _ = ingest(home, instance, str(src), size=32)
+    (src / "a.png").unlink()
+    real = assets_module.ingest_batch
+
+    def killed(*args, **kwargs):
+        real(*args, **kwargs)  # the pixels file now holds b alone
+        raise dg.Failure("killed here", allow_retries=False)  # what a kill leaves on disk
+
+    monkeypatch.setattr(assets_module, "ingest_batch", killed)
+    assert not dg.materialize([raw_images], partition_key=batch, instance=instance, resources=_resources(home),
+                              run_config={"ops": {"raw_images": {"config": {"size": 32}}}},
+                              raise_on_error=False).success
+    assert batch in unfinished_batches(home) and read_table(home, "raw_images").height == 0
+    monkeypatch.setattr(assets_module, "ingest_batch", real)
+    assert dg.materialize([raw_images], partition_key=batch, instance=instance, resources=_resources(home),
+                          run_config={"ops": {"raw_images": {"config": {"size": 32}}}}).success
+    manifest = read_table(home, "raw_images")
+    assert manifest["uri"].to_list() == [str(src / "b.png")]
+    assert load_pixels(home, manifest)[0, 0, 0].tolist() == [0, 0, 255]  # b's pixels under b's row
+
+
 def _with_code_version(asset, code_version):
     return dg.map_asset_specs(lambda spec: spec.replace_attributes(code_version=code_version), [asset])[0]
 
