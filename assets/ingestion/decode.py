@@ -80,10 +80,13 @@ class Quarantined(Exception):
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB. Transparency is composited over white; 16-bit is scaled to 8."""
     mode = img.mode
+    if mode in ("P", "RGB", "L") and "transparency" in img.info:  # a palette entry or colour key
+        img = img.convert("LA" if mode == "L" else "RGBA")
+        mode = img.mode
     if mode == "RGB":
         return img
     if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        img = img.convert("RGB")
         mode = img.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")

@@ -35,6 +35,20 @@ def test_transparency_is_composited_over_white():
     assert pixels.min() == 255
 
 
+@pytest.mark.parametrize("mode, key", [("RGB", (0, 0, 0)), ("L", 0)])
+def test_a_png_colour_key_is_transparent_too(mode, key):
+    """RGB and grey PNGs mark one colour transparent (tRNS) instead of carrying alpha."""
+    import io
+
+    img = Image.new(mode, (40, 40), key)
+    img.paste(Image.new(mode, (20, 40), 77 if mode == "L" else (10, 20, 30)), (20, 0))
+    buf = io.BytesIO()
+    img.save(buf, "PNG", transparency=key)
+    pixels, _ = decode_image(buf.getvalue(), DecodePolicy(size=40))
+    assert (pixels[:, :20] == 255).all()  # the key colour: white, as alpha 0 is
+    assert (pixels[:, 20:] == (77 if mode == "L" else (10, 20, 30))).all()  # other colours kept
+
+
 def test_sixteen_bit_is_scaled_not_clipped():
     arr = np.full((40, 40), 32768, dtype=np.uint16)
     pixels, _ = decode_image(encode(Image.fromarray(arr), "PNG"), DecodePolicy(size=40))
