@@ -155,7 +155,7 @@ class EngagementRunConfig(dg.Config):
     group_name="ingestion",
     kinds={"polars", "parquet"},
     deps=[raw_images],
-    code_version="engagement_events-v1",
+    code_version="engagement_events-v2",
 )
 def engagement_events(context: dg.AssetExecutionContext, config: EngagementRunConfig,
                       lensless_home: LenslessHome) -> dg.MaterializeResult:
@@ -179,6 +179,12 @@ def engagement_events(context: dg.AssetExecutionContext, config: EngagementRunCo
             dropped[reason] = dropped.get(reason, 0) + n
         context.log.info(f"{path}: {events.height} events kept, dropped {lost}")
     events = pl.concat(frames) if frames else pl.DataFrame(schema=EVENT_SCHEMA)
+    # one event listed twice (overlapping exports, a file registered under two names) counts once
+    unique = events.unique(maintain_order=True)
+    if unique.height < events.height:
+        dropped["duplicate_event"] = events.height - unique.height
+        context.log.info(f"{events.height - unique.height} events listed more than once were kept once")
+    events = unique
     write_table(home, "engagement_events", events)
     version = content_version(events, ["user_id", "image_id", "event", "ts"])
     return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={

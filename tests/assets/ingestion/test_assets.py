@@ -311,10 +311,13 @@ def test_engagement_events_counts_unknown_images(home, tmp_path):
     })
     path = tmp_path / "events.csv"
     events.write_csv(path)
+    overlapping = tmp_path / "events-again.csv"  # an export that overlaps: its first two rows again
+    events.head(2).vstack(events.head(2)).write_csv(overlapping)
     result = dg.materialize([engagement_events], instance=instance, resources=_resources(home),
-                            run_config={"ops": {"engagement_events": {"config": {"paths": [str(path)]}}}})
+                            run_config={"ops": {"engagement_events": {"config": {"paths": [str(path), str(overlapping)]}}}})
     meta = result.asset_materializations_for_node("engagement_events")[0].metadata
     assert meta["events"].value == 3 and meta["dropped_unknown_image"].value == 1
+    assert "| duplicate_event | 4 |" in meta["dropped"].value  # each listed event counts once
     table = read_table(home, "engagement_events")
     assert set(table["event"]) == {"save", "click"} and table["image_id"].null_count() == 0
 
