@@ -82,7 +82,7 @@ def ingest(home: Home, source: str, engagement: str | None = None, label_depth: 
         if files.height > limit:  # deterministic sample: the same files every time
             keep = set(files.sample(limit, seed=0)["uri"].to_list())
             fresh = fresh.filter(fresh["uri"].is_in(list(keep)) | fresh["skipped_reason"].is_not_null())
-    register_watched(home, source)
+    register_watched(home, source, label_depth)
     batches = list(resumed)
     if fresh.height == 0:
         print(f"no new files in {source} ({listing.files.height} listed, all already ingested)", file=sys.stderr)

@@ -15,6 +15,7 @@ from assets.ingestion.sources import (
     new_entries,
     register_batch,
     unfinished_batches,
+    watched_label_depth,
     watched_sources,
 )
 from assets.store.lock import LockBusy, step_lock
@@ -70,7 +71,11 @@ def _cut_batches(context: dg.SensorEvaluationContext, home, sources: list[str]):
     retries = _interrupted(context.instance, [b for b in unfinished_batches(home) if b in existing])
     listed = 0
     for source in sources:
-        listing = list_source(source)
+        try:
+            listing = list_source(source, label_depth=watched_label_depth(home, source))
+        except (ValueError, OSError) as e:  # gone, or unreachable: the other sources go on
+            context.log.warning(f"watched source {source} skipped this tick: {e}")
+            continue
         listed += listing.files.height + listing.skipped.height
         fresh = new_entries(home, listing)
         for chunk in cut_batches(fresh, sensor_batch_size()) if fresh.height else []:

@@ -41,6 +41,7 @@ from assets.store.lake import (
     add_to_registry,
     read_registry,
     read_table,
+    registry_options,
     table_partitions,
     write_table,
 )
@@ -120,14 +121,17 @@ def list_source(source: str, label_depth: int = 1) -> Listing:
     if label_depth < 0:
         raise ValueError(f"--label-depth must be >= 0 (0: no labels), got {label_depth}")
     root = resolve_source(source)
-    try:
-        fs, root_path = fsspec.core.url_to_fs(root)  # some filesystems (ftp) connect here
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        local = protocol in ("file", "local")
-        found = {} if local else fs.find(root_path, detail=True)
-    except OSError as e:  # a host that refuses or does not answer, a denied bucket
-        raise ValueError(f"source {source!r} could not be listed ({type(e).__name__}: {e}): check the URL, "
-                         "that the host answers and the credentials") from e
+    if "://" not in root:  # a local folder; fsspec would read a "::" in its name as a chain of URLs
+        local, root_path = True, root
+    else:
+        try:
+            fs, root_path = fsspec.core.url_to_fs(root)  # some filesystems (ftp) connect here
+            protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+            local = protocol in ("file", "local")
+            found = {} if local else fs.find(root_path, detail=True)
+        except OSError as e:  # a host that refuses or does not answer, a denied bucket
+            raise ValueError(f"source {source!r} could not be listed ({type(e).__name__}: {e}): check the URL, "
+                             "that the host answers and the credentials") from e
     rows = []  # (uri, path relative to the root, size, mtime, reason it is skipped or None)
     if local:
         rows = _walk_local(root_path)
@@ -295,6 +299,13 @@ def watched_sources(home: Home) -> list[str]:
     return list(dict.fromkeys(env + read_registry(home, "watched_sources")))
 
 
-def register_watched(home: Home, source: str) -> None:
-    """Remember a source so `new_images_sensor` keeps watching it (idempotent)."""
-    add_to_registry(home, "watched_sources", source)
+def register_watched(home: Home, source: str, label_depth: int = 1) -> None:
+    """Remember a source so `new_images_sensor` keeps watching it (idempotent): as an absolute
+    path or URL, which the sensor's working directory does not change, and with the label
+    depth its files were listed with."""
+    add_to_registry(home, "watched_sources", resolve_source(source), label_depth=label_depth)
+
+
+def watched_label_depth(home: Home, source: str) -> int:
+    """The label depth `source` was registered with (1 for `$LENSLESS_WATCH` sources)."""
+    return registry_options(home, "watched_sources").get(source, {}).get("label_depth", 1)

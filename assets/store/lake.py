@@ -196,10 +196,22 @@ def read_registry(home: Home, name: str) -> list[str]:
     return entries
 
 
-def add_to_registry(home: Home, name: str, entry: str) -> None:
-    """Add `entry` to a registry unless it is already there."""
-    if entry not in read_registry(home, name):
-        append_record(_registry_log(home, name), {"op": "add", "entry": entry})
+def add_to_registry(home: Home, name: str, entry: str, **options) -> None:
+    """Add `entry` to a registry unless it is already there with the same `options` (e.g. a
+    watched source's label_depth); adding it again with others replaces them."""
+    if entry not in read_registry(home, name) or registry_options(home, name).get(entry, {}) != options:
+        append_record(_registry_log(home, name), {"op": "add", "entry": entry, **({"options": options} if options else {})})
+
+
+def registry_options(home: Home, name: str) -> dict[str, dict]:
+    """The options each entry of a registry was last added with ({} for none)."""
+    options: dict[str, dict] = {}
+    for record in read_records(_registry_log(home, name)):
+        if record["op"] == "add":
+            options[record["entry"]] = record.get("options", {})
+        elif record["op"] == "remove":
+            options.pop(record["entry"], None)
+    return options
 
 
 def remove_from_registry(home: Home, name: str, entry: str) -> None:

@@ -129,3 +129,23 @@ def test_sensor_skips_a_tick_while_a_command_writes_the_home(home, tmp_path, mon
     finally:
         holder.communicate("\n", timeout=10)
     assert len(tick(home, instance).run_requests) == 1
+
+
+def test_a_registered_source_is_watched_as_ingested_and_a_bad_one_blocks_no_other(home, tmp_path, monkeypatch):
+    """`lensless ingest src --label-depth 2` from another working directory: the sensor finds
+    the same folder and labels new files by the same level; a registered source that is gone
+    is skipped with a warning while the others are listed."""
+    from assets.ingestion.sources import register_watched
+    from assets.store.lake import add_to_registry
+
+    monkeypatch.delenv("LENSLESS_WATCH", raising=False)
+    write_images(tmp_path / "src" / "shop" / "shoes", ["a.png"])
+    monkeypatch.chdir(tmp_path)
+    register_watched(home, "src", label_depth=2)  # relative, as typed
+    add_to_registry(home, "watched_sources", str(tmp_path / "gone"))  # removed since
+    monkeypatch.chdir("/")
+    result = tick(home, dg.DagsterInstance.ephemeral())
+    (request,) = result.run_requests
+    files = read_batch(home, request.partition_key)
+    assert files["uri"].to_list() == [str(tmp_path / "src" / "shop" / "shoes" / "a.png")]
+    assert files["label"].to_list() == ["shoes"]  # depth 2, not the default 1 ("shop")
