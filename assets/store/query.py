@@ -1,8 +1,8 @@
 """DuckDB over the lake: every table is a view named after it. No Dagster here.
 
 `connect(home)` opens an in-memory DuckDB and creates one view per table of `store.lake`
-that has been written: a partitioned one reads `lake/<name>/*.parquet` (union by name), an
-unpartitioned one its file. Nothing is loaded until queried, so queries run out of core
+that has been written: a partitioned one reads the files of its partitions at connect time,
+`lake/<name>/<partition>.parquet` (union by name), an unpartitioned one its file. Nothing is loaded until queried, so queries run out of core
 (with `memory_limit`, DuckDB spills to disk past it). A remote home is read through fsspec,
 never by a DuckDB extension. This is the one DuckDB connection of the pipeline.
 
@@ -18,7 +18,7 @@ import re
 import duckdb
 
 from assets.store.files import Home
-from assets.store.lake import TABLES, has_table, table_path
+from assets.store.lake import TABLES, has_table, table_partitions, table_path
 
 READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
 
@@ -62,10 +62,12 @@ def connect(home: Home, memory_limit: str | None = None, read_only: bool = False
     for name, table in TABLES.items():
         if not has_table(home, name):
             continue
-        path = home.path("lake", name) if table.partitioned else table_path(home, name)
-        glob = f"{path.as_posix()}/*.parquet" if table.partitioned else path.as_posix()
+        # the files by name, not a glob: a home path may hold quotes or glob characters ([1])
+        paths = [table_path(home, name, p) for p in table_partitions(home, name)] if table.partitioned \
+            else [table_path(home, name)]
+        files = ", ".join("'{}'".format(path.as_posix().replace("'", "''")) for path in paths)
         try:
-            con.sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name=true)")
+            con.sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet([{files}], union_by_name=true)")
         except duckdb.Error as e:
             if damaged is None:
                 raise

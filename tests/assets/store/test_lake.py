@@ -163,3 +163,13 @@ def test_what_another_process_wrote_to_a_bucket_is_seen_at_once(monkeypatch):
         assert [r["version"] for r in read_records(log)] == ["v1", "v2"]
     finally:
         server.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("folder", ["it's home", "run[1]", "a*b?"])
+def test_the_lake_is_queried_whatever_characters_its_home_path_holds(tmp_path, folder):
+    """DuckDB reads a quoted path as SQL and a glob pattern as a pattern: the views name files."""
+    home = Home.at(tmp_path / folder)
+    write_table(home, "raw_images", rows("a", 2), "a")
+    write_table(home, "raw_images", rows("b", 1), "b")
+    for read_only in (False, True):
+        assert connect(home, read_only=read_only).execute("SELECT count(*) FROM raw_images").fetchall() == [(3,)]
