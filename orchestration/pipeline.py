@@ -19,6 +19,7 @@ from assets.ingestion.engagement import load_engagement_file, register_source
 from assets.ingestion.sources import (
     list_source,
     new_entries,
+    orphaned_batches,
     register_batch,
     register_watched,
     unfinished_batches,
@@ -40,13 +41,17 @@ def step(n: int, total: int, text: str) -> None:
 
 def resume_unfinished(home: Home) -> list[str]:
     """Ingest every batch an earlier command froze but did not finish (killed mid-decode, say),
-    so none of its files is lost; returns those batches."""
-    batches = unfinished_batches(home)
-    for batch in batches:
-        print(f"batch {batch}: an earlier ingest did not finish; ingesting it now", file=sys.stderr)
+    so none of its files is lost, and every batch whose duplicates lost the image they repeat
+    (`orphaned_batches`), so that image stays in the lake; returns those batches."""
+    unfinished = unfinished_batches(home)
+    orphaned = [b for b in orphaned_batches(home) if b not in unfinished]
+    for batch in unfinished + orphaned:
+        why = ("an earlier ingest did not finish" if batch in unfinished
+               else "it holds copies of images a re-run of another batch let go")
+        print(f"batch {batch}: {why}; ingesting it now", file=sys.stderr)
         get_instance().add_dynamic_partitions(image_batches.name, [batch])
         materialize_assets(["raw_images"], "ingest_job", partition_key=batch)
-    return batches
+    return unfinished + orphaned
 
 
 def _summary(home: Home, batches: list[str]) -> dict:

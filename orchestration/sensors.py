@@ -13,6 +13,7 @@ from assets.ingestion.sources import (
     known_batches,
     list_source,
     new_entries,
+    orphaned_batches,
     register_batch,
     unfinished_batches,
     watched_label_depth,
@@ -63,12 +64,15 @@ def new_images_sensor(context: dg.SensorEvaluationContext,
 
 
 def _cut_batches(context: dg.SensorEvaluationContext, home, sources: list[str]):
-    """(partitions that exist, batches to add and run, interrupted batches to rerun, files
-    listed). A batch whose file list was frozen but whose partition was never added (a crash
-    between the two) is added now, so no file is stranded."""
+    """(partitions that exist, batches to add and run, batches to ingest again, files listed).
+    A batch whose file list was frozen but whose partition was never added (a crash between
+    the two) is added now, so no file is stranded. Ingested again: batches an ingest did not
+    finish, and batches whose duplicates lost the image they repeat (`orphaned_batches`)."""
     existing = set(context.instance.get_dynamic_partitions(image_batches.name))
     keys = [b for b in known_batches(home) if b not in existing]
-    retries = _interrupted(context.instance, [b for b in unfinished_batches(home) if b in existing])
+    unfinished = unfinished_batches(home)
+    again = unfinished + [b for b in orphaned_batches(home) if b not in unfinished]
+    retries = _interrupted(context.instance, [b for b in again if b in existing])
     listed = 0
     for source in sources:
         try:
@@ -84,9 +88,9 @@ def _cut_batches(context: dg.SensorEvaluationContext, home, sources: list[str]):
 
 
 def _interrupted(instance, batches: list[str]) -> list[tuple[str, str]]:
-    """(batch, run key) for each registered batch without a manifest whose last run ended
-    without writing it (failed, or its process died and run monitoring marked it): it is
-    requested again, once per ended run. A batch with no run yet waits for its first request."""
+    """(batch, run key) for each of `batches` whose last run has ended (for a batch without a
+    manifest: failed, or its process died and run monitoring marked it): it is requested
+    again, once per ended run. A batch with no run yet waits for its first request."""
     out = []
     for batch in batches:
         runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": batch}), limit=1)

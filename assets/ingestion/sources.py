@@ -217,6 +217,15 @@ def unfinished_batches(home: Home) -> list[str]:
     return [b for b in known_batches(home) if b not in done]
 
 
+def orphaned_batches(home: Home) -> list[str]:
+    """Batches that hold a duplicate of an image no batch holds any more: a re-run of the
+    batch that held it let it go (its file deleted or changed, or a stricter policy). Each is
+    ingested again, and then keeps its copy (`raw_images` sees the image gone)."""
+    held = read_table(home, "raw_images")["image_id"].implode()
+    dangling = read_table(home, "duplicates").filter(~pl.col("duplicate_of").is_in(held))
+    return sorted(set(dangling["batch"].to_list()))
+
+
 READ_ATTEMPTS = 3  # failed reads of an unchanged remote file before it waits for a change
 
 

@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 from PIL import Image
 
+from assets.ingestion.assets import raw_images
 from assets.ingestion.sources import read_batch
 from assets.store.resource import LenslessHome
 from orchestration.sensors import new_images_sensor
@@ -149,3 +150,23 @@ def test_a_registered_source_is_watched_as_ingested_and_a_bad_one_blocks_no_othe
     files = read_batch(home, request.partition_key)
     assert files["uri"].to_list() == [str(tmp_path / "src" / "shop" / "shoes" / "a.png")]
     assert files["label"].to_list() == ["shoes"]  # depth 2, not the default 1 ("shop")
+
+
+def test_sensor_ingests_again_a_batch_whose_duplicates_lost_their_image(home, tmp_path, monkeypatch):
+    """a holds an image, b a copy of it; a is re-run after its file was deleted: the next tick
+    requests b again (once), so b ingests its copy."""
+    write_images(tmp_path / "a", ["shared.png"])
+    monkeypatch.setenv("LENSLESS_WATCH", str(tmp_path / "a"))
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"lensless_home": LenslessHome(path=str(home.root))}
+    (first,) = tick(home, instance).run_requests
+    assert dg.materialize([raw_images], partition_key=first.partition_key, instance=instance, resources=resources).success
+    write_images(tmp_path / "b", ["shared.png"])
+    monkeypatch.setenv("LENSLESS_WATCH", f"{tmp_path / 'a'},{tmp_path / 'b'}")
+    (second,) = tick(home, instance).run_requests
+    assert dg.materialize([raw_images], partition_key=second.partition_key, instance=instance, resources=resources).success
+    (tmp_path / "a" / "shared.png").unlink()
+    assert dg.materialize([raw_images], partition_key=first.partition_key, instance=instance, resources=resources).success
+    third = tick(home, instance)
+    assert [r.partition_key for r in third.run_requests] == [second.partition_key]
+    assert third.run_requests[0].run_key.startswith(f"{second.partition_key}:after:")

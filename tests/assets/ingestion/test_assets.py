@@ -219,6 +219,26 @@ def test_a_duplicate_of_an_image_a_rerun_let_go_is_ingested_after_all(home, tmp_
     assert read_table(home, "duplicates", [batches["b"]]).height == 0
 
 
+def test_an_image_a_rerun_lets_go_comes_back_from_a_batch_that_repeats_it(home, tmp_path):
+    """a ingested the shared image and b recorded its copy as a duplicate of it; then a's file
+    is deleted and a is re-run. b is orphaned until it is ingested again, and then holds the
+    image: it stays in the lake under the same id."""
+    from assets.ingestion.sources import orphaned_batches
+
+    batches = _two_sources(home, tmp_path)
+    assert _materialize(home, batches["a"]).success and _materialize(home, batches["b"]).success
+    shared = read_table(home, "duplicates", [batches["b"]])["duplicate_of"].to_list()
+    assert len(shared) == 1 and orphaned_batches(home) == []
+    (tmp_path / "a" / "shared.png").unlink()
+    assert _materialize(home, batches["a"]).success
+    assert shared[0] not in read_table(home, "raw_images")["image_id"].to_list()
+    assert orphaned_batches(home) == [batches["b"]]
+    assert _materialize(home, batches["b"]).success  # what resume_unfinished and the sensor request
+    assert orphaned_batches(home) == []
+    kept = read_table(home, "raw_images", [batches["b"]])
+    assert shared[0] in kept["image_id"].to_list() and str(tmp_path / "b" / "shared.png") in kept["uri"].to_list()
+
+
 def test_a_file_that_could_not_be_read_is_retried_once_readable(home, tmp_path, monkeypatch):
     import assets.ingestion.batch as batch_module
     import assets.ingestion.sources as sources_module
