@@ -171,35 +171,39 @@ def cmd_engagement(args) -> int:
     return 0
 
 
-def _record_champion(reason: str) -> None:
-    """Record a move of the champion made outside a run as an observation of `reranker_champion`,
-    so the UI's asset page shows who serves and why."""
+def _record_champion(instance, reason: str) -> None:
+    """Record a move of the champion made outside a run as an observation of `reranker_champion`
+    on `instance` (opened before the move, so a move is never left unrecorded by an instance
+    that cannot be opened), so the UI's asset page shows who serves and why."""
     import dagster as dg
 
     from assets.evaluation.promotion import CHAMPION
     from assets.store.models import pointers
-    from orchestration.instance import get_instance
 
     state = pointers(current_home(), CHAMPION)
-    get_instance().report_runless_asset_event(dg.AssetObservation(
+    instance.report_runless_asset_event(dg.AssetObservation(
         asset_key=CHAMPION, metadata={"champion": state["current"], "decision": reason,
                                       "history_length": len(state["history"])}))
 
 
 def cmd_promote(args) -> int:
     from assets.evaluation.promotion import promote
+    from orchestration.instance import get_instance
 
+    instance = get_instance()
     version = promote(current_home(), args.version)
-    _record_champion(f"promoted {version} by hand (lensless promote)")
+    _record_champion(instance, f"promoted {version} by hand (lensless promote)")
     print(f"champion is now {version}")
     return 0
 
 
 def cmd_rollback(args) -> int:
     from assets.evaluation.promotion import rollback
+    from orchestration.instance import get_instance
 
+    instance = get_instance()
     old, new = rollback(current_home())
-    _record_champion(f"rolled back from {old} to {new} by hand (lensless rollback)")
+    _record_champion(instance, f"rolled back from {old} to {new} by hand (lensless rollback)")
     print(f"champion rolled back {old} → {new}")
     return 0
 

@@ -66,12 +66,28 @@ def promote(home: Home, version: str | None = None, reason: str = "manual promot
     return version
 
 
+ROLLBACK = "rollback from"  # the reason of a rollback's pointer record: "rollback from <version>"
+
+
+def champion_stack(history: list[dict]) -> list[str]:
+    """The champions in force, oldest first, replayed from the pointer records: a promotion
+    puts its version on top, a rollback takes the top off (what is left on top is what it
+    restored). So successive rollbacks walk back C -> B -> A, never back to C."""
+    stack: list[str] = []
+    for record in history:
+        if record.get("reason", "").startswith(ROLLBACK) and stack:
+            stack.pop()
+        if not stack or stack[-1] != record["version"]:
+            stack.append(record["version"])
+    return stack
+
+
 def rollback(home: Home) -> tuple[str, str]:
-    """Point the champion back at the previous one; returns (from, to)."""
+    """Point the champion back at the one before it; returns (from, to)."""
     state = pointers(home, CHAMPION)
-    previous = [h["version"] for h in state["history"] if h["version"] != state["current"]]
-    if not previous:
-        raise ValueError(f"no earlier champion to roll back to (history: {[h['version'] for h in state['history']]})")
-    set_current(home, CHAMPION, previous[-1], reason=f"rollback from {state['current']}", versions_of=CHALLENGER,
+    stack = champion_stack(state["history"])
+    if len(stack) < 2:
+        raise ValueError(f"no earlier champion to roll back to (champions in force: {stack or 'none'})")
+    set_current(home, CHAMPION, stack[-2], reason=f"{ROLLBACK} {state['current']}", versions_of=CHALLENGER,
                 expect=state["current"])
-    return state["current"], previous[-1]
+    return state["current"], stack[-2]

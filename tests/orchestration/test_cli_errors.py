@@ -180,3 +180,24 @@ def test_a_file_where_the_default_instance_folder_goes_is_named(tmp_path, monkey
     monkeypatch.setenv("LENSLESS_HOME", str(home))
     assert _exit_code(["report"]) == 2
     assert f"the Dagster instance folder {home / 'dagster'} is a file" in _one_line_error(capsys)
+
+
+def test_a_promote_or_rollback_the_instance_refuses_moves_nothing(lensless_home, tmp_path, monkeypatch, capsys):
+    """The move is recorded on the Dagster instance; one that cannot be opened (here: it
+    serves another home) stops the command before the champion moves."""
+    from assets.evaluation.promotion import CHALLENGER
+    from assets.store.models import kind_root, pointers
+    from orchestration.cli import main
+    from orchestration.instance import get_instance
+
+    for version in ("A", "B"):
+        (kind_root(lensless_home, CHALLENGER) / version).mkdir(parents=True)
+    assert main(["promote", "A"]) == 0 and main(["promote", "B"]) == 0
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "shared-instance"))
+    monkeypatch.setenv("LENSLESS_HOME", str(tmp_path / "another"))
+    get_instance()  # the shared instance now serves another home
+    monkeypatch.setenv("LENSLESS_HOME", str(lensless_home.root))
+    capsys.readouterr()
+    assert main(["promote", "A"]) == 2 and main(["rollback"]) == 2
+    assert pointers(lensless_home, "reranker_champion")["current"] == "B"
+    assert capsys.readouterr().err.count("serves LENSLESS_HOME=") == 2
