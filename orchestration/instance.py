@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 
 from assets.compute import TRAIN_POOL
-from assets.store.files import Home, check_folder
+from assets.store.files import Home, check_folder, write_bytes
 
-MAX_CONCURRENT_RUNS = int(os.environ.get("LENSLESS_MAX_CONCURRENT_RUNS", "2"))
+MAX_RUNS_ENV = "LENSLESS_MAX_CONCURRENT_RUNS"  # runs at once, written into a new dagster.yaml (default 2)
 POOLS = (TRAIN_POOL,)  # every pool of the code location; dagster.yaml limits each to one step
 
 DAGSTER_YAML = """\
@@ -68,10 +68,19 @@ def ensure_dagster_home() -> Path:
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     yaml_path = home / "dagster.yaml"
-    if not yaml_path.exists():
-        yaml_path.write_text(DAGSTER_YAML.format(max_runs=MAX_CONCURRENT_RUNS))
+    if not yaml_path.exists():  # whole or not at all: Dagster reads a partial one as its defaults
+        with contextlib.suppress(FileExistsError):  # another process wrote it just now
+            write_bytes(DAGSTER_YAML.format(max_runs=max_concurrent_runs()).encode(), yaml_path, exclusive=True)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def max_concurrent_runs() -> int:
+    """`$LENSLESS_MAX_CONCURRENT_RUNS`, a positive integer (default 2)."""
+    value = os.environ.get(MAX_RUNS_ENV, "2")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_RUNS_ENV}={value!r}: expected a positive integer (runs at once, default 2)")
+    return int(value)
 
 
 HOME_KEY = "lensless/home"  # which LENSLESS_HOME an instance serves, in its key-value store

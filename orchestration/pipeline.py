@@ -69,6 +69,8 @@ def ingest(home: Home, source: str, engagement: str | None = None, label_depth: 
            limit: int | None = None) -> dict:
     """Finish any interrupted batch, cut the source's new files into one batch, ingest it and
     refresh engagement; returns the summary (`resumed` lists the batches finished first)."""
+    if limit is not None and limit < 1:  # before anything is registered
+        raise ValueError(f"--limit must be >= 1, got {limit}")
     if engagement:  # checked (and refused, naming what is wrong) before anything is ingested
         engagement = os.path.abspath(engagement) if "://" not in engagement else engagement
         load_engagement_file(engagement)
@@ -81,8 +83,6 @@ def ingest(home: Home, source: str, engagement: str | None = None, label_depth: 
         register_source(home, engagement)
     fresh = new_entries(home, listing)
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {limit}")
         files = fresh.filter(fresh["skipped_reason"].is_null())
         if files.height > limit:  # deterministic sample: the same files every time
             keep = set(files.sample(limit, seed=0)["uri"].to_list())

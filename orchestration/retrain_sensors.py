@@ -28,10 +28,16 @@ def _env(name: str, default: float) -> float:
 
 
 def _latest_metadata(instance, key: str) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey(key))
-    if event is None or event.asset_materialization is None:
-        return {}
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    return _latest(instance, key)[0]
+
+
+def _latest(instance, key: str) -> tuple[dict, int | None]:
+    """The metadata of the latest materialisation of `key` and its event's storage id (unique
+    per materialisation, also for one reported outside a run); ({}, None) when there is none."""
+    records = instance.fetch_materializations(dg.AssetKey(key), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return {}, None
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}, records[0].storage_id
 
 
 def embedding_drift(home: Home, trained_batches: set[str]) -> float | None:
@@ -86,9 +92,9 @@ def reranker_retrain_sensor(context: dg.SensorEvaluationContext, lensless_home: 
     if grown > fraction:
         return dg.RunRequest(run_key=f"reranker-engagement-{events}",
                              tags={"lensless/reason": "new_engagement", "lensless/new_events_fraction": f"{grown:.3f}"})
-    report = _latest_metadata(context.instance, "evaluation_report")
+    report, event_id = _latest(context.instance, "evaluation_report")
     if report.get("champion_ndcg_diff_ci_high") is not None and report["champion_ndcg_diff_ci_high"] < 0:
-        return dg.RunRequest(run_key=f"reranker-regression-{report.get('run_id', '')}",
+        return dg.RunRequest(run_key=f"reranker-regression-{event_id}",  # one retrain per regressed report
                              tags={"lensless/reason": "evaluation_regressed",
                                    "lensless/ndcg_diff": f"{report.get('champion_ndcg_diff', 0):.4f}"})
     return dg.SkipReason(f"engagement grew {grown:.1%} (threshold {fraction:.0%}); no regression")

@@ -158,8 +158,8 @@ def history_plot(reports: list[dict]) -> bytes:
 
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     for name in SYSTEMS:
-        ys = [r["systems"][name]["ndcg_at_10"] for r in reports if name in r.get("systems", {})]
-        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=name)
+        xs = [i for i, r in enumerate(reports, 1) if name in r.get("systems", {})]  # a system added later
+        ax.plot(xs, [reports[i - 1]["systems"][name]["ndcg_at_10"] for i in xs], marker="o", label=name)  # starts later
     ax.set(xlabel="report (oldest → newest)", ylabel="NDCG@10", title="metric history")
     n = max(len(reports), 1)  # reports are counted: integer ticks only
     ax.xaxis.set_major_locator(FixedLocator(range(1, n + 1)) if n <= 20 else MaxNLocator(integer=True))

@@ -93,7 +93,8 @@ def system_rankings(home: Home, inputs: dict, seed: int = 0, cost_queries: int =
     rankings = {"retrieval": [[ids[j] for j in r] for r in c_rows]}
     rankings["random"] = [[ids[j] for j in rng.choice(np.delete(np.arange(len(ids)), q), k, replace=False)] for q in q_rows]
     popular = popularity(home)["image_id"].to_list()
-    popular += [i for i in ids if i not in set(popular)]  # unengaged images last, in catalog order
+    engaged = set(popular)
+    popular += [i for i in ids if i not in engaged]  # unengaged images last, in catalog order
     rankings["popularity"] = [[i for i in popular[: k + 1] if i != ids[q]][:k] for q in q_rows]
 
     by_q = candidate_lists(read_table(home, "reranked_candidates"))  # in the reranker's rank order

@@ -201,3 +201,27 @@ def test_a_promote_or_rollback_the_instance_refuses_moves_nothing(lensless_home,
     assert main(["promote", "A"]) == 2 and main(["rollback"]) == 2
     assert pointers(lensless_home, "reranker_champion")["current"] == "B"
     assert capsys.readouterr().err.count("serves LENSLESS_HOME=") == 2
+
+
+def test_a_bad_run_limit_is_named_in_one_line(lensless_home, monkeypatch, capsys):
+    from orchestration.cli import main
+
+    monkeypatch.setenv("LENSLESS_MAX_CONCURRENT_RUNS", "two")
+    assert main(["promote"]) == 2  # opens the instance first
+    err = capsys.readouterr().err
+    assert "LENSLESS_MAX_CONCURRENT_RUNS='two': expected a positive integer" in err and "Traceback" not in err
+    assert not (lensless_home.local_dir("dagster") / "dagster.yaml").exists()  # nothing half-written
+
+
+def test_a_bad_limit_registers_no_engagement_file(lensless_home, tmp_path, capsys):
+    from assets.ingestion.engagement import registered_sources
+    from orchestration.pipeline import ingest
+
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(src / "x.jpg")
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,image_uri,event,ts\nu1,x.jpg,click,2026-01-01T00:00:00Z\n")
+    with pytest.raises(ValueError, match="--limit must be >= 1, got 0"):
+        ingest(lensless_home, str(tmp_path / "src"), str(events), limit=0)
+    assert registered_sources(lensless_home) == []

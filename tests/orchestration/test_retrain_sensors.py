@@ -70,6 +70,10 @@ def test_reranker_sensor_engagement_and_regression(home):
     report(instance, "evaluation_report", champion_ndcg_diff=-0.05, champion_ndcg_diff_ci_high=-0.01)
     request = tick(home, reranker_retrain_sensor, instance)
     assert request.tags["lensless/reason"] == "evaluation_regressed"
+    assert tick(home, reranker_retrain_sensor, instance).run_key == request.run_key  # the same report: one retrain
+    report(instance, "evaluation_report", champion_ndcg_diff=-0.08, champion_ndcg_diff_ci_high=-0.04)
+    again = tick(home, reranker_retrain_sensor, instance)  # a later report regressed too: retrain again
+    assert again.tags["lensless/reason"] == "evaluation_regressed" and again.run_key != request.run_key
     report(instance, "gutted_reranker", engagement_events=50)
     request = tick(home, reranker_retrain_sensor, instance)
     assert request.tags["lensless/reason"] == "new_engagement" and request.tags["lensless/new_events_fraction"] == "1.000"

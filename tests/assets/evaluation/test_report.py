@@ -6,6 +6,7 @@ from PIL import Image
 
 from assets.evaluation.report import (
     champion_moved_line,
+    history_plot,
     pareto_front,
     production_rows,
     provenance_line,
@@ -81,3 +82,17 @@ def test_a_champion_moved_by_hand_after_the_report_is_noted():
     assert "now older" in line and "with old" in line and "evaluation_job" in line
     first = {"challenger": {"version": "v1", "champion": None}}
     assert "with no champion" in champion_moved_line(first, "v0")
+
+
+def test_a_system_added_later_is_drawn_at_the_reports_that_have_it(monkeypatch):
+    import assets.evaluation.report as report
+
+    figures, png = [], report._png
+    monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or png(fig))
+    reports = [{"systems": {"retrieval": {"ndcg_at_10": 0.05}}},
+               {"systems": {"retrieval": {"ndcg_at_10": 0.06}}},
+               {"systems": {"retrieval": {"ndcg_at_10": 0.06}, "sequential": {"ndcg_at_10": 0.08}}}]
+    history_plot(reports)
+    lines = {line.get_label(): line for line in figures[0].axes[0].get_lines()}
+    assert list(lines["retrieval"].get_xdata()) == [1, 2, 3]
+    assert list(lines["sequential"].get_xdata()) == [3] and list(lines["sequential"].get_ydata()) == [0.08]
