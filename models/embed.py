@@ -18,7 +18,7 @@ from models.encoder import ImageEncoder
 def _chunks(pixels: np.ndarray | Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
     """Re-chunk an array or an iterable of arrays into pieces of at most batch_size rows."""
     if isinstance(pixels, np.ndarray):
-        arr = pixels
+        arr = pixels[None] if pixels.ndim == 3 else pixels  # one image (S, S, 3), not S rows
         pixels = (arr[i : i + batch_size] for i in range(0, len(arr), batch_size))
     for chunk in pixels:
         chunk = np.asarray(chunk)

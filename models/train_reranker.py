@@ -296,8 +296,9 @@ def train_reranker(
     settings (metrics["resumed_at_step"]); the file ends holding the finished run, for the
     caller to clear once the trained model is saved (a kill before that loses nothing)."""
     cfg = cfg or RerankerTrainConfig()
-    if cfg.batch_groups < 1:
-        raise ValueError(f"batch_groups must be >= 1, got {cfg.batch_groups}")
+    for knob in ("batch_groups", "patience", "evals_per_epoch"):  # at 0: no step, or no evaluation to keep
+        if getattr(cfg, knob) < 1:
+            raise ValueError(f"{knob} must be >= 1, got {getattr(cfg, knob)}")
     feats = _as_tensor(features)
     scorer.check_features(feats, "features")
     n_queries = len(feats) if queries is None else len(queries)

@@ -181,6 +181,9 @@ def test_embed_streaming_equals_one_shot():
     assert whole.dtype == np.float32 and whole.shape == (20, 32)
     np.testing.assert_allclose(streamed, whole, atol=1e-5)
     assert max(len(b) for b in iter_embeddings(model, iter([x]), batch_size=4)) == 4
+    one = embed_pixels(model, x[3], batch_size=16)  # one image (S, S, 3): one embedding, not S/16
+    assert one.shape == (1, 32)
+    np.testing.assert_allclose(one[0], whole[3], atol=1e-5)
 
 
 def test_knn_label_precision_hand_made():

@@ -185,6 +185,9 @@ def test_bad_inputs_are_clear_errors():
         train_reranker(model, np.zeros((48, D + 1), np.float32), train, val)
     with pytest.raises(ValueError, match="batch_groups"):
         train_reranker(model, emb, train, val, RerankerTrainConfig(batch_groups=0))
+    for knob in ("patience", "evals_per_epoch"):  # at 0 the model would come back untrained
+        with pytest.raises(ValueError, match=f"{knob} must be >= 1, got 0"):
+            train_reranker(model, emb, train, val, RerankerTrainConfig(**{knob: 0}))
 
 
 def test_scores_do_not_depend_on_candidate_order():
