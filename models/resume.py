@@ -141,7 +141,7 @@ def rng_tensors(gen: torch.Generator, device: torch.device, device_gen: torch.Ge
 def restore_rng(gen: torch.Generator, tensors: dict[str, torch.Tensor], device: torch.device,
                 device_gen: torch.Generator | None = None) -> None:
     gen.set_state(tensors["rng.gen"])
-    if device_gen is not None and "rng.device_gen" in tensors:
+    if device_gen is not None and device_gen is not gen and "rng.device_gen" in tensors:
         device_gen.set_state(tensors["rng.device_gen"])
     torch.set_rng_state(tensors["rng.torch"])
     if device.type == "cuda" and "rng.cuda" in tensors:

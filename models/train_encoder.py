@@ -164,6 +164,15 @@ def _pair_mask(idx: torch.Tensor, pair_codes: torch.Tensor | None, n: int) -> to
     return linked | linked.T
 
 
+def resume_settings(cfg: EncoderTrainConfig, device: torch.device) -> dict:
+    """The settings a saved run must share to be resumed: every training knob, and the kind of
+    device (not which one). A GPU run draws its augmentations from a CUDA generator and
+    trains in mixed precision; resumed on a CPU, or a CPU run on a GPU, it would switch both
+    halfway, so such a run starts afresh instead."""
+    knobs = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "log_every", "checkpoint_seconds")}
+    return {**knobs, "device_type": device.type}
+
+
 def train_encoder(
     model: ImageEncoder,
     pixels: np.ndarray,
@@ -248,8 +257,7 @@ def train_encoder(
     losses, nces, sups, pairs_ = [], [], [], []
     start, resumed_at, trained_before, last_save, run_id = 0, None, 0.0, time.perf_counter(), ""
     if progress_file is not None:  # what a saved run must share to be resumed: inputs, settings, start
-        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "log_every", "checkpoint_seconds")}
-        run_id = fingerprint(settings, dataclasses.asdict(model.config), pixels,
+        run_id = fingerprint(resume_settings(cfg, device), dataclasses.asdict(model.config), pixels,
                              *(np.asarray(a) for a in (labels, positive_pairs) if a is not None),
                              [a is None for a in (labels, positive_pairs)], *model.state_dict().values())
         saved = progress_file.load(run_id)

@@ -245,3 +245,19 @@ def test_a_stopped_encoder_run_resumes_and_ends_as_an_unstopped_one(tmp_path):
     assert all(torch.equal(v, want[k]) for k, v in resumed.state_dict().items())
     other = train_encoder(fresh(), x, labels, pairs, _tiny_train(max_steps=8, lr=1e-3), progress_file=progress)
     assert other["resumed_at_step"] is None
+
+
+def test_a_run_resumes_only_on_the_kind_of_device_it_was_saved_on():
+    """A GPU run's augmentation generator and mixed precision would switch halfway on a CPU
+    (and the other way round): the resume identity holds the device type, not its index."""
+    from models.resume import restore_rng, rng_tensors
+    from models.train_encoder import resume_settings
+
+    cfg = _tiny_train()
+    assert resume_settings(cfg, torch.device("cuda:0")) == resume_settings(cfg, torch.device("cuda:1"))
+    assert resume_settings(cfg, torch.device("cuda")) != resume_settings(cfg, torch.device("cpu"))
+    # the RNG states of such a run, handed to a CPU run all the same, leave its generator alone
+    g = torch.Generator().manual_seed(1)
+    saved = {**rng_tensors(g, torch.device("cpu")), "rng.device_gen": torch.zeros(16, dtype=torch.uint8)}
+    restore_rng(g, saved, torch.device("cpu"), g)
+    assert torch.equal(g.get_state(), saved["rng.gen"])
