@@ -219,6 +219,11 @@ def build_full_vlm(cfg: FullVLMConfig | None = None) -> FullVLMReranker:
         tok = build_tiny_tokenizer()
     else:
         base_identity(cfg.base, cfg.seed)  # clear error for a path that is not a checkpoint
-        vlm = Qwen3VLForConditionalGeneration.from_pretrained(cfg.base, dtype=torch.float32)
+        vlm, loading = Qwen3VLForConditionalGeneration.from_pretrained(cfg.base, dtype=torch.float32,
+                                                                       output_loading_info=True)
+        if loading["missing_keys"]:  # transformers would initialise them at random, unseeded
+            missing = sorted(loading["missing_keys"])
+            raise ValueError(f"checkpoint {cfg.base} lacks {len(missing)} of the model's tensors "
+                             f"(e.g. {', '.join(missing[:3])}): a partial or different checkpoint")
         tok = load_tokenizer(cfg.base)
     return FullVLMReranker(cfg, vlm.eval(), tok)

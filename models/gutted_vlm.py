@@ -109,7 +109,10 @@ def read_language_model(
         with safe_open(str(directory / fname), framework="pt") as f:
             for k in keys:
                 state[k[len(LM_PREFIX) :]] = f.get_tensor(k)
-    if config.tie_word_embeddings or LM_HEAD not in weight_map:
+    if not config.tie_word_embeddings and LM_HEAD not in weight_map:
+        raise ValueError(f"checkpoint {directory} unties its output embeddings (tie_word_embeddings: false) "
+                         f"but holds no {LM_HEAD}: a partial checkpoint")
+    if config.tie_word_embeddings:
         rows = state["embed_tokens.weight"][list(head_ids)]
     else:
         with safe_open(str(directory / weight_map[LM_HEAD]), framework="pt") as f:

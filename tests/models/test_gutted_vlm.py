@@ -96,6 +96,35 @@ def test_sharded_checkpoint_and_untied_head(tmp_path, monkeypatch):
     torch.testing.assert_close(model.head_vec, expect.detach())
 
 
+def _without(directory, drop, out):
+    """A copy of checkpoint `directory` in `out` without the tensors `drop(name)` selects."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(directory, out)
+    tensors = load_file(str(out / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if not drop(k)}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def test_a_partial_checkpoint_is_refused_not_filled_at_random(ckpt, tmp_path):
+    """Missing tensors would be initialised at random (unseeded, so a reloaded model differs
+    from the trained one): the full VLM without its vision tower, an untied head without
+    lm_head.weight."""
+    from models.full_vlm import FullVLMConfig, build_full_vlm
+
+    no_tower = _without(ckpt, lambda k: k.startswith("model.visual."), tmp_path / "no-tower")
+    with pytest.raises(ValueError, match=r"lacks \d+ of the model's tensors \(e.g. model.visual"):
+        build_full_vlm(FullVLMConfig(base=str(no_tower)))
+    untied = _without(ckpt, lambda k: k == "lm_head.weight", tmp_path / "untied")
+    config = json.loads((untied / "config.json").read_text())
+    config["tie_word_embeddings"] = False
+    (untied / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unties its output embeddings .* holds no lm_head.weight"):
+        build_gutted(GuttedConfig(base=str(untied)))
+
+
 def test_hidden_states_and_score_match_full_model(ckpt):
     from transformers import Qwen3VLForConditionalGeneration
 
