@@ -68,9 +68,23 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
         payload = json.loads((directory / CONFIG).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"checkpoint config {directory / CONFIG} is damaged ({e}); retrain the model") from e
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
+        raise ValueError(f"{directory / CONFIG} is not a lensless checkpoint's config (no 'config' object); "
+                         "point at a directory a lensless model saved")
     weights = (directory / WEIGHTS).read_bytes()
     digest = hashlib.sha256(weights).hexdigest()
     if payload.get("sha256", digest) != digest:  # checkpoints written before digests load unchecked
         raise ValueError(f"checkpoint weights {directory / WEIGHTS} are damaged (sha256 {digest[:12]}, "
                          f"expected {payload['sha256'][:12]}); retrain the model that wrote them")
     return load(weights), payload["config"], payload.get("extra", {})
+
+
+def config_kwargs(config_cls: type, values: dict, directory: str | Path) -> dict:
+    """`values` (a checkpoint's config) as keyword arguments of the dataclass `config_cls`;
+    ValueError naming the fields it does not have (another model's checkpoint, or one of a
+    newer lensless)."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+        raise ValueError(f"checkpoint {directory} has {config_cls.__name__} fields this lensless does not know: "
+                         f"{unknown}; it was saved by another model or version")
+    return values

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import config_kwargs, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -158,10 +158,8 @@ class ImageEncoder(nn.Module):
     def from_checkpoint(cls, directory: str | Path, map_location: str = "cpu") -> ImageEncoder:
         """Rebuild an encoder from a directory written by `save`; returned in eval mode."""
         tensors, cfg, _ = load_checkpoint(directory)
-        fields = {f.name for f in dataclasses.fields(EncoderConfig)}
-        unknown = sorted(set(cfg) - fields)
-        assert not unknown, f"checkpoint {directory} has unknown EncoderConfig fields {unknown}"
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+        cfg = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in config_kwargs(EncoderConfig, cfg, directory).items()}
         model = cls(EncoderConfig(**cfg))
         model.load_state_dict(tensors, strict=True)
         return model.to(map_location).eval()

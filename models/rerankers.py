@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import config_kwargs, load_checkpoint, save_checkpoint
 from models.full_vlm import FullVLMConfig, build_full_vlm
 from models.gutted_vlm import GuttedConfig, base_identity, build_gutted
 from models.sequential import SequentialConfig, build_sequential
@@ -85,7 +85,7 @@ def load_reranker(directory):
     # no similarity token
     legacy = {k: v for k, v in {"prior_buckets": 0, "cue": "", "similarity_token": False}.items()
               if k in {f.name for f in dataclasses.fields(cfg_cls)}}
-    cfg = cfg_cls(**{**legacy, **config["model"]})
+    cfg = cfg_cls(**{**legacy, **config_kwargs(cfg_cls, config["model"], directory)})
     want = extra.get("base")
     if hasattr(cfg, "base"):  # the frozen base must be the one trained on, before it is built
         have = base_identity(cfg.base, cfg.seed)
