@@ -134,20 +134,21 @@ def test_a_long_sql_statement_is_stopped_at_its_timeout(lensless_home, capsys):
 
 
 def test_a_failed_step_shows_its_error_without_dagsters_stack_trace_unless_verbose(lensless_home, tmp_path, capsys):
-    from assets.ingestion.sources import known_batches
-    from assets.store.lake import table_path
+    import polars as pl
 
     src = tmp_path / "src" / "a"
     src.mkdir(parents=True)
     Image.new("RGB", (64, 64), (9, 9, 9)).save(src / "x.png")
-    assert _exit_code(["ingest", str(tmp_path / "src")]) == 0
-    damaged = table_path(lensless_home, "raw_images", known_batches(lensless_home)[0])
-    damaged.write_bytes(damaged.read_bytes()[:100])  # the next ingest's engagement step fails reading it
+    events = tmp_path / "events.parquet"
+    pl.DataFrame({"user_id": ["u"], "image_uri": [str(src / "x.png")], "event": ["click"],
+                  "ts": ["2026-01-01T00:00:00Z"]}).write_parquet(events)
+    assert _exit_code(["ingest", str(tmp_path / "src"), "--engagement", str(events)]) == 0
+    events.write_bytes(events.read_bytes()[:100])  # the next ingest's engagement step fails reading it
     capsys.readouterr()
     assert _exit_code(["ingest", str(tmp_path / "src")]) == 2
     err = capsys.readouterr().err
     assert "Stack Trace:" not in err and "rerun with -v for the stack trace" in err
-    assert "is not a readable Parquet file" in err.strip().splitlines()[-1]
+    assert f"engagement file '{events}' cannot be read" in err.strip().splitlines()[-1]
     assert _exit_code(["-v", "ingest", str(tmp_path / "src")]) == 2
     assert "Stack Trace:" in capsys.readouterr().err
 
