@@ -132,6 +132,8 @@ def list_source(source: str, label_depth: int = 1) -> Listing:
         except OSError as e:  # a host that refuses or does not answer, a denied bucket
             raise ValueError(f"source {source!r} could not be listed ({type(e).__name__}: {e}): check the URL, "
                              "that the host answers and the credentials") from e
+        if [info.get("type") for path, info in found.items() if path.rstrip("/") == root_path.rstrip("/")] == ["file"]:
+            raise ValueError(f"source {source!r} is a file, not a folder: pass the folder or prefix that holds it")
     rows = []  # (uri, path relative to the root, size, mtime, reason it is skipped or None)
     if local:
         rows = _walk_local(root_path)
