@@ -73,7 +73,11 @@ def connect(home: Home, memory_limit: str | None = None, read_only: bool = False
                 raise
             damaged[name] = (str(e).strip().splitlines() or [type(e).__name__])[0]
     if read_only:
-        con.execute("SET allowed_directories = $dirs", {"dirs": [f"{home.path('lake').as_posix()}/"]})
+        lake = home.path("lake")
+        dirs = [f"{lake.as_posix()}/"]
+        if not home.local:  # DuckDB spells an fsspec file "memory:///x/..." where UPath says "memory://x/..."
+            dirs.append(f"{lake.protocol}:///{lake.path.lstrip('/')}/")
+        con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con

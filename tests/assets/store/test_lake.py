@@ -173,3 +173,21 @@ def test_the_lake_is_queried_whatever_characters_its_home_path_holds(tmp_path, f
     write_table(home, "raw_images", rows("b", 1), "b")
     for read_only in (False, True):
         assert connect(home, read_only=read_only).execute("SELECT count(*) FROM raw_images").fetchall() == [(3,)]
+
+
+def test_a_read_only_connection_to_a_home_on_an_object_store_reads_its_lake_only():
+    """DuckDB names fsspec files memory:///x/... where the home says memory://x/...: both
+    spellings of the lake are allowed, nothing else."""
+    import uuid
+
+    import duckdb
+
+    root = f"memory://q-{uuid.uuid4().hex}"
+    home = Home.at(f"{root}/home")
+    write_table(home, "raw_images", rows("a", 2), "a")
+    Home.at(f"{root}/other").path("secret.txt").write_text("secret")
+    con = connect(home, read_only=True)
+    assert con.execute("SELECT count(*) FROM raw_images").fetchall() == [(2,)]
+    for outside in (f"{root}/other/secret.txt", f"memory:///{root.removeprefix('memory://')}/other/secret.txt"):
+        with pytest.raises(duckdb.Error):
+            con.execute(f"SELECT * FROM read_text('{outside}')").fetchall()
