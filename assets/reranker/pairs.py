@@ -177,9 +177,13 @@ def build_pairs(home: Home, config: PairConfig = PairConfig()) -> dict:
     neighbours = merge_sources(emb, everyone.anchors, near, popular, config.neighbours, mix["share"],
                                everyone.exclude).rows
     mine_labels = frame["label"].to_list() if source == "labels" else None
+    # labels only: images are split, and the test images are the evaluation's queries; the
+    # train and val groups must not hold them, as positive or negative
+    held_out = set(np.flatnonzero(image_splits(ids, config.split) == "test").tolist()) if source == "labels" else set()
     rows, counts = [], {}
     for split in ("train", "val"):
-        groups, strength = mine_groups(rel[split], neighbours, config, mine_labels)
+        groups, strength = mine_groups(rel[split], neighbours, config, mine_labels,
+                                       exclude={q: {q} | held_out for q in rel[split]})
         counts[f"{split}_groups"] = len(groups)
         rows += [{"split": split, "query": ids[g[0]], "positive": ids[g[1]], "negatives": [ids[j] for j in g[2:]],
                   "strength": int(n)} for g, n in zip(groups, strength, strict=True)]

@@ -145,3 +145,30 @@ def test_a_users_groups_never_use_the_history_and_index_the_user_not_a_row():
     assert all(not set(row[2:]) & {1, 2, 5} for row in groups)
     assert any(0 in row[2:] for row in mine_groups({0: rel(5)}, candidates, PairConfig(negatives=5, max_groups_per_query=1),
                                                       n_items=10, exclude=history)[0])  # row 0 is a fine negative
+
+
+def test_labels_only_training_groups_never_hold_a_held_out_image(home, monkeypatch):
+    """Without engagement, relevance is a shared label and images are split: the test images
+    are the evaluation's queries, so no train or val group may use one as positive or negative."""
+    import faiss
+
+    import assets.reranker.pairs as pairs
+    from assets.ingestion.coengagement import image_splits
+
+    rng = np.random.default_rng(0)
+    n = 200
+    labels = [f"l{i % 4}" for i in range(n)]
+    emb = rng.normal(size=(n, 8)).astype(np.float32) + 2.0 * np.eye(8, dtype=np.float32)[[i % 4 for i in range(n)]]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    frame = pl.DataFrame({"image_id": [f"img{i:03d}" for i in range(n)], "label": labels})
+    index = faiss.IndexFlatIP(8)
+    index.add(emb)
+    monkeypatch.setattr(pairs, "aligned_catalog", lambda home: (frame, emb))
+    monkeypatch.setattr(pairs, "load_index", lambda home, mmap: (index, frame["image_id"].to_numpy(), {}))
+    out = pairs.build_pairs(home, PairConfig(negatives=3, neighbours=20))
+    assert out["stats"]["source"] == "labels" and out["stats"]["train_groups"] > 0 and out["stats"]["val_groups"] > 0
+    test_ids = set(frame["image_id"].filter(image_splits(frame["image_id"].to_list()) == "test").to_list())
+    assert test_ids and out["evaluation_queries"].height > 0
+    groups = out["training_pairs"]
+    used = set(groups["query"]) | set(groups["positive"]) | {j for negs in groups["negatives"] for j in negs}
+    assert not used & test_ids
