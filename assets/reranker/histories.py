@@ -63,8 +63,8 @@ def user_histories(home: Home, config: HistoryConfig = HistoryConfig()) -> pl.Da
     return pl.DataFrame(rows, schema=USER_SCHEMA)
 
 
-def _latest_distinct(images: list[str], n: int) -> list[str]:
-    """The last `n` distinct images by their latest engagement, oldest first."""
+def _latest_distinct(images: list[str], n: int | None) -> list[str]:
+    """The last `n` (None: all) distinct images by their latest engagement, oldest first."""
     seen: dict[str, None] = {}
     for image in reversed(images):
         if image not in seen:
@@ -92,9 +92,9 @@ def stored_histories(home: Home) -> pl.DataFrame:
     return read_table(home, "user_histories")
 
 
-def serving_history(home: Home, user_id: str, length: int = HistoryConfig.length) -> list[str]:
-    """A user's latest `length` distinct engaged images (oldest first), from the whole log:
-    what `recommend --user` reads. ValueError for a user the log does not know."""
+def serving_history(home: Home, user_id: str, length: int | None = HistoryConfig.length) -> list[str]:
+    """A user's latest `length` (None: all) distinct engaged images (oldest first), from the
+    whole log: what `recommend --user` reads. ValueError for a user the log does not know."""
     if not has_table(home, "engagement_events"):
         raise ValueError("no engagement log: recommendations for a user need one (lensless ingest --engagement FILE)")
     from assets.store.query import connect

@@ -91,18 +91,22 @@ def recommend(home: Home, query: str, k: int = 10, pool: int = CANDIDATES, reran
 
 
 def recommend_for_user(home: Home, user_id: str, k: int = 10, pool: int = CANDIDATES, rerank: bool = True,
-                       version: str | None = None) -> list[dict]:
-    """Top-k recommendations for `user_id` from their history: [{"image_id", "uri", "score"}]."""
+                       version: str | None = None, history_length: int = HistoryConfig.length) -> list[dict]:
+    """Top-k recommendations for `user_id` from their history: [{"image_id", "uri", "score"}].
+    The model reads the latest `history_length` engaged images; no image the user ever
+    engaged with is recommended."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     frame, emb = aligned_catalog(home)
     pos, ids, uris = rows_of(frame), frame["image_id"].to_list(), frame["uri"].to_list()
-    history = np.array([pos[i] for i in serving_history(home, user_id) if i in pos], dtype=np.int64)
-    if not len(history):
+    engaged = [pos[i] for i in serving_history(home, user_id, length=None) if i in pos]
+    if not engaged:
         raise ValueError(f"none of user {user_id!r}'s engaged images is in the index; rebuild it (lensless run)")
-    pool = min(max(pool, k), frame.height - len(history))
-    found = catalog_candidates(home, frame, emb, Queries.histories(emb, [history], HistoryConfig.recent), pool,
-                               task="users")
+    history = np.array(engaged[-history_length:], dtype=np.int64)
+    pool = min(max(pool, k), frame.height - len(engaged))
+    queries = Queries.histories(emb, [history], HistoryConfig.recent)
+    queries = Queries(queries.anchors, [set(engaged)])  # seen before the window too: not "what next"
+    found = catalog_candidates(home, frame, emb, queries, pool, task="users")
     cand_rows = found.rows[0]
     ranked = [(float(s), int(r)) for s, r in zip(found.scores[0], cand_rows, strict=True)]
     version = (version or serving_version(home)) if rerank else None

@@ -344,6 +344,13 @@ def test_recommend_for_a_user_reads_their_history_and_never_repeats_it(pipeline,
     assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
     plain = rec.recommend_for_user(home, user, k=5, rerank=False)  # retrieval order: best cosine first
     assert [r["score"] for r in plain] == sorted((r["score"] for r in plain), reverse=True)
+    # the model reads the latest 2 images here; nothing engaged before them comes back either
+    events = read_table(home, "engagement_events")
+    busy = events.group_by("user_id").agg(n=pl.col("image_id").n_unique()).sort(["n", "user_id"], descending=True)["user_id"][0]
+    engaged = set(serving_history(home, busy, length=None))
+    assert len(engaged) > 2
+    everything = rec.recommend_for_user(home, busy, k=10**6, rerank=False, history_length=2)
+    assert everything and not {r["image_id"] for r in everything} & engaged
     assert main(["recommend", "--user", "nobody-at-all"]) == 2
     assert "has no engagement" in capsys.readouterr().err
     assert main(["recommend", "some-image", "--user", user]) == 2  # one or the other
