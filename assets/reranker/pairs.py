@@ -240,10 +240,14 @@ def build_user_pairs(home: Home, config: HistoryConfig = HistoryConfig(),
     frame, emb = aligned_catalog(home)
     pos = rows_of(frame)
     users = user_histories(home, config)
+    hist = history_rows(users, pos, config.length)
+    # a user none of whose history images the catalog holds has nothing to anchor candidates:
+    # left out, or their popular-only list would cut every user's list to its length
+    anchored = (hist >= 0).any(axis=1)
+    users, hist = users.filter(pl.Series(anchored, dtype=pl.Boolean)), hist[anchored]
     if users.height == 0:  # no engagement log (labels only): there is no user task
         return {"user_histories": users, "user_pairs": pl.DataFrame(schema=GROUP_SCHEMA), "mix": None,
                 "stats": {"train_groups": 0, "val_groups": 0, "users": 0, "test_users": 0, "popular_share": None}}
-    hist = history_rows(users, pos, config.length)
     queries = Queries.histories(emb, [h[h >= 0] for h in hist], config.recent)
     index, index_ids, _ = load_index(home, mmap=True)
     near = index_neighbours(index, queries.anchors, 2 * pair_config.neighbours, queries.exclude,

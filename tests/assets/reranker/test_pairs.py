@@ -172,3 +172,36 @@ def test_labels_only_training_groups_never_hold_a_held_out_image(home, monkeypat
     groups = out["training_pairs"]
     used = set(groups["query"]) | set(groups["positive"]) | {j for negs in groups["negatives"] for j in negs}
     assert not used & test_ids
+
+
+def test_a_user_whose_history_the_catalog_lost_changes_no_other_users_groups(home, monkeypatch):
+    """A user none of whose history images the catalog holds has no anchor, and so a list of
+    popular images only (none here): it must not cut the other users' candidate lists."""
+    import faiss
+
+    import assets.reranker.pairs as pairs
+
+    rng = np.random.default_rng(1)
+    n, d = 120, 8
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ids = [f"img{i:03d}" for i in range(n)]
+    frame = pl.DataFrame({"image_id": ids, "label": [None] * n}, schema={"image_id": pl.Utf8, "label": pl.Utf8})
+    index = faiss.IndexFlatIP(d)
+    index.add(emb)
+    users = []
+    for u in range(40):
+        near = np.argsort(-(emb @ emb[u]))[:8].tolist()  # history u and its neighbours; targets nearby
+        users.append({"user_id": f"u{u}", "split": ("train", "val")[u % 2], "history": [ids[j] for j in near[:4]],
+                      "targets": [ids[j] for j in near[4:6]], "gains": [1, 1]})
+    ghost = {"user_id": "ghost", "split": "train", "history": ["gone1", "gone2"], "targets": [ids[0]], "gains": [1]}
+    monkeypatch.setattr(pairs, "aligned_catalog", lambda home: (frame, emb))
+    monkeypatch.setattr(pairs, "load_index", lambda home, mmap: (index, np.array(ids, dtype=object), {}))
+    config = PairConfig(negatives=2, neighbours=10)
+    out = {}
+    for name, rows in (("without", users), ("with", users + [ghost])):
+        monkeypatch.setattr(pairs, "user_histories", lambda home, config, rows=rows: pl.DataFrame(rows, schema=USER_SCHEMA))
+        out[name] = pairs.build_user_pairs(home, pair_config=config)
+    assert out["without"]["stats"]["train_groups"] > 0
+    assert out["with"]["user_pairs"].equals(out["without"]["user_pairs"])
+    assert "ghost" not in out["with"]["user_histories"]["user_id"].to_list()
