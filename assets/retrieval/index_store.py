@@ -3,7 +3,7 @@
 `update_index` decides between an incremental add and a full rebuild:
 - full rebuild when there is no index yet, the encoder changed (every vector changed), a
   partition the index holds disappeared or now holds other images (a re-ingested batch: the
-  state keeps a fingerprint of each partition's image ids), `index.build.needs_rebuild`
+  state keeps a fingerprint of each partition's image ids and vectors), `index.build.needs_rebuild`
   says N outgrew the factory, or `quantizer_drift` of the new vectors exceeds
   `index.drift.DRIFT_THRESHOLD` (IVF lists, or the reduced graph's PCA);
 - otherwise only the partitions not yet in the index are added (old ones are not re-added).
@@ -184,7 +184,7 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
         folder, state = None, None
     d = next(iter(partitions.values()))["embedding"].dtype.size
     n_total = sum(f.height for f in partitions.values())
-    fingerprints = {k: _fingerprint(f["image_id"]) for k, f in partitions.items()}
+    fingerprints = {k: _fingerprint(f) for k, f in partitions.items()}
     new_keys = sorted(partitions) if state is None else sorted(set(partitions) - set(state["partitions"]))
     reason = None
     if state is None:
@@ -275,10 +275,14 @@ def update_index(home: Home, partitions: dict[str, pl.DataFrame], encoder_versio
     return _write_generation(home, index, image_ids, report)
 
 
-def _fingerprint(image_ids: pl.Series) -> str:
-    """sha256 of a partition's image ids, in any order: it changes when the batch is re-ingested
-    with other images (the vectors of one image change only with the encoder)."""
-    return hashlib.sha256("\n".join(sorted(image_ids.to_list())).encode()).hexdigest()
+def _fingerprint(partition: pl.DataFrame) -> str:
+    """sha256 of a partition's image ids and vectors, in any row order: it changes when the
+    batch is re-ingested with other images, and when its images embed to other vectors under
+    the same encoder (decoded anew by another raw_images code version)."""
+    ordered = partition.sort("image_id")
+    digest = hashlib.sha256("\n".join(ordered["image_id"].to_list()).encode())
+    digest.update(np.ascontiguousarray(ordered["embedding"].to_numpy(), dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def _in_row_order(partitions: dict[str, pl.DataFrame], image_ids: pl.Series, d: int) -> np.ndarray:

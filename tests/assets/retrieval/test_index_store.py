@@ -74,19 +74,21 @@ def test_a_vanished_partition_rebuilds(home):
     assert again["mode"] == "rebuild" and again["reason"] == "partitions disappeared" and again["n"] == 200
 
 
-@pytest.mark.parametrize("change", ["grew", "lost an image", "lost an image, and a new batch came"])
+@pytest.mark.parametrize("change", ["grew", "lost an image", "lost an image, and a new batch came", "decoded anew"])
 def test_a_reingested_partition_rebuilds(home, change):
     parts = {"b1": partition("a", 300, E[0], 0)}
     update_index(home, parts, "enc1", CFG, log=quiet)
     b1 = partition("a", 301, E[0], 0)  # the same images, and a301
     parts["b1"] = b1 if change == "grew" else b1.filter(pl.col("image_id") != "a5")
+    if change == "decoded anew":  # the same images, other pixels (a new raw_images code version): other vectors
+        parts["b1"] = partition("a", 300, E[1], 0)
     if change.endswith("new batch came"):
         parts["b2"] = partition("b", 60, E[0], 1)
     again = update_index(home, parts, "enc1", CFG, log=quiet)
     assert again["mode"] == "rebuild" and again["reason"] == "partitions changed: b1"
     _, ids, state = load_index(home, mmap=False)
     assert sorted(ids.tolist()) == sorted(pl.concat([p["image_id"] for p in parts.values()]).to_list())
-    assert ("a5" in ids.tolist()) == (change == "grew") and state["n"] == len(ids)
+    assert ("a5" in ids.tolist()) == (change in ("grew", "decoded anew")) and state["n"] == len(ids)
     assert update_index(home, parts, "enc1", CFG, log=quiet)["mode"] == "unchanged"
 
 
