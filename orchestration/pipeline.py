@@ -17,12 +17,11 @@ from assets.evaluation.report import latest_report
 from assets.ingestion.assets import image_batches
 from assets.ingestion.engagement import load_engagement_file, register_source
 from assets.ingestion.sources import (
+    batches_to_ingest_again,
     list_source,
     new_entries,
-    orphaned_batches,
     register_batch,
     register_watched,
-    unfinished_batches,
 )
 from assets.store.files import Home
 from assets.store.lake import read_table
@@ -43,15 +42,12 @@ def resume_unfinished(home: Home) -> list[str]:
     """Ingest every batch an earlier command froze but did not finish (killed mid-decode, say),
     so none of its files is lost, and every batch whose duplicates lost the image they repeat
     (`orphaned_batches`), so that image stays in the lake; returns those batches."""
-    unfinished = unfinished_batches(home)
-    orphaned = [b for b in orphaned_batches(home) if b not in unfinished]
-    for batch in unfinished + orphaned:
-        why = ("an earlier ingest did not finish" if batch in unfinished
-               else "it holds copies of images a re-run of another batch let go")
+    again = batches_to_ingest_again(home)
+    for batch, why in again.items():
         print(f"batch {batch}: {why}; ingesting it now", file=sys.stderr)
         get_instance().add_dynamic_partitions(image_batches.name, [batch])
         materialize_assets(["raw_images"], "ingest_job", partition_key=batch)
-    return unfinished + orphaned
+    return list(again)
 
 
 def _summary(home: Home, batches: list[str]) -> dict:

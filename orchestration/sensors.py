@@ -9,14 +9,13 @@ import dagster as dg
 
 from assets.ingestion.assets import image_batches, raw_images
 from assets.ingestion.sources import (
+    batches_to_ingest_again,
     cut_batches,
     known_batches,
     list_source,
     new_entries,
-    orphaned_batches,
     register_batch,
-    unfinished_batches,
-    watched_label_depth,
+    watched_label_depths,
     watched_sources,
 )
 from assets.store.lock import LockBusy, step_lock
@@ -66,17 +65,14 @@ def new_images_sensor(context: dg.SensorEvaluationContext,
 def _cut_batches(context: dg.SensorEvaluationContext, home, sources: list[str]):
     """(partitions that exist, batches to add and run, batches to ingest again, files listed).
     A batch whose file list was frozen but whose partition was never added (a crash between
-    the two) is added now, so no file is stranded. Ingested again: batches an ingest did not
-    finish, and batches whose duplicates lost the image they repeat (`orphaned_batches`)."""
+    the two) is added now, so no file is stranded. Ingested again: `batches_to_ingest_again`."""
     existing = set(context.instance.get_dynamic_partitions(image_batches.name))
     keys = [b for b in known_batches(home) if b not in existing]
-    unfinished = unfinished_batches(home)
-    again = unfinished + [b for b in orphaned_batches(home) if b not in unfinished]
-    retries = _interrupted(context.instance, [b for b in again if b in existing])
-    listed = 0
+    retries = _interrupted(context.instance, [b for b in batches_to_ingest_again(home) if b in existing])
+    listed, depths = 0, watched_label_depths(home)
     for source in sources:
         try:
-            listing = list_source(source, label_depth=watched_label_depth(home, source))
+            listing = list_source(source, label_depth=depths.get(source, 1))
         except (ValueError, OSError) as e:  # gone, or unreachable: the other sources go on
             context.log.warning(f"watched source {source} skipped this tick: {e}")
             continue

@@ -41,7 +41,7 @@ from assets.store.lake import (
     add_to_registry,
     read_registry,
     read_table,
-    registry_options,
+    registry_entries,
     table_partitions,
     write_table,
 )
@@ -132,7 +132,7 @@ def list_source(source: str, label_depth: int = 1) -> Listing:
         except OSError as e:  # a host that refuses or does not answer, a denied bucket
             raise ValueError(f"source {source!r} could not be listed ({type(e).__name__}: {e}): check the URL, "
                              "that the host answers and the credentials") from e
-        if [info.get("type") for path, info in found.items() if path.rstrip("/") == root_path.rstrip("/")] == ["file"]:
+        if found.get(root_path.rstrip("/"), {}).get("type") == "file":
             raise ValueError(f"source {source!r} is a file, not a folder: pass the folder or prefix that holds it")
     rows = []  # (uri, path relative to the root, size, mtime, reason it is skipped or None)
     if local:
@@ -228,6 +228,15 @@ def orphaned_batches(home: Home) -> list[str]:
     return sorted(set(dangling["batch"].to_list()))
 
 
+def batches_to_ingest_again(home: Home) -> dict[str, str]:
+    """{batch: why} of the batches a command or the sensor ingests again: those an ingest did
+    not finish (oldest first), then those whose duplicates lost the image they repeat."""
+    again = dict.fromkeys(unfinished_batches(home), "an earlier ingest did not finish")
+    for batch in orphaned_batches(home):
+        again.setdefault(batch, "it holds copies of images a re-run of another batch let go")
+    return again
+
+
 READ_ATTEMPTS = 3  # failed reads of an unchanged remote file before it waits for a change
 
 
@@ -317,6 +326,8 @@ def register_watched(home: Home, source: str, label_depth: int = 1) -> None:
     add_to_registry(home, "watched_sources", resolve_source(source), label_depth=label_depth)
 
 
-def watched_label_depth(home: Home, source: str) -> int:
-    """The label depth `source` was registered with (1 for `$LENSLESS_WATCH` sources)."""
-    return registry_options(home, "watched_sources").get(source, {}).get("label_depth", 1)
+def watched_label_depths(home: Home) -> dict[str, int]:
+    """The label depth each registered source was ingested with (a `$LENSLESS_WATCH` source,
+    absent here, is listed at depth 1)."""
+    return {source: options.get("label_depth", 1)
+            for source, options in registry_entries(home, "watched_sources").items()}

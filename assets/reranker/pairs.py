@@ -80,7 +80,8 @@ def label_relevance(labels: list[str | None], queries: np.ndarray) -> dict[int, 
 
 def mine_groups(relevant: dict[int, dict[int, int]], neighbours: np.ndarray, config: PairConfig = PairConfig(),
                 labels: list[str | None] | None = None, n_items: int | None = None,
-                exclude: dict[int, set[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                exclude: dict[int, set[int]] | None = None,
+                held_out: frozenset[int] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
     """(groups `[query, positive, n hard negatives]` (G, 2+n) int32, strength (G,) int32).
 
     `relevant[q]` maps each row relevant to q to the strength of that pair (co-engagement:
@@ -95,7 +96,8 @@ def mine_groups(relevant: dict[int, dict[int, int]], neighbours: np.ndarray, con
 
     A query is a catalog row (related images) or a user index (for a user, with `exclude[q]`
     the user's history rows and `n_items` the catalog size): the rows in `exclude[q]`
-    (default: q itself) are never positives or negatives.
+    (default: q itself) are never positives or negatives, nor are the `held_out` rows of any
+    query (images kept for the evaluation).
 
     Both come from the neighbourhood on purpose. With a positive from anywhere and the nearest
     non-relevant neighbours as negatives, "farther from the query" alone separated them: the
@@ -107,14 +109,14 @@ def mine_groups(relevant: dict[int, dict[int, int]], neighbours: np.ndarray, con
     groups, strength = [], []
     for q in sorted(relevant):
         skip = {q} if exclude is None else exclude[q]
-        near = [int(j) for j in neighbours[q] if j >= 0 and j not in skip]
+        near = [int(j) for j in neighbours[q] if j >= 0 and j not in skip and j not in held_out]
         positives = [j for j in near if j in relevant[q]]
         negatives = [j for j in near if j not in relevant[q] and (labels is None or labels[j] != labels[q])]
         if not positives:
             continue
         if len(negatives) < config.negatives:  # dense engagement: top up from the whole catalog
             negatives += _far_negatives(q, skip | set(relevant[q]) | set(near), config.negatives - len(negatives),
-                                        n_items, labels, rng)
+                                        n_items, labels, rng, held_out)
             if len(negatives) < config.negatives:
                 continue
         for p in strongest_first([relevant[q][j] for j in positives], rng)[: config.max_groups_per_query]:
@@ -125,12 +127,12 @@ def mine_groups(relevant: dict[int, dict[int, int]], neighbours: np.ndarray, con
             np.asarray(strength, dtype=np.int32))
 
 
-def _far_negatives(q: int, taken: set[int], n: int, n_items: int,
-                   labels: list[str | None] | None, rng: np.random.Generator) -> list[int]:
+def _far_negatives(q: int, taken: set[int], n: int, n_items: int, labels: list[str | None] | None,
+                   rng: np.random.Generator, held_out: frozenset[int] = frozenset()) -> list[int]:
     """Up to n random catalog rows not in `taken` (the query's excluded, relevant and near
-    rows), nor (with labels) of q's label."""
+    rows) nor `held_out`, nor (with labels) of q's label."""
     def ok(j: int) -> bool:
-        return j not in taken and (labels is None or labels[j] != labels[q])
+        return j not in taken and j not in held_out and (labels is None or labels[j] != labels[q])
 
     out: list[int] = []
     for j in rng.integers(n_items, size=50 * n + 100):  # bounded tries: a saturated catalog gives up
@@ -179,11 +181,11 @@ def build_pairs(home: Home, config: PairConfig = PairConfig()) -> dict:
     mine_labels = frame["label"].to_list() if source == "labels" else None
     # labels only: images are split, and the test images are the evaluation's queries; the
     # train and val groups must not hold them, as positive or negative
-    held_out = set(np.flatnonzero(image_splits(ids, config.split) == "test").tolist()) if source == "labels" else set()
+    held_out = frozenset(np.flatnonzero(image_splits(ids, config.split) == "test").tolist()) \
+        if source == "labels" else frozenset()
     rows, counts = [], {}
     for split in ("train", "val"):
-        groups, strength = mine_groups(rel[split], neighbours, config, mine_labels,
-                                       exclude={q: {q} | held_out for q in rel[split]})
+        groups, strength = mine_groups(rel[split], neighbours, config, mine_labels, held_out=held_out)
         counts[f"{split}_groups"] = len(groups)
         rows += [{"split": split, "query": ids[g[0]], "positive": ids[g[1]], "negatives": [ids[j] for j in g[2:]],
                   "strength": int(n)} for g, n in zip(groups, strength, strict=True)]

@@ -183,35 +183,31 @@ def _registry_log(home: Home, name: str) -> UPath:
     return home.path("lake", "registries", name)
 
 
-def read_registry(home: Home, name: str) -> list[str]:
-    """The entries of a registry, in the order they were first added (replaying its log after
-    the `lake/<name>.json` list of homes from before the log)."""
+def registry_entries(home: Home, name: str) -> dict[str, dict]:
+    """The entries of a registry, in the order they were first added, each with the options
+    it was last added with ({} for none): its log replayed after the `lake/<name>.json` list
+    of homes from before the log."""
     old = home.path("lake", f"{name}.json")
-    entries = list(read_json(old)) if old.exists() else []
+    entries: dict[str, dict] = dict.fromkeys(read_json(old), {}) if old.exists() else {}
     for record in read_records(_registry_log(home, name)):
-        if record["op"] == "add" and record["entry"] not in entries:
-            entries.append(record["entry"])
-        elif record["op"] == "remove" and record["entry"] in entries:
-            entries.remove(record["entry"])
+        if record["op"] == "add":
+            entries[record["entry"]] = record.get("options", {})
+        elif record["op"] == "remove":
+            entries.pop(record["entry"], None)
     return entries
+
+
+def read_registry(home: Home, name: str) -> list[str]:
+    """The entries of a registry, in the order they were first added."""
+    return list(registry_entries(home, name))
 
 
 def add_to_registry(home: Home, name: str, entry: str, **options) -> None:
     """Add `entry` to a registry unless it is already there with the same `options` (e.g. a
     watched source's label_depth); adding it again with others replaces them."""
-    if entry not in read_registry(home, name) or registry_options(home, name).get(entry, {}) != options:
+    entries = registry_entries(home, name)
+    if entries.get(entry) != options:
         append_record(_registry_log(home, name), {"op": "add", "entry": entry, **({"options": options} if options else {})})
-
-
-def registry_options(home: Home, name: str) -> dict[str, dict]:
-    """The options each entry of a registry was last added with ({} for none)."""
-    options: dict[str, dict] = {}
-    for record in read_records(_registry_log(home, name)):
-        if record["op"] == "add":
-            options[record["entry"]] = record.get("options", {})
-        elif record["op"] == "remove":
-            options.pop(record["entry"], None)
-    return options
 
 
 def remove_from_registry(home: Home, name: str, entry: str) -> None:

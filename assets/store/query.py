@@ -1,9 +1,10 @@
 """DuckDB over the lake: every table is a view named after it. No Dagster here.
 
 `connect(home)` opens an in-memory DuckDB and creates one view per table of `store.lake`
-that has been written: a partitioned one reads the files of its partitions at connect time,
-`lake/<name>/<partition>.parquet` (union by name), an unpartitioned one its file. Nothing is loaded until queried, so queries run out of core
-(with `memory_limit`, DuckDB spills to disk past it). A remote home is read through fsspec,
+that has been written: a partitioned one reads the files its partitions have at connect
+time, `lake/<name>/<partition>.parquet` (union by name), an unpartitioned one its file.
+Nothing is loaded until queried, so queries run out of core (with `memory_limit`, DuckDB
+spills to disk past it). A remote home is read through fsspec,
 never by a DuckDB extension. This is the one DuckDB connection of the pipeline.
 
 `read_only=True` (what `lensless sql` uses) also confines the connection to the lake: file
@@ -60,11 +61,13 @@ def connect(home: Home, memory_limit: str | None = None, read_only: bool = False
 
         con.register_filesystem(filesystem(home.root.protocol))
     for name, table in TABLES.items():
-        if not has_table(home, name):
-            continue
         # the files by name, not a glob: a home path may hold quotes or glob characters ([1])
-        paths = [table_path(home, name, p) for p in table_partitions(home, name)] if table.partitioned \
-            else [table_path(home, name)]
+        if table.partitioned:
+            paths = [table_path(home, name, p) for p in table_partitions(home, name)]
+        else:
+            paths = [table_path(home, name)] if has_table(home, name) else []
+        if not paths:  # not written yet
+            continue
         files = ", ".join("'{}'".format(path.as_posix().replace("'", "''")) for path in paths)
         try:
             con.sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet([{files}], union_by_name=true)")
